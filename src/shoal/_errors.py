@@ -1,0 +1,83 @@
+"""Shoal's error tree. Every error Shoal raises is one of these::
+
+    ShoalError
+    ├── ConfigError             bad configuration: names the key, the bad value and the fix
+    ├── StoreError              anything the store layer reports
+    │   ├── StoreUnavailable    the store cannot be reached now (retryable)
+    │   │   └── OutcomeUnknown  a write was sent but its result is unknown (re-read first)
+    │   ├── Compacted           a watch/read asked for history the store no longer has
+    │   ├── LeaseNotFound       the lease expired or was revoked
+    │   ├── StoreAuthError      the store refused our credentials or permissions
+    │   └── UnsupportedBackend  the backend cannot do what was asked (at construction)
+    ├── NameTaken               a live node already holds this node's name (G6)
+    ├── NotRunning              the node/primitive is closed or not started
+    └── DutyLost                the duty's ownership ended (fencing/lease loss)
+
+Backends translate their library's exceptions into this tree at exactly one
+boundary; nothing above the store ever sees a grpc or sqlite3 exception.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    """Base class of every error Shoal raises."""
+
+
+class ConfigError(ShoalError):
+    """The configuration is invalid. The message names the key, the value and the fix."""
+
+
+class StoreError(ShoalError):
+    """Base class of errors reported by a store backend."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now. Retryable."""
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write was sent but the store did not confirm or deny it.
+
+    Never retry such a write blindly: re-read the keys it touched first.
+    """
+
+
+class Compacted(StoreError):
+    """The requested revision is older than the store's compaction point."""
+
+    def __init__(self, compact_revision: int, message: str | None = None) -> None:
+        self.compact_revision = compact_revision
+        super().__init__(
+            message
+            or f"revision compacted: history before revision {compact_revision} is gone; "
+            "reload the full state and watch from the current revision"
+        )
+
+
+class LeaseNotFound(StoreError):
+    """The lease does not exist (expired or revoked)."""
+
+    def __init__(self, lease: int) -> None:
+        self.lease = lease
+        super().__init__(f"lease {lease:#x} not found (expired or revoked)")
+
+
+class StoreAuthError(StoreError):
+    """The store refused the credentials or the permission for an operation."""
+
+
+class UnsupportedBackend(StoreError):
+    """The backend is unknown or lacks a required feature. Raised at construction."""
+
+
+class NameTaken(ShoalError):
+    """A live node already holds this node's name (guarantee G6)."""
+
+
+class NotRunning(ShoalError):
+    """The object was closed or not started."""
+
+
+class DutyLost(ShoalError):
+    """This node no longer owns the duty (lease lost, superseded or drained)."""

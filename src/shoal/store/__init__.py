@@ -1,0 +1,35 @@
+"""The Store seam and its backends (memory, sqlite, etcd)."""
+
+from shoal.store.protocol import (
+    Compare,
+    Delete,
+    Event,
+    EventType,
+    Features,
+    Get,
+    KeyValue,
+    Lease,
+    Op,
+    Put,
+    RangeResult,
+    Store,
+    Target,
+    TxnResult,
+)
+
+__all__ = [
+    "Compare",
+    "Delete",
+    "Event",
+    "EventType",
+    "Features",
+    "Get",
+    "KeyValue",
+    "Lease",
+    "Op",
+    "Put",
+    "RangeResult",
+    "Store",
+    "Target",
+    "TxnResult",
+]
