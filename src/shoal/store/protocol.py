@@ -19,7 +19,7 @@ suite in ``shoal.testing.conformance``):
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -229,7 +229,9 @@ class Store(Protocol):
         """Seconds left on ``lease``; -1 when it does not exist."""
         ...
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
+    def watch(
+        self, prefix: str, start_revision: int | None = None
+    ) -> AsyncGenerator[Event, None]:
         """Changes under ``prefix`` from ``start_revision`` on (None: from now).
 
         Ordered by revision, no duplicates, no gaps, across reconnects. Raises
