@@ -1,0 +1,5 @@
+"""The ``shoal`` command line (``shoal.cli.main:main``)."""
+
+from shoal.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,198 @@
+"""The ``shoal`` command line.
+
+Every command hangs off :data:`main` (a :class:`ShoalGroup`), which turns any
+:class:`~shoal.ShoalError` escaping a command into ``error: ...`` lines on
+stderr and an exit code — never a traceback for bad input:
+
+====  =====================================================================
+code  meaning
+====  =====================================================================
+0     success
+1     any other failure
+2     bad configuration or input (also click's own usage errors)
+3     the store cannot be reached
+====  =====================================================================
+
+To add a command elsewhere::
+
+    from shoal.cli.main import main, run_async
+
+    @click.command()
+    def status() -> None: ...
+
+    main.add_command(status)
+
+Commands run coroutines with :func:`run_async`. Sub-groups made with
+``main.group()`` are :class:`ShoalGroup` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+from collections.abc import Callable, Coroutine
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import click
+
+from shoal._errors import (
+    ConfigError,
+    ShoalError,
+    StoreAuthError,
+    StoreUnavailable,
+    UnsupportedBackend,
+)
+from shoal.config import NodeConfig, load_config
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILURE",
+    "EXIT_OK",
+    "EXIT_STORE_UNAVAILABLE",
+    "ShoalGroup",
+    "exit_code_for",
+    "handle_errors",
+    "main",
+    "report_error",
+    "run_async",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_STORE_UNAVAILABLE = 3
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an error."""
+    if isinstance(exc, ConfigError | UnsupportedBackend | StoreAuthError):
+        return EXIT_BAD_INPUT
+    if isinstance(exc, StoreUnavailable):
+        return EXIT_STORE_UNAVAILABLE
+    return EXIT_FAILURE
+
+
+def report_error(exc: BaseException) -> None:
+    """Print ``exc`` as ``error: ...`` lines (one per line of its message) on stderr."""
+    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    for line in lines:
+        click.echo(f"error: {line}", err=True)
+
+
+class ShoalGroup(click.Group):
+    """A click group that reports :class:`~shoal.ShoalError` as ``error:`` lines
+    with a documented exit code, for every command below it."""
+
+    group_class = type  # sub-groups made with .group() are ShoalGroups too
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShoalError as exc:
+            report_error(exc)
+            ctx.exit(exit_code_for(exc))
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("prog_name", "shoal")
+        return super().main(*args, **kwargs)
+
+
+def handle_errors(func: Callable[P, T]) -> Callable[P, T]:
+    """The same error handling for a command used outside :data:`main`."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return func(*args, **kwargs)
+        except ShoalError as exc:
+            report_error(exc)
+            raise click.exceptions.Exit(exit_code_for(exc)) from None
+
+    return wrapper
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from a command (a fresh event loop per call)."""
+    return asyncio.run(coro)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("shoal")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@click.group(cls=ShoalGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(_version(), "--version", prog_name="shoal")
+def main() -> None:
+    """Shoal: turn several running copies of a service into one cluster.
+
+    Exit codes: 0 ok, 1 other failure, 2 bad configuration or input,
+    3 store unavailable.
+    """
+
+
+@main.group("config")
+def config_group() -> None:
+    """Check node configuration files."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of YAML.")
+@click.option(
+    "--connect", is_flag=True, help="Also open the configured store and report reachability."
+)
+def config_check(file: Path, as_json: bool, connect: bool) -> None:
+    """Validate FILE (plus SHOAL__* environment variables) and print the
+    effective configuration, secrets masked.
+
+    Exits 2 listing every problem when the configuration is invalid, and 3
+    with --connect when the store cannot be reached.
+    """
+    config = load_config(file)
+    if as_json:
+        click.echo(json.dumps(config.masked(), indent=2))
+    else:
+        click.echo(config.to_yaml(), nl=False)
+    if connect:
+        click.echo(f"ok: {run_async(_probe_store(config))}", err=True)
+
+
+async def _probe_store(config: NodeConfig) -> str:
+    """Open the store, read its revision, close it; a one-line report."""
+    from shoal.store.factory import open_store
+
+    store_cfg = config.store
+    if store_cfg.backend == "etcd":
+        where = f"etcd at {', '.join(store_cfg.etcd.endpoints)} (prefix {store_cfg.etcd.prefix})"
+        limit = store_cfg.etcd.timeout * 2
+    elif store_cfg.backend == "sqlite":
+        where = f"sqlite at {store_cfg.sqlite.path}"
+        limit = 30.0
+    else:
+        where = "memory"
+        limit = 30.0
+    try:
+        async with asyncio.timeout(limit):
+            store = await open_store(config)
+            try:
+                revision = await store.revision()
+            finally:
+                await store.aclose()
+    except TimeoutError:
+        raise StoreUnavailable(f"store {where} did not answer within {limit:g} s") from None
+    except StoreUnavailable as exc:
+        raise StoreUnavailable(f"store {where} is unreachable: {exc}") from exc
+    return f"store {where} is reachable (revision {revision})"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Duty placement: who should own which duty. Pure: no I/O, no clock, no randomness.
+
+Every node computes the same answer from the same membership view:
+
+1. ``eligible(duty, nodes, owners)``: live nodes whose roles meet the duty's (no roles:
+   any node), where the duty is not disabled, that may lead if the duty is leader-bound
+   and, for ``with_duty=X``, that currently own X.
+2. ``rank(duty, nodes)``: weighted rendezvous hashing. Each (duty, node) pair gets a
+   uniform ``h`` in (0, 1) from BLAKE2b (stable across processes, unlike ``hash()``);
+   score = ``weight / -ln(h)``, so a node wins with probability ``weight / sum(weights)``
+   and a join or leave moves only the duties that node wins or loses. Weight-0 nodes
+   score 0 and rank last (standby). Ties are broken by name.
+3. ``place(duties, nodes, owners)`` -> ``Placement(wanted, ranks)``:
+
+   * a sticky duty whose current owner is live and eligible stays there;
+   * any other duty wants the first of its ranked eligible nodes;
+   * a co-located duty (``with_duty=X``) wants X's *wanted* owner if that node is
+     eligible for it, else None: it moves together with X and its own ``sticky`` flag
+     has no effect. Chains are resolved in order; a cycle or unknown X: ``ValueError``;
+   * ``balanced=True``: non-sticky, non-co-located duties are assigned greedily in
+     descending pair-score order (bounded-load consistent hashing); each node takes at
+     most its weighted share rounded down, plus one while the remainder lasts: 12
+     duties over 3 equal nodes give 4/4/4, 64 give 21/21/22, and a join or leave still
+     moves about 1/N. If eligibility differs between duties, a duty whose eligible
+     nodes are all full goes to its least-loaded (per weight) eligible node.
+
+   Invariants: ``wanted[d]`` is None or ``ranks[d][0]``; ``ranks[d]`` lists only nodes
+   eligible for ``d``, preferred first, for fallback after a grace period (co-located
+   duties: in X's order, filtered by their own roles/disabled/leadership; the runtime
+   must still check that the node owns X, e.g. ``eligible(d, nodes, current_owners)``).
+   Results do not depend on the order of ``duties`` or ``nodes``; duplicate names
+   raise ``ValueError``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from hashlib import blake2b
+
+__all__ = [
+    "DutySpec",
+    "NodeInfo",
+    "Placement",
+    "duty_family",
+    "eligible",
+    "is_disabled",
+    "moves",
+    "place",
+    "rank",
+]
+
+_PERSON = b"shoal-rdv-v1"  # domain separation; changing it reshuffles every cluster
+_TWO_52 = float(1 << 52)
+_EPS = 1e-6  # tolerance when rounding weighted shares
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A live node as placement sees it. ``weight`` >= 0 (0 = standby: ranks last)."""
+
+    name: str
+    roles: frozenset[str]
+    weight: float = 1.0
+    can_lead: bool = True
+    disabled: frozenset[str] = frozenset()
+    zone: str = ""
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.weight) or self.weight < 0:
+            raise ValueError(
+                f"node {self.name!r}: weight must be finite and >= 0, got {self.weight!r}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class DutySpec:
+    """A duty's placement constraints. Empty ``roles`` = any node."""
+
+    name: str
+    roles: frozenset[str] = frozenset()
+    sticky: bool = False
+    leader_bound: bool = False
+    with_duty: str | None = None
+    family: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """``wanted``: duty -> preferred owner (None: nobody eligible).
+    ``ranks``: duty -> eligible node names, preferred first (fallback order)."""
+
+    wanted: dict[str, str | None] = field(default_factory=dict)
+    ranks: dict[str, list[str]] = field(default_factory=dict)
+
+
+def duty_family(duty: DutySpec) -> str | None:
+    """The duty's family: ``duty.family``, else the part before ':' in its name."""
+    head, sep, _ = duty.name.partition(":")
+    return duty.family if duty.family is not None else (head if sep else None)
+
+
+def is_disabled(duty: DutySpec, node: NodeInfo) -> bool:
+    """True if one of ``node.disabled`` names the duty, its family (``"import"`` or
+    ``"import:*"``), or is an fnmatch pattern matching the duty's name."""
+    family = duty_family(duty)
+    whole = (family, f"{family}:*") if family is not None else ()
+    return any(p == duty.name or p in whole or fnmatchcase(duty.name, p) for p in node.disabled)
+
+
+def _fits(duty: DutySpec, node: NodeInfo) -> bool:
+    """Eligibility without the ``with_duty`` rule."""
+    return (
+        (not duty.roles or not duty.roles.isdisjoint(node.roles))
+        and (node.can_lead or not duty.leader_bound)
+        and not is_disabled(duty, node)
+    )
+
+
+def eligible(
+    duty: DutySpec, nodes: Iterable[NodeInfo], owners: Mapping[str, str]
+) -> list[NodeInfo]:
+    """Live nodes that may run ``duty`` now, sorted by name. ``owners``: duty -> owner."""
+    required = owners.get(duty.with_duty) if duty.with_duty is not None else None
+    if duty.with_duty is not None and required is None:
+        return []
+    found = [n for n in nodes if _fits(duty, n) and (required is None or n.name == required)]
+    return sorted(found, key=lambda n: n.name)
+
+
+class _Ranker:
+    """Rendezvous scores with the per-node half of the hash precomputed."""
+
+    def __init__(self, nodes: Iterable[NodeInfo]) -> None:
+        self._hashers: dict[str, tuple[float, blake2b]] = {}
+        for node in nodes:
+            raw = node.name.encode()
+            hasher = blake2b(digest_size=8, person=_PERSON)
+            hasher.update(len(raw).to_bytes(4, "big") + raw)
+            self._hashers[node.name] = (node.weight, hasher)
+
+    def scored(self, duty: str, names: Iterable[str]) -> list[tuple[float, str]]:
+        """``(-score, name)`` for each node, best first (ties by name)."""
+        raw = duty.encode()
+        out = []
+        for name in names:
+            weight, base = self._hashers[name]
+            hasher = base.copy()
+            hasher.update(raw)
+            unit = ((int.from_bytes(hasher.digest(), "big") >> 12) + 0.5) / _TWO_52
+            out.append((weight / math.log(unit), name))  # log(unit) < 0: this is -score
+        out.sort()
+        return out
+
+
+def _unique(names: Iterable[str], what: str) -> None:
+    if dupes := sorted(n for n, count in Counter(names).items() if count > 1):
+        raise ValueError(f"duplicate {what} names: {dupes}")
+
+
+def rank(duty_name: str, nodes: Sequence[NodeInfo]) -> list[str]:
+    """Node names in weighted rendezvous order for ``duty_name``, best first."""
+    _unique((n.name for n in nodes), "node")
+    return [name for _, name in _Ranker(nodes).scored(duty_name, (n.name for n in nodes))]
+
+
+def _colocated_order(by_name: Mapping[str, DutySpec]) -> list[DutySpec]:
+    """Co-located duties, each after the duty it follows. Raises on cycles."""
+    depth = {n: 0 for n, d in by_name.items() if d.with_duty is None}
+    for start in sorted(by_name):
+        path: list[str] = []
+        name = start
+        while name not in depth:
+            if name in path:
+                cycle = " -> ".join([*path[path.index(name) :], name])
+                raise ValueError(f"with_duty cycle: {cycle}")
+            path.append(name)
+            target = by_name[name].with_duty
+            if target is None or target not in by_name:
+                raise ValueError(f"duty {name!r} has with_duty={target!r}: no such duty")
+            name = target
+        for offset, item in enumerate(reversed(path), start=1):
+            depth[item] = depth[name] + offset
+    return [by_name[n] for _, n in sorted((d, n) for n, d in depth.items() if d > 0)]
+
+
+def _balance(
+    pool: Mapping[str, tuple[tuple[str, ...], list[tuple[float, str]]]],
+    live: Mapping[str, NodeInfo],
+) -> dict[str, str]:
+    """Bounded-load assignment. ``pool``: duty -> (eligible names, scored ranks)."""
+    share: dict[str, float] = dict.fromkeys(live, 0.0)
+    groups: dict[tuple[str, ...], int] = {}
+    for names, _ in pool.values():
+        groups[names] = groups.get(names, 0) + 1
+    for names, count in groups.items():
+        total = sum(live[n].weight for n in names)
+        for n in names:
+            share[n] += count * (live[n].weight / total if total > 0 else 1 / len(names))
+    low = {n: math.floor(s + _EPS) for n, s in share.items()}
+    high = {n: max(low[n], math.ceil(s - _EPS)) for n, s in share.items()}
+    spare = max(0, len(pool) - sum(low.values()))
+    load = dict.fromkeys(live, 0)
+    out: dict[str, str] = {}
+    heap = [(sc[0][0], sc[0][1], d, 0) for d, (_, sc) in pool.items() if sc]
+    heapq.heapify(heap)
+    while heap:  # pops (duty, node) pairs in descending score order
+        _, node, duty, idx = heapq.heappop(heap)
+        if load[node] < low[node] or (load[node] < high[node] and spare > 0):
+            if load[node] >= low[node]:
+                spare -= 1
+            load[node] += 1
+            out[duty] = node
+        elif idx + 1 < len(pool[duty][1]):
+            neg_score, nxt = pool[duty][1][idx + 1]
+            heapq.heappush(heap, (neg_score, nxt, duty, idx + 1))
+    for duty in sorted(d for d in pool if d not in out and pool[d][1]):
+        ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
+        node = min(ranked, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300)
+        load[node] += 1
+        out[duty] = node
+    return out
+
+
+def _fits_cache(live: Mapping[str, NodeInfo]) -> Callable[[DutySpec], tuple[str, ...]]:
+    """Eligible node names per duty, cached by what eligibility depends on."""
+    restricted = [n for n in live.values() if n.disabled]
+    cache: dict[object, tuple[str, ...]] = {}
+
+    def names(duty: DutySpec) -> tuple[str, ...]:
+        off = frozenset(n.name for n in restricted if is_disabled(duty, n))
+        key = (duty.roles, duty.leader_bound, off)
+        if (found := cache.get(key)) is None:
+            found = cache[key] = tuple(n for n, node in live.items() if _fits(duty, node))
+        return found
+
+    return names
+
+
+def place(
+    duties: Sequence[DutySpec],
+    nodes: Sequence[NodeInfo],
+    owners: Mapping[str, str],
+    *,
+    balanced: bool = False,
+) -> Placement:
+    """Wanted owner and fallback order of every duty (see the module docstring)."""
+    _unique((d.name for d in duties), "duty")
+    _unique((n.name for n in nodes), "node")
+    by_name = {d.name: d for d in duties}
+    live = {n.name: n for n in sorted(nodes, key=lambda n: n.name)}
+    ranker = _Ranker(live.values())
+    fits = _fits_cache(live)
+    wanted: dict[str, str | None] = {}
+    ranks: dict[str, list[str]] = {}
+    pool: dict[str, tuple[tuple[str, ...], list[tuple[float, str]]]] = {}
+    chained = _colocated_order(by_name)
+    for name in sorted(by_name):
+        duty = by_name[name]
+        if duty.with_duty is not None:
+            continue
+        names = fits(duty)
+        scored = ranker.scored(name, names)
+        ranks[name] = [n for _, n in scored]
+        owner = owners.get(name)
+        if duty.sticky and owner is not None and owner in names:
+            wanted[name] = owner
+        elif balanced and not duty.sticky:
+            pool[name] = (names, scored)
+        else:
+            wanted[name] = scored[0][1] if scored else None
+    if pool:
+        assigned = _balance(pool, live)
+        for name in pool:
+            wanted[name] = assigned.get(name)
+    for duty in chained:
+        assert duty.with_duty is not None
+        target = wanted[duty.with_duty]
+        allowed = fits(duty)
+        ranks[duty.name] = [n for n in ranks[duty.with_duty] if n in allowed]
+        wanted[duty.name] = target if target is not None and target in allowed else None
+    for name, owner in wanted.items():
+        if owner is not None and ranks[name][0] != owner:
+            ranks[name] = [owner, *(n for n in ranks[name] if n != owner)]
+    return Placement(
+        wanted={n: wanted[n] for n in sorted(wanted)},
+        ranks={n: ranks[n] for n in sorted(ranks)},
+    )
+
+
+def moves(before: Placement, after: Placement) -> set[str]:
+    """Duties present in both placements whose wanted owner changed (to/from None too)."""
+    return {
+        d for d, owner in after.wanted.items() if d in before.wanted and before.wanted[d] != owner
+    }

@@ -1,0 +1,129 @@
+"""The context a duty function receives: its fencing token, guard and stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from shoal._clock import Clock
+from shoal._errors import DutyLost
+from shoal.primitives.ownership import guard
+from shoal.store.protocol import Compare, Put, Store, TxnOp, TxnResult
+
+
+class StopSignal:
+    """Set when the duty must stop. Usable from async code and from threads."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._thread_event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+        self._thread_event.set()
+
+    def is_set(self) -> bool:
+        return self._thread_event.is_set()
+
+    def __bool__(self) -> bool:
+        return self.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+    def wait_sync(self, timeout: float | None = None) -> bool:
+        """Block a thread until stopped or ``timeout``; True if stopped."""
+        return self._thread_event.wait(timeout)
+
+
+class DutyContext:
+    """What a running duty knows and may do.
+
+    * ``token``: the fencing token (create revision of the ownership key);
+    * ``guard()``: a compare to put in your own store transaction — it fails
+      once a newer owner exists (G2);
+    * ``put`` / ``txn``: fenced writes (raise :class:`~shoal.DutyLost` when the
+      token is superseded);
+    * ``stopping``: set when the duty must stop (handover, drain, lost lease);
+    * ``sleep(s)``: sleeps, but wakes early and returns False when stopping.
+
+    Sync duties (run in a thread) use ``put_sync``, ``sleep_sync`` and
+    ``stopping.is_set()``.
+    """
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        token: int,
+        node: str,
+        store: Store,
+        clock: Clock,
+        params: dict[str, Any],
+        item: Any,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.name = name
+        self.token = token
+        self.node = node
+        self.store = store
+        self.clock = clock
+        self.params = params
+        self.item = item
+        self.stopping = StopSignal()
+        self.log = logging.getLogger(f"shoal.duty.{name}")
+        self._loop = loop
+
+    def guard(self) -> Compare:
+        return guard(self.name, self.token)
+
+    async def txn(
+        self,
+        compares: Sequence[Compare] = (),
+        on_success: Sequence[TxnOp] = (),
+        on_failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """A transaction that also requires this duty's token to be current.
+
+        Raises DutyLost when the guard fails (another compare failing returns
+        ``succeeded=False`` as usual)."""
+        res = await self.store.txn([*compares, self.guard()], on_success, on_failure)
+        if not res.succeeded:
+            kv = await self.store.get(self.guard().key)
+            if kv is None or kv.create_revision != self.token:
+                raise DutyLost(
+                    f"duty {self.name!r}: token {self.token} superseded; write refused"
+                )
+        return res
+
+    async def put(self, key: str, value: bytes) -> int:
+        """A fenced put. Returns the revision; raises DutyLost when superseded."""
+        res = await self.store.txn([self.guard()], [Put(key, value)])
+        if not res.succeeded:
+            raise DutyLost(f"duty {self.name!r}: token {self.token} superseded; write refused")
+        return res.revision
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep ``seconds``; return False early if the duty is stopping."""
+        if self.stopping.is_set():
+            return False
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+        return not self.stopping.is_set()
+
+    # -- for sync duties running in a thread --------------------------------
+    def put_sync(self, key: str, value: bytes, timeout: float = 30.0) -> int:
+        return asyncio.run_coroutine_threadsafe(self.put(key, value), self._loop).result(timeout)
+
+    def sleep_sync(self, seconds: float) -> bool:
+        return not self.stopping.wait_sync(seconds)

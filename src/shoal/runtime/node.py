@@ -1,0 +1,462 @@
+"""Node: joins the cluster, keeps its lease, places and runs duties.
+
+    async with shoal.Node(app, settings, store=store) as node:
+        print(node.leader, sorted(node.members))
+
+Phases (see :mod:`shoal.core.node_state` for the full transition table):
+JOINING -> ACTIVE <-> SUSPENDED -> LOST -> JOINING ..., STOPPED at the end.
+While SUSPENDED (keep-alives failing, local deadline not passed) duties keep
+running; at the deadline the node turns LOST and cancels every duty before
+the store could expire its lease (G1), then rejoins with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from shoal._clock import SYSTEM_CLOCK, Clock
+from shoal._errors import NameTaken, NotRunning, StoreError
+from shoal.core.placement import DutySpec, NodeInfo, Placement, place
+from shoal.primitives import membership, ownership
+from shoal.primitives.membership import NODES, Member
+from shoal.primitives.mirror import Mirror
+from shoal.primitives.ownership import DUTIES, Owner
+from shoal.primitives.session import Session
+from shoal.runtime.app import LEADER, App, Duty
+from shoal.runtime.context import DutyContext
+from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
+from shoal.runtime.runner import DutyRunner
+from shoal.runtime.settings import NodeSettings
+from shoal.store.protocol import Event, Store
+
+log = logging.getLogger("shoal.node")
+VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterEvent:
+    """Something this node saw: kind in joined/left/updated (members),
+    leader, phase, started/stopped/crashed (local duties)."""
+
+    kind: str
+    name: str | None
+    detail: str = ""
+
+
+class Node:
+    """One member of the cluster. Start with ``async with`` or :meth:`start`."""
+
+    def __init__(
+        self,
+        app: App,
+        settings: NodeSettings,
+        *,
+        store: Store,
+        clock: Clock | None = None,
+        own_store: bool = False,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.store = store
+        self.clock = clock or SYSTEM_CLOCK
+        self.name = settings.name
+        self._own_store = own_store
+        self.duties: list[Duty] = []
+        self.phase = "STOPPED"
+        self.session: Session | None = None
+        self.members: dict[str, Member] = {}
+        self.runners: dict[str, DutyRunner] = {}
+        self.counters = {"acquired": 0, "released": 0, "lost": 0, "crashes": 0, "rejoins": 0}
+        self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
+        self._owners = Mirror(store, DUTIES, self.clock, on_change=self._owners_changed)
+        self._local: dict[str, tuple[int, Owner | None]] = {}
+        self._free_since: dict[str, float] = {}
+        self._stable_since = 0.0
+        self._member_sig: frozenset[tuple[str, bool]] = frozenset()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribers: set[asyncio.Queue[ClusterEvent]] = set()
+        self._leader: str | None = None
+        self._closing = False
+        self._draining = False
+        self._placement_cache: tuple[object, Placement] | None = None
+        self.reaper: Any = None
+
+    # -- public view ----------------------------------------------------------
+    @property
+    def leader(self) -> str | None:
+        owner = self.owners.get(LEADER)
+        return owner.node if owner else None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.leader == self.name
+
+    @property
+    def owners(self) -> dict[str, Owner]:
+        """Effective duty owners: what the store says, plus our own recent writes."""
+        view = {n: Owner.decode(n, kv) for n, kv in self._owners.items.items()}
+        for duty, (rev, owner) in list(self._local.items()):
+            if self._owners.revision >= rev:
+                del self._local[duty]
+            elif owner is None:
+                view.pop(duty, None)
+            else:
+                view[duty] = owner
+        return view
+
+    def subscribe(self) -> AsyncIterator[ClusterEvent]:
+        """Membership, leader, phase and duty events seen by this node."""
+        queue: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize=10_000)
+        self._subscribers.add(queue)
+
+        async def gen() -> AsyncIterator[ClusterEvent]:
+            try:
+                while True:
+                    yield await queue.get()
+            finally:
+                self._subscribers.discard(queue)
+
+        return gen()
+
+    def _emit(self, kind: str, name: str | None, detail: str = "") -> None:
+        ev = ClusterEvent(kind, name, detail)
+        for q in self._subscribers:
+            with contextlib.suppress(asyncio.QueueFull):
+                q.put_nowait(ev)
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            log.info("node %s: %s -> %s", self.name, self.phase, phase)
+            self.phase = phase
+            self._emit("phase", self.name, phase)
+
+    # -- lifecycle ------------------------------------------------------------
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Join the cluster. Raises NameTaken (G6) or StoreError; on error
+        nothing is left running."""
+        self.duties = _ordered(self.app.expand(self.settings.params))
+        self._set_phase("JOINING")
+        try:
+            self._nodes.start()
+            self._owners.start()
+            await self._nodes.wait_ready()
+            await self._owners.wait_ready()
+            await self._join()
+        except BaseException:
+            await self._shutdown_background()
+            self._set_phase("STOPPED")
+            raise
+        self._tasks = [
+            asyncio.create_task(self._life(), name=f"shoal-life-{self.name}"),
+            asyncio.create_task(self._reconcile_loop(), name=f"shoal-reconcile-{self.name}"),
+        ]
+
+    def _member(self) -> Member:
+        s = self.settings
+        return Member(
+            name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
+            version=VERSION, started_at=self.clock.time(), can_lead=s.can_lead,
+            disabled=s.disabled, draining=self._draining,
+        )
+
+    async def _join(self) -> None:
+        s = self.settings
+        session = await Session.open(
+            self.store, self.clock, ttl=s.ttl, interval=s.keepalive_interval,
+            safety_margin=s.safety_margin, on_change=self._session_changed,
+        )
+        try:
+            await membership.register(self.store, self._member(), session.lease)
+        except BaseException:
+            await session.aclose()
+            raise
+        self.session = session
+        if self.reaper is not None:
+            self.reaper.watch_lease(session.lease)
+        self._set_phase("ACTIVE")
+        self._wake.set()
+
+    def _session_changed(self) -> None:
+        session = self.session
+        if session is None or self._closing:
+            return
+        if session.lost.is_set():
+            self._on_lost(session.lost_reason)
+        elif session.suspended and self.phase == "ACTIVE":
+            self._set_phase("SUSPENDED")
+        elif not session.suspended and self.phase == "SUSPENDED":
+            self._set_phase("ACTIVE")
+
+    def _on_lost(self, reason: str) -> None:
+        """The lease may be gone: stop every duty NOW (G1), synchronously."""
+        if self.phase in ("LOST", "STOPPED"):
+            return
+        self._set_phase("LOST")
+        for name, runner in list(self.runners.items()):
+            runner.cancel_now(f"lease lost: {reason}")
+            self.counters["lost"] += 1
+            self._emit("stopped", name, "lease lost")
+        self.runners.clear()
+        self._local.clear()
+
+    async def _life(self) -> None:
+        backoff = 0.1
+        while not self._closing:
+            session = self.session
+            assert session is not None
+            await session.lost.wait()
+            if self._closing or self._draining:
+                return
+            self._on_lost(session.lost_reason)
+            with contextlib.suppress(StoreError, NotRunning):
+                await session.aclose()  # best effort: free the old records at once
+            while not self._closing:
+                await self.clock.sleep(backoff)
+                self._set_phase("JOINING")
+                try:
+                    await self._join()
+                    self.counters["rejoins"] += 1
+                    backoff = 0.1
+                    break
+                except (StoreError, NameTaken) as exc:
+                    log.warning("node %s: rejoin failed: %s", self.name, exc)
+                    self._set_phase("LOST")
+                    backoff = min(backoff * 2, self.settings.retry_backoff_max)
+
+    # -- watching ---------------------------------------------------------------
+    def _nodes_changed(self, events: list[Event] | None) -> None:
+        old = self.members
+        new = {n: Member.decode(kv) for n, kv in self._nodes.items.items()}
+        self.members = new
+        for name in new.keys() - old.keys():
+            self._emit("joined", name)
+        for name in old.keys() - new.keys():
+            self._emit("left", name)
+        for name in new.keys() & old.keys():
+            if new[name] != old[name]:
+                self._emit("updated", name)
+        sig = frozenset((m.name, m.draining) for m in new.values())
+        if sig != self._member_sig:
+            self._member_sig = sig
+            self._stable_since = self.clock.monotonic()
+        self._wake.set()
+
+    def _owners_changed(self, events: list[Event] | None) -> None:
+        leader = self.leader
+        if leader != self._leader:
+            self._leader = leader
+            self._emit("leader", leader)
+        self._wake.set()
+
+    # -- placing and running duties ----------------------------------------------
+    def placement(self) -> Placement:
+        live = [m for m in self.members.values() if not m.draining]
+        owners = {n: o.node for n, o in self.owners.items()}
+        sticky = tuple(sorted((d.name, owners.get(d.name, "")) for d in self.duties if d.sticky))
+        key = (frozenset(live), sticky)
+        if self._placement_cache is not None and self._placement_cache[0] == key:
+            return self._placement_cache[1]
+        nodes = [
+            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead, frozenset(m.disabled),
+                     m.zone)
+            for m in live
+        ]
+        specs = [
+            DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty, d.family)
+            for d in self.duties
+        ]
+        result = place(specs, nodes, owners, balanced=self.settings.balanced)
+        self._placement_cache = (key, result)
+        return result
+
+    async def _reconcile_loop(self) -> None:
+        tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
+        while not self._closing:
+            waiter = asyncio.ensure_future(self._wake.wait())
+            sleeper = asyncio.ensure_future(self.clock.sleep(tick))
+            try:
+                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                sleeper.cancel()
+            self._wake.clear()
+            if self.phase not in ("ACTIVE", "SUSPENDED") or self._draining:
+                continue
+            try:
+                await self.reconcile()
+            except StoreError as exc:
+                log.debug("node %s: reconcile failed: %s", self.name, exc)
+
+    async def reconcile(self) -> None:
+        """One pass: compute the plan and carry it out."""
+        session = self.session
+        if session is None or not session.alive:
+            return
+        owners = self.owners
+        now = self.clock.monotonic()
+        for duty in self.duties:
+            if duty.name in owners:
+                self._free_since.pop(duty.name, None)
+            else:
+                self._free_since.setdefault(duty.name, now)
+        view = View(
+            me=self.name, lease=session.lease, duties=self.duties, owners=owners,
+            placement=self.placement(), running={n: r.token for n, r in self.runners.items()},
+            now=now, free_since=self._free_since, stable_since=self._stable_since,
+            grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
+        )
+        by_name = {d.name: d for d in self.duties}
+        for action in plan(view):
+            if not session.alive or self._closing or self._draining:
+                return
+            if isinstance(action, Stop):
+                self._stop_now(action.duty, action.reason)
+            elif isinstance(action, Run):
+                self._run(by_name[action.duty], action.owner)
+            elif isinstance(action, Release):
+                await self._release(action.duty, action.token, action.reason)
+            elif isinstance(action, Acquire) and self.phase == "ACTIVE":
+                await self._acquire(by_name[action.duty], session)
+
+    def _stop_now(self, duty: str, reason: str) -> None:
+        runner = self.runners.pop(duty, None)
+        if runner is not None:
+            runner.cancel_now(reason)
+            self._emit("stopped", duty, reason)
+
+    def _run(self, duty: Duty, owner: Owner) -> None:
+        self._stop_now(duty.name, "token changed")
+        ctx = DutyContext(
+            name=duty.name, token=owner.token, node=self.name, store=self.store,
+            clock=self.clock, params=self.settings.params, item=duty.item,
+            loop=asyncio.get_running_loop(),
+        )
+        runner = DutyRunner(
+            duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,
+            backoff_max=self.settings.crash_backoff_max, on_crash=self._on_crash,
+        )
+        self.runners[duty.name] = runner
+        runner.start()
+        self._emit("started", duty.name, f"token {owner.token}")
+
+    def _on_crash(self, duty: str, exc: BaseException) -> None:
+        self.counters["crashes"] += 1
+        self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
+
+    async def _acquire(self, duty: Duty, session: Session) -> None:
+        token = await ownership.acquire(
+            self.store, duty.name, self.name, session.lease, self.clock.time()
+        )
+        if token is None:
+            return
+        owner = Owner(duty.name, self.name, token, self.clock.time(), session.lease)
+        self._local[duty.name] = (token, owner)
+        self.counters["acquired"] += 1
+        self._free_since.pop(duty.name, None)
+        self._run(duty, owner)
+        self._wake.set()  # co-located duties may follow at once
+
+    async def _release(self, duty: str, token: int, reason: str) -> None:
+        runner = self.runners.pop(duty, None)
+        if runner is not None:
+            await runner.stop(reason, self.settings.drain_timeout)
+            self._emit("stopped", duty, reason)
+        revision = await ownership.release(self.store, duty, token)
+        if revision:
+            self._local[duty] = (revision, None)
+            self.counters["released"] += 1
+        self._wake.set()
+
+    # -- leaving --------------------------------------------------------------
+    async def drain(self, timeout: float | None = None) -> None:
+        """Hand every duty over and leave: stop duties (bounded by
+        ``drain_timeout`` each, in parallel), then revoke the lease so every
+        ownership key and the node record vanish in one revision (G3)."""
+        if self._draining or self.phase == "STOPPED":
+            return
+        self._draining = True
+        self._set_phase("DRAINING")
+        session = self.session
+        if session is not None and session.alive:
+            with contextlib.suppress(StoreError):
+                await membership.update(self.store, self._member(), session.lease)
+        limit = self.settings.drain_timeout if timeout is None else timeout
+        runners, self.runners = self.runners, {}
+        await asyncio.gather(*(r.stop("drain", limit) for r in runners.values()))
+        if session is not None:
+            await session.aclose()
+        if self.reaper is not None:
+            self.reaper.close()
+
+    async def abandon(self) -> None:
+        """Stop as a crash would (for tests): duties cancelled, nothing released,
+        the lease left to expire by its TTL."""
+        self._closing = True
+        for runner in self.runners.values():
+            runner.cancel_now("abandoned")
+        self.runners.clear()
+        if self.session is not None:
+            await self.session.orphan()
+        await self._shutdown_background()
+        self._set_phase("STOPPED")
+
+    async def aclose(self) -> None:
+        """Drain (if still running) and stop everything. Idempotent."""
+        if self._closing:
+            return
+        await self.drain()
+        self._closing = True
+        await self._shutdown_background()
+        if self._own_store:
+            await self.store.aclose()
+        self._set_phase("STOPPED")
+
+    async def _shutdown_background(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self._nodes.aclose()
+        await self._owners.aclose()
+
+
+def _ordered(duties: list[Duty]) -> list[Duty]:
+    """Co-located duties after the duty they follow (chains allowed)."""
+    by_name = {d.name: d for d in duties}
+    out: list[Duty] = []
+    seen: set[str] = set()
+
+    def visit(d: Duty, path: tuple[str, ...]) -> None:
+        if d.name in seen:
+            return
+        if d.name in path:
+            raise ValueError(f"with_duty cycle: {' -> '.join((*path, d.name))}")
+        if d.with_duty is not None:
+            anchor = by_name.get(d.with_duty)
+            if anchor is None:
+                raise ValueError(f"duty {d.name!r} follows unknown duty {d.with_duty!r}")
+            visit(anchor, (*path, d.name))
+        seen.add(d.name)
+        out.append(d)
+
+    for d in duties:
+        visit(d, ())
+    return out
+
+
+__all__ = ["ClusterEvent", "Node", "NodeSettings"]

@@ -1,0 +1,120 @@
+"""What a node should do about its duties, given what it sees. Pure: no I/O.
+
+The runtime builds a :class:`View` from its mirrors and clock and carries
+out the :func:`plan`'s actions in order.
+
+Rules, per duty (``wanted`` comes from :func:`shoal.core.placement.place`):
+
+* owned by me (on my current lease):
+  - co-located (``with_duty=X``) and I no longer own X (or X is being
+    released) -> Release;
+  - balanced, wanted elsewhere, and membership stable for
+    ``rebalance_delay`` -> Release (handover: stop, then delete the key);
+  - else make sure it runs with the current token -> Run.
+* owned by my previous lease (stale, after a rejoin) -> Release.
+* not owned by me but running here -> Stop at once (ownership lost).
+* free: co-located -> Acquire if I own X; otherwise Acquire if I am the
+  wanted node, or if I am k-th in rank order and it has been free for
+  ``k * grace`` seconds (fallback when the preferred node does not act).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shoal.core.placement import Placement
+from shoal.primitives.ownership import Owner
+from shoal.runtime.app import Duty
+
+
+@dataclass(frozen=True, slots=True)
+class Acquire:
+    duty: str
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    duty: str
+    token: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    duty: str
+    owner: Owner
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    duty: str
+    reason: str
+
+
+Action = Acquire | Release | Run | Stop
+
+
+@dataclass(frozen=True)
+class View:
+    me: str
+    lease: int
+    duties: list[Duty]  # co-located duties after the duty they follow
+    owners: Mapping[str, Owner]
+    placement: Placement
+    running: Mapping[str, int]  # duty -> token of the local runner
+    now: float
+    free_since: Mapping[str, float] = field(default_factory=dict)
+    stable_since: float = 0.0
+    grace: float = 1.0
+    rebalance_delay: float = 5.0
+
+
+def plan(view: View) -> list[Action]:
+    """The actions to take now, releases of dependents before their anchor."""
+    actions: list[Action] = []
+    releasing: set[str] = set()
+    me = view.me
+    stable = view.now - view.stable_since >= view.rebalance_delay
+    for duty in view.duties:
+        name = duty.name
+        owner = view.owners.get(name)
+        running = view.running.get(name)
+        if owner is not None and owner.node == me and owner.lease == view.lease:
+            wanted = view.placement.wanted.get(name)
+            reason = ""
+            if duty.with_duty is not None:
+                anchor = view.owners.get(duty.with_duty)
+                if duty.with_duty in releasing or anchor is None or anchor.node != me:
+                    reason = f"follows {duty.with_duty}, which left this node"
+            elif not duty.sticky and wanted not in (None, me) and stable:
+                reason = f"rebalance to {wanted}"
+            if reason:
+                releasing.add(name)
+                actions.append(Release(name, owner.token, reason))
+            elif running != owner.token:
+                actions.append(Run(name, owner))
+            continue
+        if running is not None:
+            actions.append(Stop(name, "ownership lost"))
+        if owner is not None:
+            if owner.node == me:  # left over from my previous lease
+                actions.append(Release(name, owner.token, "stale record of a previous session"))
+            continue
+        ranks = view.placement.ranks.get(name, [])
+        if me not in ranks:
+            continue
+        if duty.with_duty is not None:
+            anchor = view.owners.get(duty.with_duty)
+            if anchor is not None and anchor.node == me and anchor.lease == view.lease:
+                actions.append(Acquire(name))
+            continue
+        if view.placement.wanted.get(name) == me:
+            actions.append(Acquire(name))
+            continue
+        free_for = view.now - view.free_since.get(name, view.now)
+        if free_for >= view.grace * ranks.index(me):
+            actions.append(Acquire(name))
+    releases = [a for a in actions if isinstance(a, Release)]
+    others = [a for a in actions if not isinstance(a, Release)]
+    return [*reversed(releases), *others]

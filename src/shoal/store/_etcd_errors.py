@@ -1,0 +1,146 @@
+"""The one place where grpc / etcd3aio exceptions become Shoal errors (etcd backend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from shoal._errors import (
+    Compacted,
+    LeaseNotFound,
+    NotRunning,
+    OutcomeUnknown,
+    ShoalError,
+    StoreAuthError,
+    StoreError,
+    StoreUnavailable,
+)
+
+# Status codes after which a request may be retried / reconnected.
+TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+# grpc reports this when no connection could be picked: the request never left.
+_NOT_SENT = "failed to connect to all addresses"
+_REAUTH = ("invalid auth token", "revision of auth store is old", "auth revision is old")
+
+
+class NeedReauth(Exception):
+    """Internal: the token is stale; authenticate again and retry (the request was refused)."""
+
+
+def rpc_error(exc: BaseException | None) -> Any | None:
+    """The grpc AioRpcError in ``exc`` or its cause chain (etcd3aio wraps them)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def status_of(exc: BaseException) -> tuple[Any, str]:
+    """(grpc status code or None, details) of an error."""
+    rpc = rpc_error(exc)
+    if rpc is None:
+        return None, str(exc)
+    return rpc.code(), str(rpc.details() or "")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TimeoutError | StoreUnavailable):
+        return True
+    code, details = status_of(exc)
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "too many requests" in details
+    return code in TRANSIENT and not any(r in details for r in _REAUTH)
+
+
+def short_reason(exc: BaseException) -> str:
+    """A short, one-line reason for a connectivity failure."""
+    if isinstance(exc, TimeoutError):
+        return "no response"
+    code, details = status_of(exc)
+    low = details.lower()
+    if "connection refused" in low:
+        return "connection refused"
+    if "ssl" in low or "handshake" in low or "certificate" in low:
+        return f"TLS handshake failed: {_one_line(details, 120)}"
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return "no response"
+    if "dns" in low or "resolve" in low:
+        return f"name resolution failed: {_one_line(details, 120)}"
+    return _one_line(details, 160) or (code.name.lower() if code is not None else "unknown error")
+
+
+def _one_line(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def translate(
+    exc: BaseException,
+    what: str,
+    *,
+    timeout: float,
+    write: bool = False,
+    lease: int = 0,
+    closed: bool = False,
+    credentials: bool = False,
+) -> BaseException:
+    """Map any exception raised by a grpc/etcd3aio call to a Shoal error.
+
+    ``write=True`` marks calls whose effect may have happened although no reply came:
+    transport failures then become :class:`OutcomeUnknown`.
+    """
+    if isinstance(exc, ShoalError | NeedReauth):
+        return exc
+    if closed:
+        return NotRunning("the etcd store is closed")
+    if isinstance(exc, TimeoutError):
+        msg = f"etcd {what}: no answer within {timeout}s"
+        return (
+            OutcomeUnknown(msg + " (the write may have happened)")
+            if write
+            else (StoreUnavailable(msg))
+        )
+    rpc = rpc_error(exc)
+    if rpc is None:
+        if isinstance(exc, grpc.aio.UsageError | RuntimeError):
+            return NotRunning(f"etcd {what}: {exc}")
+        return StoreError(f"etcd {what} failed: {type(exc).__name__}: {exc}")
+    code, details = rpc.code(), str(rpc.details() or "")
+    if any(r in details for r in _REAUTH):
+        if credentials:
+            return NeedReauth(details)
+        return StoreAuthError(f"etcd {what}: {details}")
+    if "required revision has been compacted" in details:
+        return Compacted(0)
+    if "requested lease not found" in details:
+        return LeaseNotFound(lease)
+    if "user name is empty" in details:
+        return StoreAuthError(
+            f"etcd {what}: etcd has authentication enabled but no credentials were given; "
+            "set store.etcd.username and store.etcd.password"
+        )
+    if "authentication failed" in details:
+        return StoreAuthError(
+            f"etcd {what}: authentication failed (wrong user or password); "
+            "check store.etcd.username and store.etcd.password"
+        )
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        return StoreAuthError(f"etcd {what}: {details or code.name}")
+    if code in TRANSIENT or (
+        code is grpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" in details
+    ):
+        reason = short_reason(rpc)
+        if write and _NOT_SENT not in details:
+            return OutcomeUnknown(f"etcd {what}: {reason} (the write may have happened)")
+        return StoreUnavailable(f"etcd {what}: {reason}")
+    return StoreError(f"etcd {what} failed: {code.name}: {details}")

@@ -1,0 +1,625 @@
+"""The embedded SQLite backend: one machine, any number of processes, one file.
+
+Tables: ``meta`` (revision, compaction point, boot id), ``kv`` (the keys),
+``leases`` (deadlines on the machine-wide monotonic clock) and ``log`` (one
+row per change event: the watch history).
+
+How calls block: every sqlite3 call runs on ONE worker thread owned by the
+store, so no coroutine ever blocks the event loop. A write waits for the
+file's write lock (``BEGIN IMMEDIATE``) up to ``lock_timeout`` seconds, then raises
+:class:`~shoal.StoreUnavailable`; a failed write never half-happens. Reads
+never wait for writers (WAL). Cancelling a call cancels the wait; a write that
+already reached the worker thread still happens.
+
+Background work while open: one poller checks ``PRAGMA data_version`` every
+``poll_interval`` (and at once after a local write), fetches new log rows and
+fans them out to every watch; an expiry check every 100 ms deletes expired
+leases and their keys (each lease's keys at one new revision, like etcd).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import math
+import secrets
+import sqlite3
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from shoal._clock import SYSTEM_CLOCK, Clock
+from shoal._errors import (
+    Compacted,
+    ConfigError,
+    LeaseNotFound,
+    NotRunning,
+    StoreError,
+    StoreUnavailable,
+)
+from shoal.store.protocol import (
+    Compare,
+    Delete,
+    Event,
+    EventType,
+    Features,
+    KeyValue,
+    Lease,
+    OpResult,
+    Put,
+    RangeResult,
+    TxnOp,
+    TxnResult,
+    check_compare,
+)
+
+T = TypeVar("T")
+
+_EXPIRY_TICK = 0.1
+_PUT, _DEL = 0, 1
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)",
+    "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,"
+    " create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL,"
+    " lease INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease)",
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,"
+    " deadline REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS leases_deadline ON leases(deadline)",
+    "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL,"
+    " type INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,"
+    " create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS log_rev ON log(rev)",
+)
+_KV_COLS = "key, value, create_rev, mod_rev, version, lease"
+_LOG_COLS = "rev, type, key, value, create_rev, version, lease"
+
+
+def _boot_id() -> str:
+    """This boot of the machine: monotonic deadlines are only comparable within one."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _span(key: str, prefix: bool) -> tuple[str, tuple[bytes, ...]]:
+    """A WHERE clause on the BLOB column ``key`` (byte order, like etcd)."""
+    lo = key.encode()
+    if not prefix:
+        if not lo:
+            raise ValueError("key is empty")
+        return "key = ?", (lo,)
+    hi = lo.rstrip(b"\xff")
+    if not hi:
+        return "key >= ?", (lo,)
+    return "key >= ? AND key < ?", (lo, hi[:-1] + bytes([hi[-1] + 1]))
+
+
+def _event(row: Sequence[Any]) -> Event:
+    rev, kind, key, value, create, version, lease = row
+    kv = KeyValue(key.decode(), value, create, rev, version, lease)
+    return Event(EventType.PUT if kind == _PUT else EventType.DELETE, kv)
+
+
+def _batches(events: list[Event]) -> list[list[Event]]:
+    """Group events by revision (one batch = one transaction)."""
+    out: list[list[Event]] = []
+    for ev in events:
+        if out and out[-1][0].revision == ev.revision:
+            out[-1].append(ev)
+        else:
+            out.append([ev])
+    return out
+
+
+def _check_ops(ops: Sequence[TxnOp]) -> None:
+    """etcd refuses a branch that writes one key twice."""
+    puts = [op.key for op in ops if isinstance(op, Put)]
+    if len(set(puts)) < len(puts):
+        raise ValueError("duplicate key given in txn request")
+    for op in ops:
+        if isinstance(op, Delete) and any(
+            k == op.key or (op.prefix and k.startswith(op.key)) for k in puts
+        ):
+            raise ValueError(f"txn both puts and deletes {op.key!r}")
+
+
+class _Watcher:
+    """One watch's inbox, filled by the poller. ``next_rev``: the first revision
+    it still needs; ``resync``: refetch from the log (start, or fell behind)."""
+
+    def __init__(self, prefix: str, next_rev: int, resync: bool, limit: int) -> None:
+        self.prefix, self.next_rev, self.resync, self.limit = prefix, next_rev, resync, limit
+        self.queue: deque[list[Event]] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+
+    def offer(self, batch: list[Event]) -> None:
+        mine = [ev for ev in batch if ev.kv.key.startswith(self.prefix)]
+        if not mine or mine[0].revision < self.next_rev:
+            return
+        if len(self.queue) >= self.limit:
+            self.lost()  # too slow: catch up from the log (or learn it was compacted)
+            return
+        self.queue.append(mine)
+        self.wake.set()
+
+    def lost(self) -> None:
+        self.queue.clear()
+        self.resync = True
+        self.wake.set()
+
+
+class SqliteStore:
+    """The Store on one SQLite file shared by the processes of one machine.
+
+    Open with :meth:`open`; every method is a coroutine that runs its SQL on
+    the store's worker thread (see the module docstring for blocking rules).
+    """
+
+    features = Features(name="sqlite", multi_process=True, multi_machine=False, linearizable=True)
+
+    def __init__(
+        self, path: Path, clock: Clock, poll_interval: float, log_retention: int, timeout: float
+    ) -> None:
+        self.path = path
+        self._clock = clock
+        self._poll_interval = poll_interval
+        self._retention = max(1, log_retention)
+        self._timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-sqlite")
+        # worker-thread state
+        self._db: sqlite3.Connection | None = None
+        self._rev = self._start_rev = 0
+        self._dirty = False
+        self._commits = 0
+        self._polled: tuple[int, int] = (-1, -1)
+        self._known = 0  # newest revision this instance wrote or read (read by the loop)
+        # event-loop state
+        self._seen = 0  # newest revision the poller has fanned out
+        self._closed = False
+        self._wake = asyncio.Event()
+        self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Clock | None = None,
+        poll_interval: float = 0.01,
+        log_retention: int = 10_000,
+        lock_timeout: float = 5.0,
+    ) -> SqliteStore:
+        """Open (creating if needed) the store in file ``path`` and start its poller
+        and expiry check. Waits off the loop up to ``lock_timeout`` s for the write lock.
+
+        Raises ConfigError for a path that cannot be a database file, StoreUnavailable
+        when the file cannot be opened. ``log_retention``: revisions of watch history kept.
+        """
+        p = Path(path)
+        self = cls(p, clock or SYSTEM_CLOCK, poll_interval, log_retention, lock_timeout)
+        try:
+            self._seen = await self._call(self._open_sync)
+        except BaseException:
+            self._closed = True
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
+            self._pool.shutdown(wait=False)
+            raise
+        self._tasks = [
+            asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {p}"),
+            asyncio.create_task(self._expiry_loop(), name=f"shoal-sqlite-expiry {p}"),
+        ]
+        return self
+
+    # -- the worker-thread boundary -------------------------------------------
+    async def _call(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise NotRunning(f"sqlite store {self.path} is closed")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._guard, fn)
+
+    async def _write(self, fn: Callable[[], T]) -> tuple[T, int]:
+        """Run ``fn`` in one write transaction; returns its result and the revision."""
+        try:
+            return await self._call(functools.partial(self._write_sync, fn))
+        finally:
+            self._wake.set()  # let the poller deliver our own change at once
+
+    def _guard(self, fn: Callable[[], T]) -> T:
+        """The one place sqlite3 errors become Shoal errors (runs on the worker)."""
+        try:
+            return fn()
+        except sqlite3.Error as exc:
+            hint = " (another process holds the write lock)" if "locked" in str(exc) else ""
+            raise StoreUnavailable(f"sqlite store {self.path}: {exc}{hint}") from exc
+        finally:
+            if self._db is not None and self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.rollback()
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        if self._db is None:
+            raise NotRunning(f"sqlite store {self.path} is closed")
+        return self._db.execute(sql, params)
+
+    def _meta(self, key: str) -> Any:
+        return self._x("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()[0]
+
+    def _open_sync(self) -> int:
+        if not self.path.parent.is_dir():
+            raise ConfigError(f"store path {str(self.path)!r}: its directory does not exist")
+        if self.path.is_dir():
+            raise ConfigError(f"store path {str(self.path)!r} is a directory, not a file")
+        self._db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
+        self._x("PRAGMA journal_mode=WAL")
+        self._x("PRAGMA synchronous=FULL")
+        self._x("BEGIN IMMEDIATE")
+        for statement in _SCHEMA:
+            self._x(statement)
+        boot = _boot_id()
+        self._x(
+            "INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compact', 0), ('boot', ?)", (boot,)
+        )
+        self._rev = self._start_rev = int(self._meta("rev"))
+        self._dirty = False
+        if self._meta("boot") != boot:  # rebooted: no old deadline means anything now
+            for (lease,) in self._x("SELECT id FROM leases ORDER BY id").fetchall():
+                self._drop_lease(lease)
+            self._x("UPDATE meta SET v = ? WHERE k = 'boot'", (boot,))
+        self._expire_due()
+        return self._commit()
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    # -- write transactions (worker thread) -------------------------------------
+    def _write_sync(self, fn: Callable[[], T]) -> tuple[T, int]:
+        self._x("BEGIN IMMEDIATE")
+        self._rev = self._start_rev = int(self._meta("rev"))
+        self._dirty = False
+        self._expire_due()
+        result = fn()
+        return result, self._commit()
+
+    def _commit(self) -> int:
+        self._flush()
+        if self._rev != self._start_rev:
+            self._x("UPDATE meta SET v = ? WHERE k = 'rev'", (self._rev,))
+            compact = int(self._meta("compact"))
+            keep_from = self._rev - self._retention + 1
+            if keep_from - compact >= max(1, self._retention // 10):
+                self._compact_to(keep_from)
+        self._x("COMMIT")
+        if self._rev != self._start_rev:
+            self._commits += 1
+        self._known = max(self._known, self._rev)
+        return self._rev
+
+    def _flush(self) -> None:
+        """Close the revision being written (if it changed anything)."""
+        if self._dirty:
+            self._rev += 1
+            self._dirty = False
+
+    def _log(
+        self, kind: int, key: bytes, value: bytes, create: int, version: int, lease: int
+    ) -> None:
+        self._x(
+            f"INSERT INTO log ({_LOG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (self._rev + 1, kind, key, value, create, version, lease),
+        )
+        self._dirty = True
+
+    def _expire_due(self) -> None:
+        now = self._clock.monotonic()
+        due = self._x("SELECT id FROM leases WHERE deadline <= ? ORDER BY deadline", (now,))
+        for (lease,) in due.fetchall():
+            self._drop_lease(lease)
+
+    def _drop_lease(self, lease: int) -> None:
+        """Delete the lease and its keys, at one revision of their own."""
+        self._flush()
+        for (key,) in self._x(
+            "SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)
+        ).fetchall():
+            self._remove(key)
+        self._x("DELETE FROM leases WHERE id = ?", (lease,))
+        self._flush()
+
+    def _remove(self, key: bytes) -> None:
+        self._x("DELETE FROM kv WHERE key = ?", (key,))
+        self._log(_DEL, key, b"", 0, 0, 0)
+
+    def _select(self, key: str, prefix: bool) -> list[KeyValue]:
+        where, params = _span(key, prefix)
+        rows = self._x(f"SELECT {_KV_COLS} FROM kv WHERE {where} ORDER BY key", params)
+        return [KeyValue(r[0].decode(), r[1], r[2], r[3], r[4], r[5]) for r in rows.fetchall()]
+
+    def _put(self, key: str, value: bytes, lease: int) -> None:
+        if lease and self._x("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is None:
+            raise LeaseNotFound(lease)
+        old = self._select(key, False)
+        rev = self._rev + 1
+        create, version = (old[0].create_revision, old[0].version + 1) if old else (rev, 1)
+        raw = key.encode()
+        self._x(
+            f"INSERT OR REPLACE INTO kv ({_KV_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (raw, bytes(value), create, rev, version, lease),
+        )
+        self._log(_PUT, raw, bytes(value), create, version, lease)
+
+    def _delete(self, key: str, prefix: bool) -> int:
+        where, params = _span(key, prefix)
+        keys = self._x(f"SELECT key FROM kv WHERE {where} ORDER BY key", params).fetchall()
+        for (raw,) in keys:
+            self._remove(raw)
+        return len(keys)
+
+    def _compact_to(self, revision: int) -> None:
+        self._x("DELETE FROM log WHERE rev < ?", (revision,))
+        self._x("UPDATE meta SET v = ? WHERE k = 'compact'", (revision,))
+
+    def _lease_row(self, lease: int) -> tuple[int, float]:
+        row = self._x("SELECT ttl, deadline FROM leases WHERE id = ?", (lease,)).fetchone()
+        if row is None:
+            raise LeaseNotFound(lease)
+        return int(row[0]), float(row[1])
+
+    # -- reads (worker thread) ----------------------------------------------------
+    def _read(self, fn: Callable[[], T]) -> T:
+        """``fn`` on one snapshot, after deleting expired leases (so none is seen)."""
+        now = self._clock.monotonic()
+        if self._x("SELECT 1 FROM leases WHERE deadline <= ? LIMIT 1", (now,)).fetchone():
+            self._write_sync(lambda: None)
+        self._x("BEGIN")
+        result = fn()
+        self._known = max(self._known, int(self._meta("rev")))
+        self._x("COMMIT")
+        return result
+
+    def _poll_sync(self, seen: int) -> tuple[int, int, list[Event]] | None:
+        version = int(self._x("PRAGMA data_version").fetchone()[0])
+        if (version, self._commits) == self._polled:
+            return None  # nobody committed anything since the last poll
+        self._polled = (version, self._commits)
+        self._x("BEGIN")
+        compact, rev = int(self._meta("compact")), int(self._meta("rev"))
+        rows = self._x(f"SELECT {_LOG_COLS} FROM log WHERE rev > ? ORDER BY rev, id", (seen,))
+        events = [_event(r) for r in rows.fetchall()]
+        self._x("COMMIT")
+        return compact, rev, events
+
+    def _history(self, prefix: str, start: int) -> tuple[list[list[Event]], int]:
+        self._x("BEGIN")
+        compact, rev = int(self._meta("compact")), int(self._meta("rev"))
+        if start < compact:
+            raise Compacted(compact)
+        where, params = _span(prefix, True)
+        rows = self._x(
+            f"SELECT {_LOG_COLS} FROM log WHERE rev >= ? AND {where} ORDER BY rev, id",
+            (start, *params),
+        ).fetchall()
+        self._x("COMMIT")
+        return _batches([_event(r) for r in rows]), rev
+
+    # -- the Store API ------------------------------------------------------------
+    async def get(self, key: str) -> KeyValue | None:
+        """The current record of ``key`` or None. Never waits for writers."""
+        kvs = await self._call(lambda: self._read(lambda: self._select(key, False)))
+        return kvs[0] if kvs else None
+
+    async def range(self, prefix: str) -> RangeResult:
+        """Every key under ``prefix``, sorted, with the read revision. Never waits for writers."""
+
+        def body() -> RangeResult:
+            return RangeResult(tuple(self._select(prefix, True)), int(self._meta("rev")))
+
+        return await self._call(lambda: self._read(body))
+
+    async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
+        """Write ``key``; returns the new revision. Waits for the write lock; LeaseNotFound."""
+        return (await self._write(lambda: self._put(key, value, lease)))[1]
+
+    async def delete(self, key: str, *, prefix: bool = False) -> int:
+        """Delete ``key`` (or a prefix); returns the count. Waits for the write lock."""
+        return (await self._write(lambda: self._delete(key, prefix)))[0]
+
+    async def txn(
+        self,
+        compares: Sequence[Compare],
+        on_success: Sequence[TxnOp] = (),
+        on_failure: Sequence[TxnOp] = (),
+    ) -> TxnResult:
+        """Compares and the chosen branch in one write transaction (waits for the lock)."""
+        _check_ops(on_success)
+        _check_ops(on_failure)
+
+        def body() -> tuple[bool, tuple[OpResult, ...]]:
+            ok = all(
+                check_compare(c, next(iter(self._select(c.key, False)), None)) for c in compares
+            )
+            results: list[OpResult] = []
+            for op in on_success if ok else on_failure:
+                if isinstance(op, Put):
+                    self._put(op.key, op.value, op.lease)
+                    results.append(None)
+                elif isinstance(op, Delete):
+                    results.append(self._delete(op.key, op.prefix))
+                else:
+                    results.append(self._select(op.key, op.prefix))
+            return ok, tuple(results)
+
+        (ok, results), rev = await self._write(body)
+        return TxnResult(ok, rev, results)
+
+    async def grant(self, ttl: int) -> Lease:
+        """A new lease of ``ttl`` seconds (>= 1). Waits for the write lock."""
+        if ttl < 1:
+            raise ValueError(f"lease TTL must be >= 1 second, got {ttl}")
+
+        def body() -> int:
+            lease = secrets.randbits(62) + 1
+            while self._x("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone():
+                lease = secrets.randbits(62) + 1
+            deadline = self._clock.monotonic() + ttl
+            self._x(
+                "INSERT INTO leases (id, ttl, deadline) VALUES (?, ?, ?)", (lease, ttl, deadline)
+            )
+            return lease
+
+        return Lease((await self._write(body))[0], ttl)
+
+    async def keepalive(self, lease: int) -> int:
+        """Refresh ``lease``; returns its TTL. Waits for the write lock; LeaseNotFound."""
+
+        def body() -> int:
+            ttl, _ = self._lease_row(lease)
+            self._x(
+                "UPDATE leases SET deadline = ? WHERE id = ?",
+                (self._clock.monotonic() + ttl, lease),
+            )
+            return ttl
+
+        return (await self._write(body))[0]
+
+    async def revoke(self, lease: int) -> None:
+        """Revoke ``lease`` and delete its keys. Waits for the write lock; LeaseNotFound."""
+
+        def body() -> None:
+            self._lease_row(lease)
+            self._drop_lease(lease)
+
+        await self._write(body)
+
+    async def lease_ttl(self, lease: int) -> int:
+        """Whole seconds left on ``lease`` (rounded up); -1 when it does not exist."""
+
+        def body() -> int:
+            row = self._x("SELECT deadline FROM leases WHERE id = ?", (lease,)).fetchone()
+            return -1 if row is None else max(0, math.ceil(row[0] - self._clock.monotonic()))
+
+        return await self._call(lambda: self._read(body))
+
+    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
+        """Changes under ``prefix`` from ``start_revision`` (None or 0: from now) on.
+
+        Iterating waits for the shared poller (changes from other processes arrive
+        within about ``poll_interval``). Raises Compacted on the first iteration if
+        ``start_revision`` is older than the compaction point, or later if this
+        watch falls more than ``log_retention`` revisions behind and the log moved on.
+        Ends (StopAsyncIteration) when the store is closed. Close it with ``aclose()``.
+        """
+        if self._closed:
+            raise NotRunning(f"sqlite store {self.path} is closed")
+        start = start_revision if start_revision and start_revision > 0 else None
+        now = max(self._seen, self._known) + 1
+        watcher = _Watcher(prefix, start or now, start is not None, self._retention)
+        self._watchers.add(watcher)
+        return self._stream(watcher)
+
+    async def _stream(self, w: _Watcher) -> AsyncIterator[Event]:
+        try:
+            while not (w.closed or self._closed):
+                if w.resync:
+                    w.resync = False
+                    w.queue.clear()
+                    history = functools.partial(self._history, w.prefix, w.next_rev)
+                    batches, rev = await self._call(history)
+                    w.next_rev = max(w.next_rev, rev + 1)
+                    for batch in batches:
+                        for ev in batch:
+                            yield ev
+                elif w.queue:
+                    batch = w.queue.popleft()
+                    if batch[0].revision >= w.next_rev:
+                        w.next_rev = batch[0].revision + 1
+                        for ev in batch:
+                            yield ev
+                else:
+                    w.wake.clear()
+                    await w.wake.wait()
+        finally:
+            self._watchers.discard(w)
+
+    async def revision(self) -> int:
+        """The current store revision. Never waits for writers."""
+        return await self._call(lambda: self._read(lambda: int(self._meta("rev"))))
+
+    async def compact(self, revision: int) -> None:
+        """Drop watch history before ``revision``. Waits for the write lock.
+
+        Raises Compacted if already compacted that far, ValueError for a future revision."""
+
+        def body() -> None:
+            compact = int(self._meta("compact"))
+            if revision <= compact:
+                raise Compacted(compact)
+            if revision > self._rev:
+                raise ValueError(f"cannot compact to future revision {revision} > {self._rev}")
+            self._compact_to(revision)
+
+        await self._write(body)
+
+    async def aclose(self) -> None:
+        """Stop the poller and expiry check, end open watches, close the file.
+
+        Idempotent. Waits for the worker thread to finish the call it is running."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for w in list(self._watchers):
+            w.closed = True
+            w.wake.set()
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
+        self._pool.shutdown(wait=False)
+
+    # -- background tasks (event loop) ---------------------------------------------
+    async def _poll_loop(self) -> None:
+        while not self._closed:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._poll_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            try:
+                got = await self._call(functools.partial(self._poll_sync, self._seen))
+            except (StoreError, NotRunning):
+                continue  # retried next interval; watches just wait
+            if got is None:
+                continue
+            compact, rev, events = got
+            watchers = list(self._watchers)
+            if compact > self._seen + 1:  # rows we never fetched were compacted away
+                for w in watchers:
+                    w.lost()
+            for batch in _batches(events):
+                for w in watchers:
+                    w.offer(batch)
+            self._seen = max(self._seen, rev)
+
+    async def _expiry_loop(self) -> None:
+        def tick() -> bool:
+            now = self._clock.monotonic()
+            if not self._x("SELECT 1 FROM leases WHERE deadline <= ? LIMIT 1", (now,)).fetchone():
+                return False
+            self._write_sync(lambda: None)
+            return True
+
+        while not self._closed:
+            await self._clock.sleep(_EXPIRY_TICK)
+            try:
+                if await self._call(tick):
+                    self._wake.set()
+            except (StoreError, NotRunning):
+                continue

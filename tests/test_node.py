@@ -1,0 +1,300 @@
+"""Node runtime on the memory store with a fake clock: every guarantee row."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from shoal._errors import DutyLost, NameTaken
+from shoal.runtime.app import App
+from shoal.runtime.context import DutyContext
+from shoal.runtime.node import Node
+from shoal.runtime.settings import NodeSettings
+from shoal.store.memory import MemoryStore
+from shoal.testing.clock import FakeClock
+from shoal.testing.faulty import FaultyStore
+
+TTL = 6
+
+
+class Cluster:
+    def __init__(self, app: App) -> None:
+        self.clock = FakeClock()
+        self.store = MemoryStore(self.clock)
+        self.app = app
+        self.nodes: dict[str, Node] = {}
+        self.links: dict[str, FaultyStore] = {}
+
+    async def add(self, name: str, **kw: Any) -> Node:
+        link = FaultyStore(self.store)
+        kw.setdefault("ttl", TTL)
+        kw.setdefault("safety_margin", 1.0)
+        kw.setdefault("rebalance_delay", 3.0)
+        kw.setdefault("drain_timeout", 1.0)
+        node = Node(self.app, NodeSettings(name=name, **kw), store=link, clock=self.clock)
+        await node.start()
+        self.nodes[name] = node
+        self.links[name] = link
+        return node
+
+    async def run(self, seconds: float) -> None:
+        await self.clock.run_for(seconds, step=0.1)
+
+    def owners(self) -> dict[str, str]:
+        view = {n: o.node for n, o in self.store_owners().items()}
+        return view
+
+    def store_owners(self) -> dict[str, Any]:
+        from shoal.primitives.ownership import Owner
+
+        return {
+            k[len("duties/"):]: Owner.decode(k[len("duties/"):], kv)
+            for k, kv in self.store._data.items()
+            if k.startswith("duties/")
+        }
+
+    def running(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for name, node in self.nodes.items():
+            for duty in node.runners:
+                out.setdefault(duty, []).append(name)
+        return out
+
+    async def aclose(self) -> None:
+        for node in self.nodes.values():
+            await node.aclose()
+
+
+@pytest.fixture
+async def cluster_factory() -> AsyncIterator[Callable[[App], Cluster]]:
+    made: list[Cluster] = []
+
+    def make(app: App) -> Cluster:
+        c = Cluster(app)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        await c.aclose()
+
+
+def managers_app(n: int = 12) -> App:
+    app = App("t")
+    for i in range(n):
+        app.duty(f"m{i}")(_forever)
+    return app
+
+
+async def _forever(ctx: DutyContext) -> None:
+    while await ctx.sleep(1.0):
+        pass
+
+
+def assert_single_owners(c: Cluster) -> None:
+    for duty, nodes in c.running().items():
+        assert len(nodes) == 1, f"{duty} runs on {nodes}"
+
+
+async def test_balanced_distribution_after_rebalance_delay(cluster_factory: Any) -> None:
+    c = cluster_factory(managers_app(12))
+    for name in ("a", "b", "c"):
+        await c.add(name)
+        await c.run(0.5)
+    await c.run(5.0)
+    counts = Counter(c.owners()[f"m{i}"] for i in range(12))
+    assert sorted(counts.values()) == [4, 4, 4]
+    assert_single_owners(c)
+    assert sum(len(v) for v in c.running().values()) == 13  # 12 managers + leader
+    assert len({n.leader for n in c.nodes.values()}) == 1
+
+
+async def test_crash_of_owner_moves_duties_after_ttl(cluster_factory: Any) -> None:
+    c = cluster_factory(managers_app(6))
+    a = await c.add("a")
+    await c.add("b")
+    await c.run(5.0)
+    a_duties = [d for d, n in c.owners().items() if n == "a"]
+    assert a_duties
+    await a.abandon()  # crash: no handover, lease left to expire
+    del c.nodes["a"]
+    await c.run(TTL - 1.5)
+    assert all(c.owners().get(d) in (None, "a") for d in a_duties)  # lease still alive
+    await c.run(3.0)  # TTL passed: the store expired a's lease
+    owners = c.owners()
+    assert all(owners[d] == "b" for d in a_duties)
+    assert set(c.running()) == set(owners)
+
+
+async def test_partition_stops_duties_before_the_lease_expires(cluster_factory: Any) -> None:
+    log: list[tuple[float, str, str]] = []
+    app = App("t")
+
+    @app.duty("job")
+    async def job(ctx: DutyContext) -> None:
+        log.append((ctx.clock.monotonic(), ctx.node, "start"))
+        try:
+            await ctx.stopping.wait()
+        finally:
+            log.append((ctx.clock.monotonic(), ctx.node, "stop"))
+
+    c = cluster_factory(app)
+    await c.add("a")
+    await c.run(1.0)
+    await c.add("b")
+    await c.run(1.0)
+    first = c.owners()["job"]
+    other = "b" if first == "a" else "a"
+    c.links[first].blackhole()  # partition: keep-alives hang
+    await c.run(TTL + 2.0)
+    assert c.nodes[first].phase == "LOST"
+    assert c.owners()["job"] == other
+    stops = [t for t, n, e in log if n == first and e == "stop"]
+    starts = [t for t, n, e in log if n == other and e == "start"]
+    assert stops and starts and stops[0] < starts[0]  # G1: no overlap
+    # heal: the partitioned node rejoins without a restart
+    c.links[first].heal()
+    await c.run(3.0)
+    assert c.nodes[first].phase == "ACTIVE"
+    assert c.nodes[first].name in c.nodes[other].members
+    assert_single_owners(c)
+
+
+async def test_store_outage_then_rejoin(cluster_factory: Any) -> None:
+    c = cluster_factory(managers_app(4))
+    a = await c.add("a")
+    await c.run(2.0)
+    c.links["a"].cut()
+    await c.run(2.5)  # the next keep-alive (every TTL/3) fails
+    assert a.phase == "SUSPENDED"
+    assert a.runners  # duties keep running until the local deadline
+    await c.run(TTL)
+    assert a.phase in ("LOST", "JOINING") and not a.runners
+    c.links["a"].heal()
+    await c.run(3.0)
+    assert a.phase == "ACTIVE"
+    assert len(a.runners) == 5 and a.counters["rejoins"] == 1
+
+
+async def test_fencing_refuses_a_superseded_owner(cluster_factory: Any) -> None:
+    contexts: list[DutyContext] = []
+    app = App("t")
+
+    @app.duty("job")
+    async def job(ctx: DutyContext) -> None:
+        contexts.append(ctx)
+        await ctx.put("state/out", ctx.node.encode())
+        await ctx.stopping.wait()
+
+    c = cluster_factory(app)
+    await c.add("a")
+    await c.run(1.0)
+    await c.add("b")
+    await c.run(1.0)
+    old = contexts[-1]
+    c.links[old.node].blackhole()
+    await c.run(TTL + 2.0)
+    new = contexts[-1]
+    assert new.node != old.node and new.token > old.token
+    c.links[old.node].heal()
+    with pytest.raises(DutyLost):  # a paused process waking up late: its write is refused
+        await old.put("state/out", b"stale")
+    assert (await c.store.get("state/out")).value == new.node.encode()  # type: ignore[union-attr]
+
+
+async def test_duplicate_node_name_is_refused(cluster_factory: Any) -> None:
+    c = cluster_factory(managers_app(1))
+    await c.add("a")
+    with pytest.raises(NameTaken, match="'a' is held by a live node"):
+        await c.add("a")
+
+
+async def test_colocated_duties_move_together(cluster_factory: Any) -> None:
+    app = App("t")
+    app.duty("import:{engine}", for_each="engines")(_forever)
+    app.duty("event-import:{engine}", for_each="engines", with_duty="import:{engine}")(_forever)
+    app.duty("cleanup:{engine}", for_each="engines", with_duty="event-import:{engine}")(_forever)
+    c = cluster_factory(app)
+    params = {"engines": ["e1", "e2", "e3"]}
+    for n in ("a", "b", "c"):
+        await c.add(n, params=params)
+    await c.run(6.0)
+    owners = c.owners()
+    for e in params["engines"]:
+        assert owners[f"import:{e}"] == owners[f"event-import:{e}"] == owners[f"cleanup:{e}"]
+    victim = owners["import:e1"]
+    await c.nodes[victim].drain()
+    await c.run(6.0)
+    owners = c.owners()
+    assert owners["import:e1"] != victim
+    assert owners["import:e1"] == owners["event-import:e1"] == owners["cleanup:e1"]
+    assert_single_owners(c)
+
+
+async def test_disabled_duty_and_leader_only_on_can_lead(cluster_factory: Any) -> None:
+    app = managers_app(0)
+    app.duty("rule-engine")(_forever)
+    app.leader_duty("certificate-renewal")(_forever)
+    c = cluster_factory(app)
+    await c.add("a", disabled=("rule-engine",), can_lead=False)
+    await c.run(3.0)
+    assert "rule-engine" not in c.owners() and "leader" not in c.owners()
+    await c.add("b")
+    await c.run(5.0)
+    owners = c.owners()
+    assert owners["rule-engine"] == "b" and owners["leader"] == "b"
+    assert owners["certificate-renewal"] == "b"
+
+
+async def test_graceful_drain_hands_over_quickly(cluster_factory: Any) -> None:
+    c = cluster_factory(managers_app(6))
+    a = await c.add("a")
+    await c.add("b")
+    await c.run(5.0)
+    await a.drain()
+    await c.run(0.2)  # a few round-trips, far below the TTL
+    assert set(c.owners().values()) == {"b"} and len(c.owners()) == 7
+    assert "a" not in c.nodes["b"].members
+
+
+async def test_crashing_duty_is_restarted_with_backoff(cluster_factory: Any) -> None:
+    calls: list[float] = []
+    app = App("t")
+
+    @app.duty("flaky")
+    async def flaky(ctx: DutyContext) -> None:
+        calls.append(ctx.clock.monotonic())
+        raise RuntimeError("boom")
+
+    c = cluster_factory(app)
+    a = await c.add("a", crash_backoff=1.0)
+    await c.run(8.0)
+    gaps = [round(b - a_, 1) for a_, b in zip(calls, calls[1:], strict=False)]
+    assert gaps[:3] == [1.0, 2.0, 4.0]
+    assert a.runners["flaky"].crashes == len(calls)
+    assert a.counters["crashes"] == len(calls)
+
+
+async def test_sync_duty_runs_in_a_thread(cluster_factory: Any) -> None:
+    seen: list[str] = []
+    app = App("t")
+
+    @app.duty("sync-job")
+    def job(ctx: DutyContext) -> None:
+        seen.append(ctx.name)
+        ctx.put_sync("state/sync", b"1")
+        ctx.stopping.wait_sync(5.0)
+
+    c = cluster_factory(app)
+    a = await c.add("a")
+    for _ in range(50):
+        await c.run(0.1)
+        await asyncio.sleep(0.01)
+        if await c.store.get("state/sync"):
+            break
+    assert seen == ["sync-job"]
+    await a.drain()
