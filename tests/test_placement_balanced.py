@@ -1,0 +1,94 @@
+"""Placement (pure), balanced mode: exact weighted shares, ~1/N movement; and speed."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.core.placement import DutySpec, NodeInfo, moves, place
+
+
+def n(name: str, *roles: str, **kw: object) -> NodeInfo:
+    return NodeInfo(name, frozenset(roles), **kw)  # type: ignore[arg-type]
+
+
+def names(k: int, prefix: str = "d") -> list[DutySpec]:
+    return [DutySpec(f"{prefix}{i}") for i in range(k)]
+
+
+@settings(max_examples=20, deadline=None, derandomize=True)
+@given(prefix=st.text("abcxyz", max_size=5))
+def test_join_and_leave_move_about_one_nth_balanced(prefix: str) -> None:
+    duties = names(300, prefix)
+    nodes = [n(f"node-{prefix}-{i}") for i in range(6)]
+    five = place(duties, nodes[:5], {}, balanced=True)
+    six = place(duties, nodes, {}, balanced=True)
+    assert sorted(Counter(five.wanted.values()).values()) == [60] * 5
+    assert sorted(Counter(six.wanted.values()).values()) == [50] * 6
+    assert 50 <= len(moves(five, six)) <= 0.35 * 300  # the new node takes exactly 50
+    other_five = place(duties, nodes[1:], {}, balanced=True)
+    assert 50 <= len(moves(six, other_five)) <= 0.35 * 300
+
+
+@pytest.mark.parametrize(("count", "expected"), [(12, [4, 4, 4]), (64, [21, 21, 22])])
+def test_balanced_examples(count: int, expected: list[int]) -> None:
+    nodes = [n("a"), n("b"), n("c")]
+    result = place(names(count), nodes, {}, balanced=True)
+    assert sorted(Counter(result.wanted.values()).values()) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    count=st.integers(0, 120),
+    weights=st.lists(st.sampled_from([0.5, 1.0, 2.0, 3.0]), min_size=1, max_size=6),
+    prefix=st.text("pq", max_size=3),
+)
+def test_balanced_counts_are_within_the_rounded_weighted_share(
+    count: int, weights: list[float], prefix: str
+) -> None:
+    nodes = [n(f"n{i}", weight=w) for i, w in enumerate(weights)]
+    result = place(names(count, prefix), nodes, {}, balanced=True)
+    counts = Counter(result.wanted.values())
+    assert sum(counts.values()) == count
+    for node in nodes:
+        share = count * node.weight / sum(weights)
+        assert math.floor(share + 1e-9) <= counts[node.name] <= math.ceil(share - 1e-9)
+
+
+def test_balanced_leaves_sticky_duties_alone() -> None:
+    duties = [*names(9), DutySpec("leader", sticky=True)]
+    nodes = [n("a"), n("b"), n("c")]
+    result = place(duties, nodes, {"leader": "b"}, balanced=True)
+    assert result.wanted["leader"] == "b"
+    assert sorted(Counter(o for d, o in result.wanted.items() if d != "leader").values()) == [3] * 3
+
+
+def test_balanced_falls_back_when_eligible_nodes_are_full() -> None:
+    nodes = [n("a", "x"), n("b"), n("c")]
+    duties = [*names(6), *(DutySpec(f"only-x-{i}", roles=frozenset({"x"})) for i in range(3))]
+    result = place(duties, nodes, {}, balanced=True)
+    assert all(result.wanted[f"only-x-{i}"] == "a" for i in range(3))
+    assert all(o is not None for o in result.wanted.values())
+
+
+def test_fifty_nodes_ten_thousand_duties_is_fast() -> None:
+    nodes = [
+        n(
+            f"node-{i}",
+            "worker",
+            weight=1.0 + i % 3,
+            disabled=frozenset({"import:*"}) if i % 7 == 0 else frozenset(),
+        )
+        for i in range(50)
+    ]
+    duties = [DutySpec(f"import:{i}" if i % 5 == 0 else f"duty-{i}") for i in range(10_000)]
+    for balanced in (False, True):
+        started = time.perf_counter()
+        result = place(duties, nodes, {}, balanced=balanced)
+        assert time.perf_counter() - started < 5.0  # ~0.5 s here; generous for shared CPUs
+        assert all(o is not None for o in result.wanted.values())
