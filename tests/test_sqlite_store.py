@@ -235,6 +235,22 @@ async def test_compaction_reported_to_early_watchers(tmp_path: Path) -> None:
         await store.aclose()
 
 
+async def test_watch_whose_poller_falls_behind_the_log_gets_compacted(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    slow = await SqliteStore.open(path, poll_interval=0.5)  # polls rarely
+    writer = await SqliteStore.open(path, log_retention=5)  # compacts as it writes
+    try:
+        async with aclosing(slow.watch("f/")) as it:
+            for i in range(30):
+                await writer.put("f/k", str(i).encode())
+            with pytest.raises(Compacted) as info:
+                await asyncio.wait_for(anext(it), 3)
+        assert info.value.compact_revision > await writer.revision() - 10
+    finally:
+        await writer.aclose()
+        await slow.aclose()
+
+
 async def test_reopen_keeps_data_revision_and_leases(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await SqliteStore.open(path)

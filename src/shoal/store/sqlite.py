@@ -1,20 +1,22 @@
 """The embedded SQLite backend: one machine, any number of processes, one file.
 
 Tables: ``meta`` (revision, compaction point, boot id), ``kv`` (the keys),
-``leases`` (deadlines on the machine-wide monotonic clock) and ``log`` (one
-row per change event: the watch history).
+``leases`` (deadlines on the machine-wide monotonic clock, valid for one boot
+of the machine) and ``log`` (one row per change event: the watch history).
 
 How calls block: every sqlite3 call runs on ONE worker thread owned by the
-store, so no coroutine ever blocks the event loop. A write waits for the
-file's write lock (``BEGIN IMMEDIATE``) up to ``lock_timeout`` seconds, then raises
+store, so no coroutine ever blocks the event loop, and calls of one store run
+one after another. A write waits for the file's write lock (``BEGIN
+IMMEDIATE``) up to ``lock_timeout`` seconds, then raises
 :class:`~shoal.StoreUnavailable`; a failed write never half-happens. Reads
-never wait for writers (WAL). Cancelling a call cancels the wait; a write that
+never wait for the lock (WAL), only for this store's call in flight (which may
+be a write waiting for it). Cancelling a call cancels the wait; a write that
 already reached the worker thread still happens.
 
 Background work while open: one poller checks ``PRAGMA data_version`` every
-``poll_interval`` (and at once after a local write), fetches new log rows and
-fans them out to every watch; an expiry check every 100 ms deletes expired
-leases and their keys (each lease's keys at one new revision, like etcd).
+``poll_interval`` (at once after a local write), fetches new log rows and fans
+them out to every watch; an expiry check every 100 ms deletes expired leases
+and their keys (each lease's keys at one new revision, like etcd).
 """
 
 from __future__ import annotations
@@ -22,25 +24,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
+import logging
 import math
 import secrets
 import sqlite3
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import (
-    Compacted,
-    ConfigError,
-    LeaseNotFound,
-    NotRunning,
-    StoreError,
-    StoreUnavailable,
-)
+from shoal._errors import Compacted, ConfigError, LeaseNotFound, NotRunning, StoreUnavailable
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -58,21 +55,22 @@ from shoal.store.protocol import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 _EXPIRY_TICK = 0.1
 _PUT, _DEL = 0, 1
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)",
     "CREATE TABLE IF NOT EXISTS kv (key BLOB PRIMARY KEY, value BLOB NOT NULL,"
-    " create_rev INTEGER NOT NULL, mod_rev INTEGER NOT NULL, version INTEGER NOT NULL,"
-    " lease INTEGER NOT NULL) WITHOUT ROWID",
+    " create_rev INT NOT NULL, mod_rev INT NOT NULL, version INT NOT NULL, lease INT NOT NULL)"
+    " WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS kv_lease ON kv(lease)",
-    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INTEGER NOT NULL,"
+    "CREATE TABLE IF NOT EXISTS leases (id INTEGER PRIMARY KEY, ttl INT NOT NULL,"
     " deadline REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS leases_deadline ON leases(deadline)",
-    "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, rev INTEGER NOT NULL,"
-    " type INTEGER NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,"
-    " create_rev INTEGER NOT NULL, version INTEGER NOT NULL, lease INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS log (id INTEGER PRIMARY KEY, rev INT NOT NULL, type INT NOT NULL,"
+    " key BLOB NOT NULL, value BLOB NOT NULL, create_rev INT NOT NULL, version INT NOT NULL,"
+    " lease INT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS log_rev ON log(rev)",
 )
 _KV_COLS = "key, value, create_rev, mod_rev, version, lease"
@@ -80,7 +78,6 @@ _LOG_COLS = "rev, type, key, value, create_rev, version, lease"
 
 
 def _boot_id() -> str:
-    """This boot of the machine: monotonic deadlines are only comparable within one."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
@@ -108,17 +105,11 @@ def _event(row: Sequence[Any]) -> Event:
 
 def _batches(events: list[Event]) -> list[list[Event]]:
     """Group events by revision (one batch = one transaction)."""
-    out: list[list[Event]] = []
-    for ev in events:
-        if out and out[-1][0].revision == ev.revision:
-            out[-1].append(ev)
-        else:
-            out.append([ev])
-    return out
+    return [list(batch) for _, batch in itertools.groupby(events, lambda ev: ev.revision)]
 
 
 def _check_ops(ops: Sequence[TxnOp]) -> None:
-    """etcd refuses a branch that writes one key twice."""
+    """Like etcd, refuse a branch that writes one key twice."""
     puts = [op.key for op in ops if isinstance(op, Put)]
     if len(set(puts)) < len(puts):
         raise ValueError("duplicate key given in txn request")
@@ -131,7 +122,7 @@ def _check_ops(ops: Sequence[TxnOp]) -> None:
 
 class _Watcher:
     """One watch's inbox, filled by the poller. ``next_rev``: the first revision
-    it still needs; ``resync``: refetch from the log (start, or fell behind)."""
+    it still needs; ``resync``: (re)read from the log (at start, or fell behind)."""
 
     def __init__(self, prefix: str, next_rev: int, resync: bool, limit: int) -> None:
         self.prefix, self.next_rev, self.resync, self.limit = prefix, next_rev, resync, limit
@@ -158,8 +149,8 @@ class _Watcher:
 class SqliteStore:
     """The Store on one SQLite file shared by the processes of one machine.
 
-    Open with :meth:`open`; every method is a coroutine that runs its SQL on
-    the store's worker thread (see the module docstring for blocking rules).
+    Open with :meth:`open`; every method runs its SQL on the store's worker
+    thread (see the module docstring for how calls block).
     """
 
     features = Features(name="sqlite", multi_process=True, multi_machine=False, linearizable=True)
@@ -175,10 +166,10 @@ class SqliteStore:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shoal-sqlite")
         # worker-thread state
         self._db: sqlite3.Connection | None = None
-        self._rev = self._start_rev = 0
-        self._dirty = False
-        self._commits = 0
-        self._polled: tuple[int, int] = (-1, -1)
+        self._rev = self._start_rev = 0  # revision being written / at BEGIN
+        self._dirty = False  # the revision being written has changes
+        self._commits = 0  # local commits that moved the revision
+        self._polled = (-1, -1)  # (data_version, _commits) at the last poll
         self._known = 0  # newest revision this instance wrote or read (read by the loop)
         # event-loop state
         self._seen = 0  # newest revision the poller has fanned out
@@ -197,42 +188,39 @@ class SqliteStore:
         log_retention: int = 10_000,
         lock_timeout: float = 5.0,
     ) -> SqliteStore:
-        """Open (creating if needed) the store in file ``path`` and start its poller
-        and expiry check. Waits off the loop up to ``lock_timeout`` s for the write lock.
+        """Open (creating if needed) the store in file ``path``; start its poller and
+        expiry check. Waits off the loop up to ``lock_timeout`` s for the write lock.
 
-        Raises ConfigError for a path that cannot be a database file, StoreUnavailable
-        when the file cannot be opened. ``log_retention``: revisions of watch history kept.
+        ``log_retention``: revisions of watch history kept. Raises ConfigError for a
+        path that cannot hold a file, StoreUnavailable when the file cannot be opened.
         """
-        p = Path(path)
-        self = cls(p, clock or SYSTEM_CLOCK, poll_interval, log_retention, lock_timeout)
+        self = cls(Path(path), clock or SYSTEM_CLOCK, poll_interval, log_retention, lock_timeout)
         try:
             self._seen = await self._call(self._open_sync)
         except BaseException:
-            self._closed = True
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
-            self._pool.shutdown(wait=False)
+            await self.aclose()
             raise
         self._tasks = [
-            asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {p}"),
-            asyncio.create_task(self._expiry_loop(), name=f"shoal-sqlite-expiry {p}"),
+            asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {path}"),
+            asyncio.create_task(self._expiry_loop(), name=f"shoal-sqlite-expiry {path}"),
         ]
         return self
 
-    # -- the worker-thread boundary -------------------------------------------
+    # -- the worker-thread boundary ------------------------------------------------
     async def _call(self, fn: Callable[[], T]) -> T:
         if self._closed:
             raise NotRunning(f"sqlite store {self.path} is closed")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._guard, fn)
 
     async def _write(self, fn: Callable[[], T]) -> tuple[T, int]:
-        """Run ``fn`` in one write transaction; returns its result and the revision."""
+        """``fn`` in one write transaction: its result and the revision after it."""
         try:
             return await self._call(functools.partial(self._write_sync, fn))
         finally:
-            self._wake.set()  # let the poller deliver our own change at once
+            self._wake.set()  # the poller delivers our own change at once
 
     def _guard(self, fn: Callable[[], T]) -> T:
-        """The one place sqlite3 errors become Shoal errors (runs on the worker)."""
+        """The one place sqlite3 errors become Shoal errors (on the worker thread)."""
         try:
             return fn()
         except sqlite3.Error as exc:
@@ -248,32 +236,29 @@ class SqliteStore:
             raise NotRunning(f"sqlite store {self.path} is closed")
         return self._db.execute(sql, params)
 
-    def _meta(self, key: str) -> Any:
-        return self._x("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()[0]
+    def _meta(self, key: str) -> int:
+        return int(self._x("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()[0])
 
     def _open_sync(self) -> int:
-        if not self.path.parent.is_dir():
-            raise ConfigError(f"store path {str(self.path)!r}: its directory does not exist")
-        if self.path.is_dir():
-            raise ConfigError(f"store path {str(self.path)!r} is a directory, not a file")
+        if not self.path.parent.is_dir() or self.path.is_dir():
+            raise ConfigError(f"store path {str(self.path)!r}: not a file in an existing directory")
         self._db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         self._x("PRAGMA journal_mode=WAL")
         self._x("PRAGMA synchronous=FULL")
         self._x("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
             self._x(statement)
+        self._x("INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compact', 0), ('boot', '')")
+        self._x("COMMIT")
+        return self._write_sync(self._check_boot)[1]
+
+    def _check_boot(self) -> None:
+        """After a reboot no stored monotonic deadline means anything: expire all leases."""
         boot = _boot_id()
-        self._x(
-            "INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compact', 0), ('boot', ?)", (boot,)
-        )
-        self._rev = self._start_rev = int(self._meta("rev"))
-        self._dirty = False
-        if self._meta("boot") != boot:  # rebooted: no old deadline means anything now
+        if self._x("SELECT v FROM meta WHERE k = 'boot'").fetchone()[0] != boot:
             for (lease,) in self._x("SELECT id FROM leases ORDER BY id").fetchall():
                 self._drop_lease(lease)
             self._x("UPDATE meta SET v = ? WHERE k = 'boot'", (boot,))
-        self._expire_due()
-        return self._commit()
 
     def _close_sync(self) -> None:
         if self._db is not None:
@@ -281,43 +266,33 @@ class SqliteStore:
                 self._db.close()
             self._db = None
 
-    # -- write transactions (worker thread) -------------------------------------
+    # -- write transactions (worker thread) ------------------------------------------
     def _write_sync(self, fn: Callable[[], T]) -> tuple[T, int]:
         self._x("BEGIN IMMEDIATE")
-        self._rev = self._start_rev = int(self._meta("rev"))
+        self._rev = self._start_rev = self._meta("rev")
         self._dirty = False
         self._expire_due()
         result = fn()
-        return result, self._commit()
-
-    def _commit(self) -> int:
         self._flush()
         if self._rev != self._start_rev:
             self._x("UPDATE meta SET v = ? WHERE k = 'rev'", (self._rev,))
-            compact = int(self._meta("compact"))
-            keep_from = self._rev - self._retention + 1
-            if keep_from - compact >= max(1, self._retention // 10):
+            keep_from = self._rev - self._retention + 1  # auto-compaction, in batches
+            if keep_from - self._meta("compact") >= max(1, self._retention // 10):
                 self._compact_to(keep_from)
         self._x("COMMIT")
-        if self._rev != self._start_rev:
-            self._commits += 1
+        self._commits += self._rev != self._start_rev
         self._known = max(self._known, self._rev)
-        return self._rev
+        return result, self._rev
 
     def _flush(self) -> None:
-        """Close the revision being written (if it changed anything)."""
+        """Close the revision being written, if it changed anything."""
         if self._dirty:
             self._rev += 1
             self._dirty = False
 
-    def _log(
-        self, kind: int, key: bytes, value: bytes, create: int, version: int, lease: int
-    ) -> None:
-        self._x(
-            f"INSERT INTO log ({_LOG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (self._rev + 1, kind, key, value, create, version, lease),
-        )
-        self._dirty = True
+    def _due(self) -> bool:
+        now = self._clock.monotonic()
+        return bool(self._x("SELECT 1 FROM leases WHERE deadline <= ? LIMIT 1", (now,)).fetchone())
 
     def _expire_due(self) -> None:
         now = self._clock.monotonic()
@@ -328,12 +303,23 @@ class SqliteStore:
     def _drop_lease(self, lease: int) -> None:
         """Delete the lease and its keys, at one revision of their own."""
         self._flush()
-        for (key,) in self._x(
-            "SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)
-        ).fetchall():
+        keys = self._x("SELECT key FROM kv WHERE lease = ? ORDER BY key", (lease,)).fetchall()
+        for (key,) in keys:
             self._remove(key)
         self._x("DELETE FROM leases WHERE id = ?", (lease,))
         self._flush()
+
+    def _lease(self, lease: int) -> int:
+        """The TTL of ``lease``; LeaseNotFound when it does not exist."""
+        row = self._x("SELECT ttl FROM leases WHERE id = ?", (lease,)).fetchone()
+        if row is None:
+            raise LeaseNotFound(lease)
+        return int(row[0])
+
+    def _log(self, kind: int, key: bytes, value: bytes, create: int, ver: int, lease: int) -> None:
+        sql = f"INSERT INTO log ({_LOG_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        self._x(sql, (self._rev + 1, kind, key, value, create, ver, lease))
+        self._dirty = True
 
     def _remove(self, key: bytes) -> None:
         self._x("DELETE FROM kv WHERE key = ?", (key,))
@@ -342,20 +328,17 @@ class SqliteStore:
     def _select(self, key: str, prefix: bool) -> list[KeyValue]:
         where, params = _span(key, prefix)
         rows = self._x(f"SELECT {_KV_COLS} FROM kv WHERE {where} ORDER BY key", params)
-        return [KeyValue(r[0].decode(), r[1], r[2], r[3], r[4], r[5]) for r in rows.fetchall()]
+        return [KeyValue(r[0].decode(), *r[1:]) for r in rows.fetchall()]
 
     def _put(self, key: str, value: bytes, lease: int) -> None:
-        if lease and self._x("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone() is None:
-            raise LeaseNotFound(lease)
+        if lease:
+            self._lease(lease)
         old = self._select(key, False)
-        rev = self._rev + 1
+        rev, raw, value = self._rev + 1, key.encode(), bytes(value)
         create, version = (old[0].create_revision, old[0].version + 1) if old else (rev, 1)
-        raw = key.encode()
-        self._x(
-            f"INSERT OR REPLACE INTO kv ({_KV_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
-            (raw, bytes(value), create, rev, version, lease),
-        )
-        self._log(_PUT, raw, bytes(value), create, version, lease)
+        sql = f"INSERT OR REPLACE INTO kv ({_KV_COLS}) VALUES (?, ?, ?, ?, ?, ?)"
+        self._x(sql, (raw, value, create, rev, version, lease))
+        self._log(_PUT, raw, value, create, version, lease)
 
     def _delete(self, key: str, prefix: bool) -> int:
         where, params = _span(key, prefix)
@@ -368,50 +351,39 @@ class SqliteStore:
         self._x("DELETE FROM log WHERE rev < ?", (revision,))
         self._x("UPDATE meta SET v = ? WHERE k = 'compact'", (revision,))
 
-    def _lease_row(self, lease: int) -> tuple[int, float]:
-        row = self._x("SELECT ttl, deadline FROM leases WHERE id = ?", (lease,)).fetchone()
-        if row is None:
-            raise LeaseNotFound(lease)
-        return int(row[0]), float(row[1])
-
-    # -- reads (worker thread) ----------------------------------------------------
+    # -- reads (worker thread) -------------------------------------------------------
     def _read(self, fn: Callable[[], T]) -> T:
-        """``fn`` on one snapshot, after deleting expired leases (so none is seen)."""
-        now = self._clock.monotonic()
-        if self._x("SELECT 1 FROM leases WHERE deadline <= ? LIMIT 1", (now,)).fetchone():
-            self._write_sync(lambda: None)
+        """``fn`` on one snapshot (expired leases vanish at the next expiry tick or write)."""
         self._x("BEGIN")
         result = fn()
-        self._known = max(self._known, int(self._meta("rev")))
+        self._known = max(self._known, self._meta("rev"))
         self._x("COMMIT")
         return result
 
     def _poll_sync(self, seen: int) -> tuple[int, int, list[Event]] | None:
-        version = int(self._x("PRAGMA data_version").fetchone()[0])
-        if (version, self._commits) == self._polled:
+        polled = (int(self._x("PRAGMA data_version").fetchone()[0]), self._commits)
+        if polled == self._polled:
             return None  # nobody committed anything since the last poll
-        self._polled = (version, self._commits)
-        self._x("BEGIN")
-        compact, rev = int(self._meta("compact")), int(self._meta("rev"))
-        rows = self._x(f"SELECT {_LOG_COLS} FROM log WHERE rev > ? ORDER BY rev, id", (seen,))
+        result = self._read(lambda: self._events("rev > ?", (seen,)))
+        self._polled = polled
+        return result
+
+    def _events(self, where: str, params: Sequence[Any]) -> tuple[int, int, list[Event]]:
+        """The compaction point, the revision and the log rows matching ``where``."""
+        rows = self._x(f"SELECT {_LOG_COLS} FROM log WHERE {where} ORDER BY rev, id", params)
         events = [_event(r) for r in rows.fetchall()]
-        self._x("COMMIT")
-        return compact, rev, events
+        return self._meta("compact"), self._meta("rev"), events
 
     def _history(self, prefix: str, start: int) -> tuple[list[list[Event]], int]:
-        self._x("BEGIN")
-        compact, rev = int(self._meta("compact")), int(self._meta("rev"))
+        where, params = _span(prefix, True)
+        compact, rev, events = self._read(
+            lambda: self._events(f"rev >= ? AND {where}", (start, *params))
+        )
         if start < compact:
             raise Compacted(compact)
-        where, params = _span(prefix, True)
-        rows = self._x(
-            f"SELECT {_LOG_COLS} FROM log WHERE rev >= ? AND {where} ORDER BY rev, id",
-            (start, *params),
-        ).fetchall()
-        self._x("COMMIT")
-        return _batches([_event(r) for r in rows]), rev
+        return _batches(events), rev
 
-    # -- the Store API ------------------------------------------------------------
+    # -- the Store API ------------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
         """The current record of ``key`` or None. Never waits for writers."""
         kvs = await self._call(lambda: self._read(lambda: self._select(key, False)))
@@ -421,7 +393,7 @@ class SqliteStore:
         """Every key under ``prefix``, sorted, with the read revision. Never waits for writers."""
 
         def body() -> RangeResult:
-            return RangeResult(tuple(self._select(prefix, True)), int(self._meta("rev")))
+            return RangeResult(tuple(self._select(prefix, True)), self._meta("rev"))
 
         return await self._call(lambda: self._read(body))
 
@@ -468,8 +440,6 @@ class SqliteStore:
 
         def body() -> int:
             lease = secrets.randbits(62) + 1
-            while self._x("SELECT 1 FROM leases WHERE id = ?", (lease,)).fetchone():
-                lease = secrets.randbits(62) + 1
             deadline = self._clock.monotonic() + ttl
             self._x(
                 "INSERT INTO leases (id, ttl, deadline) VALUES (?, ?, ?)", (lease, ttl, deadline)
@@ -482,11 +452,9 @@ class SqliteStore:
         """Refresh ``lease``; returns its TTL. Waits for the write lock; LeaseNotFound."""
 
         def body() -> int:
-            ttl, _ = self._lease_row(lease)
-            self._x(
-                "UPDATE leases SET deadline = ? WHERE id = ?",
-                (self._clock.monotonic() + ttl, lease),
-            )
+            ttl = self._lease(lease)
+            deadline = self._clock.monotonic() + ttl
+            self._x("UPDATE leases SET deadline = ? WHERE id = ?", (deadline, lease))
             return ttl
 
         return (await self._write(body))[0]
@@ -495,7 +463,7 @@ class SqliteStore:
         """Revoke ``lease`` and delete its keys. Waits for the write lock; LeaseNotFound."""
 
         def body() -> None:
-            self._lease_row(lease)
+            self._lease(lease)
             self._drop_lease(lease)
 
         await self._write(body)
@@ -509,24 +477,24 @@ class SqliteStore:
 
         return await self._call(lambda: self._read(body))
 
-    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
-        """Changes under ``prefix`` from ``start_revision`` (None or 0: from now) on.
+    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncGenerator[Event, None]:
+        """Changes under ``prefix`` from ``start_revision`` (None or 0: from this call) on.
 
-        Iterating waits for the shared poller (changes from other processes arrive
-        within about ``poll_interval``). Raises Compacted on the first iteration if
-        ``start_revision`` is older than the compaction point, or later if this
-        watch falls more than ``log_retention`` revisions behind and the log moved on.
-        Ends (StopAsyncIteration) when the store is closed. Close it with ``aclose()``.
+        Iterating waits for the shared poller: changes from other processes arrive
+        within about ``poll_interval``. Raises Compacted on the first iteration if
+        ``start_revision`` is older than the compaction point, or later when the watch
+        falls ``log_retention`` revisions behind and the log has moved on. Ends
+        (StopAsyncIteration) when the store closes. Close it with ``aclose()``.
         """
         if self._closed:
             raise NotRunning(f"sqlite store {self.path} is closed")
         start = start_revision if start_revision and start_revision > 0 else None
         now = max(self._seen, self._known) + 1
         watcher = _Watcher(prefix, start or now, start is not None, self._retention)
-        self._watchers.add(watcher)
+        self._watchers.add(watcher)  # weak: dropping the iterator drops the watcher
         return self._stream(watcher)
 
-    async def _stream(self, w: _Watcher) -> AsyncIterator[Event]:
+    async def _stream(self, w: _Watcher) -> AsyncGenerator[Event, None]:
         try:
             while not (w.closed or self._closed):
                 if w.resync:
@@ -535,24 +503,24 @@ class SqliteStore:
                     history = functools.partial(self._history, w.prefix, w.next_rev)
                     batches, rev = await self._call(history)
                     w.next_rev = max(w.next_rev, rev + 1)
-                    for batch in batches:
-                        for ev in batch:
-                            yield ev
                 elif w.queue:
-                    batch = w.queue.popleft()
-                    if batch[0].revision >= w.next_rev:
-                        w.next_rev = batch[0].revision + 1
-                        for ev in batch:
-                            yield ev
+                    batches = [w.queue.popleft()]
+                    if batches[0][0].revision < w.next_rev:
+                        continue
+                    w.next_rev = batches[0][0].revision + 1
                 else:
                     w.wake.clear()
                     await w.wake.wait()
+                    continue
+                for batch in batches:
+                    for ev in batch:
+                        yield ev
         finally:
             self._watchers.discard(w)
 
     async def revision(self) -> int:
         """The current store revision. Never waits for writers."""
-        return await self._call(lambda: self._read(lambda: int(self._meta("rev"))))
+        return await self._call(lambda: self._read(lambda: self._meta("rev")))
 
     async def compact(self, revision: int) -> None:
         """Drop watch history before ``revision``. Waits for the write lock.
@@ -560,7 +528,7 @@ class SqliteStore:
         Raises Compacted if already compacted that far, ValueError for a future revision."""
 
         def body() -> None:
-            compact = int(self._meta("compact"))
+            compact = self._meta("compact")
             if revision <= compact:
                 raise Compacted(compact)
             if revision > self._rev:
@@ -585,8 +553,9 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
         self._pool.shutdown(wait=False)
 
-    # -- background tasks (event loop) ---------------------------------------------
+    # -- background tasks (event loop) --------------------------------------------------
     async def _poll_loop(self) -> None:
+        failing = False
         while not self._closed:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._poll_interval):
@@ -594,8 +563,12 @@ class SqliteStore:
             self._wake.clear()
             try:
                 got = await self._call(functools.partial(self._poll_sync, self._seen))
-            except (StoreError, NotRunning):
-                continue  # retried next interval; watches just wait
+            except Exception as exc:  # watches wait; retried next interval
+                if not failing:
+                    log.warning("sqlite store %s: watch poll failed: %s", self.path, exc)
+                failing = True
+                continue
+            failing = False
             if got is None:
                 continue
             compact, rev, events = got
@@ -610,16 +583,12 @@ class SqliteStore:
 
     async def _expiry_loop(self) -> None:
         def tick() -> bool:
-            now = self._clock.monotonic()
-            if not self._x("SELECT 1 FROM leases WHERE deadline <= ? LIMIT 1", (now,)).fetchone():
-                return False
-            self._write_sync(lambda: None)
-            return True
+            return self._due() and self._write_sync(lambda: True)[0]
 
         while not self._closed:
             await self._clock.sleep(_EXPIRY_TICK)
             try:
                 if await self._call(tick):
                     self._wake.set()
-            except (StoreError, NotRunning):
-                continue
+            except Exception as exc:  # retried next tick
+                log.warning("sqlite store %s: lease expiry failed: %s", self.path, exc)
