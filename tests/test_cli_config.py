@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,9 @@ import click
 import pytest
 import yaml
 from click.testing import CliRunner, Result
+from pydantic import BaseModel
 
+from shoal._config_errors import is_model, unwrap
 from shoal._errors import (
     ConfigError,
     NotRunning,
@@ -21,6 +24,7 @@ from shoal._errors import (
     UnsupportedBackend,
 )
 from shoal.cli.main import ShoalGroup, exit_code_for, handle_errors, main
+from shoal.config import NodeConfig
 
 SECRET = "k" * 64
 ENDPOINT_FIX = "use http://HOST:PORT or https://HOST:PORT"
@@ -178,6 +182,28 @@ def test_connect_store_unavailable_exits_3(tmp_path: Path, monkeypatch: pytest.M
     assert "Traceback" not in result.output
 
 
+@pytest.mark.etcd
+def test_connect_etcd(tmp_path: Path, etcd_endpoints: list[str]) -> None:
+    path = write(tmp_path, f"store: {{backend: etcd, etcd: {{endpoints: {etcd_endpoints}}}}}\n")
+    result = run("config", "check", "--connect", str(path))
+    assert result.exit_code == 0, result.output
+    assert f"ok: store etcd at {etcd_endpoints[0]}" in result.stderr
+    assert "is reachable (revision " in result.stderr
+
+
+def test_connect_etcd_unreachable_exits_3(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    text = f"store: {{backend: etcd, etcd: {{endpoints: [http://127.0.0.1:{port}], timeout: 1}}}}\n"
+    result = run("config", "check", "--connect", str(write(tmp_path, text)))
+    assert result.exit_code == 3, result.output
+    assert result.stderr.splitlines()[-1].startswith(
+        f"error: store etcd at http://127.0.0.1:{port} (prefix /shoal) "
+    )
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.parametrize(
     ("error", "code"),
     [
@@ -232,3 +258,54 @@ def test_real_process_gives_one_line_and_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert yaml.safe_load(proc.stdout)["auth"]["secret"] == "***"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("name", ["node.yaml", "etcd-node.yaml"])
+def test_examples_are_valid(name: str) -> None:
+    result = run("config", "check", str(ROOT / "examples" / name))
+    assert result.exit_code == 0, result.output
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        tp = unwrap(field.annotation)
+        if is_model(tp):
+            out += _keys(tp, f"{prefix}{name}.")
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def test_every_key_and_variable_is_documented() -> None:
+    doc = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    keys = _keys(NodeConfig)
+    assert "store.etcd.tls.skip_verify" in keys and "timings.grace" in keys
+    for key in keys:
+        if key in ("duties", "params"):
+            key += ".<"
+        variable = "SHOAL__" + key.replace(".<", "__<").replace(".", "__").upper()
+        assert f"`{key}" in doc, key
+        assert f"`{variable}" in doc, variable
+
+
+def test_etcd_without_the_extra_is_an_unsupported_backend(tmp_path: Path) -> None:
+    # A fresh process where etcd3aio cannot be imported (as without shoal[etcd]).
+    script = "import sys; sys.modules['etcd3aio'] = None\nfrom shoal.cli.main import main; main()\n"
+    path = write(tmp_path, "store: {backend: etcd}\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SHOAL__")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "config", "check", "--connect", str(path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "error: the etcd backend needs the etcd extra: pip install 'shoal[etcd]'\n"
+    )

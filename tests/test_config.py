@@ -162,12 +162,12 @@ def test_malformed_endpoint(endpoint: str) -> None:
 
 def test_good_endpoints() -> None:
     config = NodeConfig(
-        store={"etcd": {"endpoints": "http://a:2379, https://b.example:2380/ ,http://[::1]:1"}}
+        store={"etcd": {"endpoints": "https://a:2379, https://b.example:2380/ ,https://[::1]:1"}}
     )
     assert config.store.etcd.endpoints == [
-        "http://a:2379",
+        "https://a:2379",
         "https://b.example:2380",
-        "http://[::1]:1",
+        "https://[::1]:1",
     ]
     assert "list at least one endpoint" in problems({"store": {"etcd": {"endpoints": []}}})
 
@@ -181,12 +181,16 @@ def test_tls_files_must_exist(tmp_path: Path) -> None:
     assert message.startswith("store.etcd.tls.key: ") and "is not a file" in message
 
     ca, cert, key = (write(tmp_path, "x", n) for n in ("ca.pem", "c.pem", "k.pem"))
-    tls = NodeConfig(
-        store={"etcd": {"tls": {"ca": str(ca), "cert": str(cert), "key": str(key)}}}
-    ).store.etcd.tls
+    etcd = {"endpoints": ["https://e:2379"], "tls": {"ca": ca, "cert": cert, "key": key}}
+    tls = NodeConfig(store={"etcd": etcd}).store.etcd.tls
     assert (tls.ca, tls.cert, tls.key, tls.skip_verify) == (ca, cert, key, False)
     message = problems({"store": {"etcd": {"tls": {"cert": str(cert)}}}})
     assert message.startswith("store.etcd.tls: ") and "needs both cert and key" in message
+    message = problems({"store": {"etcd": {"tls": {"ca": str(ca)}}}})
+    assert message.startswith("store.etcd: bad value: tls is set but the endpoints use http://")
+    assert "use https:// endpoints" in message
+    message = problems({"store": {"etcd": {"endpoints": ["http://a:1", "https://b:2"]}}})
+    assert "endpoints mix http:// and https://" in message
 
 
 def test_etcd_prefix_and_credentials() -> None:
@@ -329,7 +333,7 @@ def test_load_file(tmp_path: Path) -> None:
 
 def test_env_overrides_file(tmp_path: Path) -> None:
     env = {
-        "SHOAL__STORE__ETCD__ENDPOINTS": '["http://127.0.0.1:2379", "https://b:2380"]',
+        "SHOAL__STORE__ETCD__ENDPOINTS": '["http://127.0.0.1:2379", "http://b:2380"]',
         "SHOAL__NODE__NAME": "n2",
         "shoal__node__can_lead": "false",
         "SHOAL__NODE__WEIGHT": "2.5",
@@ -343,7 +347,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         "PATH": "/usr/bin",
     }
     config = load_config(write(tmp_path, GOOD_FILE), env=env)
-    assert config.store.etcd.endpoints == ["http://127.0.0.1:2379", "https://b:2380"]
+    assert config.store.etcd.endpoints == ["http://127.0.0.1:2379", "http://b:2380"]
     assert (config.node.name, config.node.can_lead, config.node.weight) == ("n2", False, 2.5)
     assert config.node.zone == "123"  # text settings are taken verbatim
     assert config.auth.secret is not None and config.auth.secret.get_secret_value() == "1" * 64
@@ -412,7 +416,9 @@ def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
     (tmp_path / "certs").mkdir()
     write(tmp_path, "x", "certs/ca.pem")
     path = write(
-        tmp_path, "store:\n  sqlite: {path: data/s.db}\n  etcd: {tls: {ca: certs/ca.pem}}\n"
+        tmp_path,
+        "store:\n  sqlite: {path: data/s.db}\n"
+        "  etcd: {endpoints: https://e:1, tls: {ca: certs/ca.pem}}\n",
     )
     config = load_config(path, env={})
     assert config.store.sqlite.path == str(tmp_path / "data" / "s.db")
@@ -449,3 +455,13 @@ def test_unreadable_files(tmp_path: Path) -> None:
     binary.write_bytes(b"node:\n  name: \xff\xfe\n")
     with pytest.raises(ConfigError, match="not UTF-8 text"):
         load_config(binary, env={})
+
+
+@pytest.mark.parametrize("name", ["n1\n", "", "-n1", "a" * 64, "n 1", "nö"])
+def test_bad_node_names(name: str) -> None:
+    message = problems({"node": {"name": name}})
+    assert message == (
+        f"node.name: bad value {name!r} — use 1 to 63 letters, digits, '.', '_' or '-', "
+        "starting with a letter or digit"
+    )
+    assert NodeConfig(node={"name": "a" * 63}).node.name == "a" * 63

@@ -23,9 +23,9 @@ from pydantic import (
     model_validator,
 )
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_FIX = "use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
-_ROLE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,62}$")
+_ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
 _ENDPOINT_FIX = "use http://HOST:PORT or https://HOST:PORT"
 MIN_SECRET_LENGTH = 64
 # Keys holding file paths: relative paths written in a config file are
@@ -43,7 +43,7 @@ class Section(BaseModel):
 
 
 def check_name(value: str) -> str:
-    if not _NAME_RE.match(value):
+    if not _NAME_RE.fullmatch(value):
         raise ValueError(f"bad value {value!r} — {_NAME_FIX}")
     return value
 
@@ -83,7 +83,7 @@ class NodeSection(Section):
     @classmethod
     def _check_roles(cls, roles: list[str]) -> list[str]:
         for role in roles:
-            if not _ROLE_RE.match(role):
+            if not _ROLE_RE.fullmatch(role):
                 raise ValueError(
                     f"bad role {role!r} — use letters, digits, '.', '_', ':' or '-', "
                     "starting with a letter or digit"
@@ -188,11 +188,22 @@ class EtcdSection(Section):
         return clean
 
     @model_validator(mode="after")
-    def _credentials(self) -> EtcdSection:
+    def _consistent(self) -> EtcdSection:
         if (self.username is None) != (self.password is None):
             given = "username" if self.password is None else "password"
             raise ValueError(
                 f"bad value: only {given} is set — set both username and password, or neither"
+            )
+        schemes = {ep.split(":", 1)[0] for ep in self.endpoints}
+        if len(schemes) > 1:
+            raise ValueError(
+                "bad value: endpoints mix http:// and https:// — use one scheme for all"
+            )
+        tls = self.tls
+        if "http" in schemes and (tls.ca or tls.cert or tls.skip_verify):
+            raise ValueError(
+                f"bad value: tls is set but the endpoints use http:// ({self.endpoints[0]}) — "
+                "use https:// endpoints, or remove tls"
             )
         return self
 

@@ -1,5 +1,4 @@
-"""The ``shoal`` command line (``shoal.cli.main:main``)."""
+"""The ``shoal`` command line: the click group ``shoal.cli.main:main``.
 
-from shoal.cli.main import main
-
-__all__ = ["main"]
+Nothing is imported here, so ``python -m shoal.cli.main`` runs cleanly.
+"""

@@ -194,5 +194,14 @@ async def _probe_store(config: NodeConfig) -> str:
     return f"store {where} is reachable (revision {revision})"
 
 
+def _register_run() -> None:
+    from shoal.cli.run import run
+
+    main.add_command(run)
+
+
+_register_run()
+
+
 if __name__ == "__main__":
     main()
