@@ -1,0 +1,271 @@
+"""The reaper: revokes a node's lease the moment the node process dies.
+
+A lease can only say "dead" after its TTL. Most crashes, though, are a
+process dying on a live machine. So a node (``reaper: {enabled: true}``)
+starts this tiny child process::
+
+    python -m shoal.runtime.reaper      # stdin = read end of a pipe
+
+The node alone holds the write end. It writes one JSON line with the store
+settings, then ``lease <id>`` whenever its lease changes and ``exit`` when it
+stops gracefully (the reaper then exits without revoking). When the node
+process dies -- even by ``kill -9`` -- the kernel closes the write end, the
+reaper reads end-of-file and revokes the CURRENT lease at once: every key on
+it (node record, duty ownerships) vanishes, and other nodes take over.
+
+It acts only on end-of-file, a certain death, never on suspicion: a stopped
+(``SIGSTOP``) or stalled node keeps the pipe open, so that case is still
+bounded by the lease TTL and the reaper can never make two owners.
+
+The module is deliberately light (stdlib only at import time): etcd leases
+are revoked over etcd's HTTP gateway with :mod:`urllib`, the SQLite store is
+imported only at end-of-file. The reaper ignores SIGINT and SIGHUP and runs
+in its own session, so Ctrl-C in a terminal kills the node, not the reaper.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Reaper", "main", "revoke"]
+
+log = logging.getLogger("shoal.reaper")
+_SRC = str(Path(__file__).resolve().parents[2])  # the directory holding the shoal package
+
+
+class Reaper:
+    """The node's handle on its reaper process (see the module docstring)."""
+
+    def __init__(self, store_info: Mapping[str, Any]) -> None:
+        self._info = dict(store_info)
+        self._lease = 0
+        self._closed = False
+        self._fd = -1
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def start(cls, store_info: Mapping[str, Any]) -> Reaper:
+        """Spawn the reaper for a store described by ``store_info``
+        (``NodeSettings.reaper_store``)."""
+        reaper = cls(store_info)
+        reaper._spawn()
+        return reaper
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def _spawn(self) -> None:
+        read_end, write_end = os.pipe()  # both non-inheritable (O_CLOEXEC)
+        env = dict(os.environ)
+        if Path(_SRC).name not in ("site-packages", "dist-packages"):  # a source checkout
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _SRC) if p)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "shoal.runtime.reaper"],
+                stdin=read_end, stdout=subprocess.DEVNULL, close_fds=True,
+                start_new_session=True, env=env,
+            )
+        except BaseException:
+            os.close(write_end)
+            raise
+        finally:
+            os.close(read_end)
+        os.set_blocking(write_end, False)  # never block the node's event loop
+        self._fd = write_end
+        log.info("reaper pid %d", self._proc.pid)
+        self._send(json.dumps(self._info))
+
+    def _send(self, line: str) -> None:
+        try:
+            os.write(self._fd, line.encode() + b"\n")  # < PIPE_BUF: all or nothing
+        except OSError as exc:
+            log.warning("reaper pid %d: cannot send %r: %s", self.pid, line.split()[0], exc)
+
+    def watch_lease(self, lease: int) -> None:
+        """From now on, revoke ``lease`` if this process dies."""
+        if self._closed:
+            return
+        if not self.alive:
+            code = self._proc.returncode if self._proc is not None else None
+            log.warning("reaper exited (code %s); starting a new one", code)
+            os.close(self._fd)
+            self._spawn()
+        self._lease = lease
+        self._send(f"lease {lease}")
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Tell the reaper to exit WITHOUT revoking; kill it by PID if it lingers."""
+        if self._closed:
+            return
+        self._closed = True
+        self._send("exit")
+        os.close(self._fd)
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("reaper pid %d did not exit; killing it", proc.pid)
+            proc.kill()
+            proc.wait(timeout)
+
+
+# -- revoking (runs in the reaper process) ------------------------------------------
+def _ssl_context(info: Mapping[str, Any]) -> Any:
+    import ssl
+
+    ctx = ssl.create_default_context(cafile=info.get("ca") or None)
+    if info.get("skip_verify"):
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if info.get("cert"):
+        ctx.load_cert_chain(info["cert"], info.get("key") or None)
+    return ctx
+
+
+def _revoke_etcd(info: Mapping[str, Any], lease: int) -> str:
+    """Revoke over the gateway (``POST /v3/lease/revoke``), trying each endpoint
+    until one answers or ``2 * timeout`` passed. Returns what happened."""
+    import urllib.error
+    import urllib.request
+
+    timeout = float(info.get("timeout") or 5.0)
+    handlers: list[Any] = [urllib.request.ProxyHandler({})]
+    endpoints = [str(e).rstrip("/") for e in info.get("endpoints") or ()]
+    if any(e.startswith("https:") for e in endpoints):
+        handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(info)))
+    opener = urllib.request.build_opener(*handlers)
+
+    def post(url: str, body: dict[str, Any], headers: dict[str, str], limit: float) -> Any:
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data, {**headers, "Content-Type": "application/json"})
+        with opener.open(request, timeout=limit) as resp:
+            return json.loads(resp.read() or b"{}")
+
+    deadline = time.monotonic() + 2 * timeout
+    errors: dict[str, str] = {}
+    while True:
+        for endpoint in endpoints:
+            limit = max(0.2, min(timeout, deadline - time.monotonic()))
+            headers: dict[str, str] = {}
+            try:
+                if info.get("username"):
+                    auth = {"name": info["username"], "password": info.get("password") or ""}
+                    reply = post(f"{endpoint}/v3/auth/authenticate", auth, {}, limit)
+                    headers["Authorization"] = str(reply["token"])
+                post(f"{endpoint}/v3/lease/revoke", {"ID": str(lease)}, headers, limit)
+                return f"revoked via {endpoint}"
+            except urllib.error.HTTPError as exc:
+                text = exc.read().decode(errors="replace")
+                if "lease not found" in text:
+                    return f"already gone ({endpoint})"
+                errors[endpoint] = f"HTTP {exc.code}: {text.strip()[:200]}"
+            except (OSError, ValueError, KeyError) as exc:
+                errors[endpoint] = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() >= deadline:
+            raise RuntimeError("; ".join(f"{e}: {m}" for e, m in errors.items()) or "no endpoints")
+        time.sleep(0.1)
+
+
+def _revoke_sqlite(info: Mapping[str, Any], lease: int) -> str:
+    import asyncio
+
+    from shoal._errors import LeaseNotFound
+    from shoal.store.sqlite import SqliteStore
+
+    async def go() -> str:
+        store = await SqliteStore.open(info["path"])
+        try:
+            await store.revoke(lease)
+        except LeaseNotFound:
+            return "already gone"
+        finally:
+            await store.aclose()
+        return f"revoked in {info['path']}"
+
+    return asyncio.run(go())
+
+
+def revoke(info: Mapping[str, Any], lease: int) -> str:
+    """Revoke ``lease`` in the store ``info`` describes; a short report.
+    Raises on failure (the lease then expires by its TTL)."""
+    backend = info.get("backend")
+    if backend == "etcd":
+        return _revoke_etcd(info, lease)
+    if backend == "sqlite":
+        return _revoke_sqlite(info, lease)
+    raise ValueError(f"the reaper cannot revoke leases of backend {backend!r}")
+
+
+# -- the reaper process -----------------------------------------------------------------
+def _say(message: str) -> None:
+    sys.stderr.write(f"shoal reaper[{os.getpid()}]: {message}\n")
+    sys.stderr.flush()
+
+
+def main() -> int:
+    """Read commands from stdin until ``exit`` (return 0) or end-of-file
+    (revoke the current lease, return 0; 1 if the revoke failed)."""
+    for sig in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+    info: dict[str, Any] | None = None
+    lease = 0
+    buffer = b""
+    while True:
+        try:
+            chunk = os.read(0, 4096)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries already
+            continue
+        if not chunk:
+            break
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for raw in lines:
+            line = raw.decode(errors="replace").strip()
+            if info is None:
+                try:
+                    info = dict(json.loads(line))
+                except (ValueError, TypeError) as exc:
+                    _say(f"bad store settings from node process {parent}: {exc}")
+                    return 2
+            elif line == "exit":
+                return 0
+            elif line.startswith("lease "):
+                try:
+                    lease = int(line.split()[1])
+                except (IndexError, ValueError):
+                    _say(f"ignoring bad line {line!r}")
+            elif line:
+                _say(f"ignoring unknown command {line!r}")
+    if info is None or not lease:
+        return 0
+    started = time.monotonic()
+    try:
+        outcome = revoke(info, lease)
+    except Exception as exc:
+        _say(f"node process {parent} exited; could not revoke lease {lease} ({lease:#x}): "
+             f"{exc}; it expires by its TTL")
+        return 1
+    took = (time.monotonic() - started) * 1000
+    _say(f"node process {parent} exited; lease {lease} ({lease:#x}) {outcome} in {took:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

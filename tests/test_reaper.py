@@ -1,0 +1,247 @@
+"""The reaper process: revokes on parent death (EOF) only; never on exit or a pause.
+
+Each test runs a small parent process that starts a Reaper watching a lease the
+test granted (TTL 30 s, so only a revoke can make it vanish quickly)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.runtime.reaper import Reaper, revoke
+from shoal.store.protocol import Store
+from shoal.store.sqlite import SqliteStore
+
+PARENT = """
+import json, sys, time
+from shoal.runtime.reaper import Reaper
+reaper = Reaper.start(json.loads(sys.argv[1]))
+reaper.watch_lease(int(sys.argv[2]))
+if sys.argv[3] == "close":
+    reaper.close()
+print(reaper.pid, flush=True)
+time.sleep(60)
+"""
+
+
+class Parent:
+    def __init__(self, info: dict[str, Any], lease: int, mode: str, log: Path) -> None:
+        self.log = log
+        with log.open("ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", PARENT, json.dumps(info), str(lease), mode],
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+            )
+        assert self.proc.stdout is not None
+        self.reaper_pid = int(self.proc.stdout.readline() or 0)
+        assert self.reaper_pid, log.read_text()
+
+    def kill9(self) -> None:
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        for pid in (self.proc.pid, self.reaper_pid):
+            if _alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        self.proc.wait(10)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _ignores_sigint(pid: int) -> bool:
+    """True once the reaper's main() set SIGINT to ignored (SigIgn in /proc)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(status.split("SigIgn:")[1].split()[0], 16)
+    return bool(mask & (1 << (signal.SIGINT - 1)))
+
+
+async def _until(predicate: Callable[[], bool], limit: float, what: str) -> None:
+    for _ in range(int(limit / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"not within {limit} s: {what}")
+
+
+@pytest.fixture
+def parents() -> Iterator[list[Parent]]:
+    made: list[Parent] = []
+    yield made
+    for parent in made:
+        parent.cleanup()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+async def store_and_info(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[tuple[Store, dict[str, Any]]]:
+    store: Store
+    if request.param == "sqlite":
+        path = tmp_path / "shoal.db"
+        store = await SqliteStore.open(path)
+        info: dict[str, Any] = {"backend": "sqlite", "path": str(path)}
+    else:
+        from shoal.store.etcd import EtcdStore
+
+        endpoints = request.getfixturevalue("etcd_endpoints")
+        prefix = f"/reaper-{uuid.uuid4().hex[:8]}"
+        store = await EtcdStore.open(endpoints, prefix=prefix)
+        info = {"backend": "etcd", "endpoints": endpoints, "prefix": prefix, "timeout": 2.0}
+    try:
+        yield store, info
+    finally:
+        await store.aclose()
+
+
+async def _granted(store: Store) -> int:
+    lease = await store.grant(30)
+    await store.put("nodes/x", b"{}", lease=lease.id)
+    return lease.id
+
+
+async def _wait_gone(store: Store, lease: int, limit: float) -> float:
+    started = time.monotonic()
+    while time.monotonic() - started < limit:
+        if await store.lease_ttl(lease) < 0:
+            return time.monotonic() - started
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"lease {lease} still alive after {limit} s")
+
+
+async def test_revokes_on_kill9_and_ignores_sigint(
+    store_and_info: tuple[Store, dict[str, Any]], parents: list[Parent], tmp_path: Path
+) -> None:
+    store, info = store_and_info
+    lease = await _granted(store)
+    parent = Parent(info, lease, "hold", tmp_path / "parent.log")
+    parents.append(parent)
+    await _until(lambda: _ignores_sigint(parent.reaper_pid), 5, "reaper ignores SIGINT")
+    os.kill(parent.reaper_pid, signal.SIGINT)  # Ctrl-C is for the node, not the reaper
+    await asyncio.sleep(0.2)
+    assert _alive(parent.reaper_pid)
+    assert await store.lease_ttl(lease) > 0
+    parent.kill9()
+    took = await _wait_gone(store, lease, limit=3.0)
+    print(f"\n{info['backend']}: lease revoked {took * 1000:.0f} ms after kill -9")
+    assert took < 1.5
+    assert await store.get("nodes/x") is None
+    await _until(lambda: not _alive(parent.reaper_pid), 3, "reaper exits after revoking")
+    assert "revoked" in (tmp_path / "parent.log").read_text()
+
+
+async def test_exit_means_no_revoke(
+    store_and_info: tuple[Store, dict[str, Any]], parents: list[Parent], tmp_path: Path
+) -> None:
+    store, info = store_and_info
+    lease = await _granted(store)
+    parent = Parent(info, lease, "close", tmp_path / "parent.log")
+    parents.append(parent)
+    assert not _alive(parent.reaper_pid)  # close() waited for it
+    parent.kill9()
+    await asyncio.sleep(0.5)
+    assert await store.lease_ttl(lease) > 0
+    assert "revoked" not in (tmp_path / "parent.log").read_text()
+
+
+async def test_no_action_while_parent_is_stopped(
+    tmp_path: Path, parents: list[Parent]
+) -> None:
+    store = await SqliteStore.open(tmp_path / "shoal.db")
+    try:
+        lease = await _granted(store)
+        info = {"backend": "sqlite", "path": str(tmp_path / "shoal.db")}
+        parent = Parent(info, lease, "hold", tmp_path / "parent.log")
+        parents.append(parent)
+        os.kill(parent.proc.pid, signal.SIGSTOP)
+        await asyncio.sleep(1.5)
+        assert _alive(parent.reaper_pid)
+        assert await store.lease_ttl(lease) > 0, "the reaper acted on a paused (live) parent"
+        os.kill(parent.proc.pid, signal.SIGCONT)
+        await asyncio.sleep(0.2)
+        assert await store.lease_ttl(lease) > 0
+        parent.kill9()  # and it still works afterwards
+        await _wait_gone(store, lease, limit=3.0)
+    finally:
+        await store.aclose()
+
+
+async def test_respawns_a_dead_reaper_and_close_is_quiet(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "shoal.db")
+    reaper = Reaper.start({"backend": "sqlite", "path": str(tmp_path / "shoal.db")})
+    try:
+        first = reaper.pid
+        os.kill(first, signal.SIGKILL)
+        await _until(lambda: not reaper.alive, 3, "killed reaper is gone")
+        lease = await _granted(store)
+        reaper.watch_lease(lease)
+        assert reaper.alive and reaper.pid != first
+        reaper.close()
+        assert not reaper.alive
+        assert await store.lease_ttl(lease) > 0
+    finally:
+        if reaper.alive:
+            os.kill(reaper.pid, signal.SIGKILL)
+        await store.aclose()
+
+
+def test_module_imports_nothing_heavy() -> None:
+    code = (
+        "import sys, shoal.runtime.reaper\n"
+        "heavy = ('grpc', 'pydantic', 'etcd3aio', 'shoal.store.etcd', 'yaml', 'click', 'asyncio')\n"
+        "print(','.join(m for m in heavy if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.etcd
+def test_etcd_gateway_with_tls_and_auth() -> None:
+    """The HTTP gateway path on etcd 3.5, over TLS with user/password."""
+    from shoal.testing.etcd_server import EtcdCluster
+
+    async def grant(cluster: EtcdCluster) -> int:
+        from shoal.store.etcd import EtcdStore
+
+        store = await EtcdStore.open(
+            cluster.endpoints, prefix="/gw", ca_file=str(cluster.ca_file),
+            username=cluster.username, password=cluster.password,
+        )
+        try:
+            return (await store.grant(30)).id
+        finally:
+            await store.aclose()
+
+    with EtcdCluster(tls=True, auth=True) as cluster:
+        lease = asyncio.run(grant(cluster))
+        info = {
+            "backend": "etcd", "endpoints": ["http://127.0.0.1:1", *cluster.endpoints],
+            "timeout": 2.0, "ca": str(cluster.ca_file), "username": cluster.username,
+            "password": cluster.password,
+        }
+        with pytest.raises(RuntimeError, match="HTTP"):
+            revoke({**info, "password": "wrong", "timeout": 0.3}, lease)
+        assert revoke(info, lease).startswith("revoked via https://")
+        assert revoke(info, lease).startswith("already gone")
