@@ -18,7 +18,6 @@ import grpc.aio
 from shoal._errors import ConfigError, StoreUnavailable
 
 ENDPOINTS_KEY = "store.etcd.endpoints"
-DEFAULT_PORT = 2379
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,38 +44,33 @@ class TlsMaterial:
     server_name: str | None
 
 
-def parse_endpoints(endpoints: Sequence[str], *, tls_default: bool) -> list[Endpoint]:
-    """Validate ``http(s)://host:port`` endpoints (``host:port`` alone is accepted too)."""
+def parse_endpoints(endpoints: Sequence[str]) -> list[Endpoint]:
+    """Validate ``http://host:port`` / ``https://host:port`` endpoints."""
     if isinstance(endpoints, str):
         endpoints = [endpoints]
     if not endpoints:
-        raise ConfigError(f"{ENDPOINTS_KEY} is empty: give at least one http(s)://host:port")
+        raise ConfigError(f"{ENDPOINTS_KEY} is empty: list at least one http(s)://host:port")
     parsed: list[Endpoint] = []
     for raw in endpoints:
-        text = str(raw).strip()
-        fix = (
-            f"{ENDPOINTS_KEY}: bad endpoint {raw!r}: expected http://host:port or https://host:port"
-        )
-        if "://" not in text:
-            text = ("https://" if tls_default else "http://") + text
+        fix = f"{ENDPOINTS_KEY}: {raw!r} is not an etcd endpoint; use http://HOST:PORT or https://HOST:PORT"
+        if not isinstance(raw, str):
+            raise ConfigError(fix)
         try:
-            parts = urlsplit(text)
+            parts = urlsplit(raw.strip())
             port = parts.port
-        except ValueError as exc:
-            raise ConfigError(f"{fix} ({exc})") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
+        except ValueError:
+            raise ConfigError(f"{fix} (PORT is 1-65535)") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
             raise ConfigError(fix)
         if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
             raise ConfigError(fix)
         if ":" in parts.hostname:
-            raise ConfigError(f"{fix} (IPv6 endpoints are not supported; use IPv4 or a hostname)")
+            raise ConfigError(f"{fix} (IPv6 is not supported; use IPv4 or a hostname)")
         if port == 0:
-            raise ConfigError(f"{fix} (port 0)")
-        parsed.append(
-            Endpoint(str(raw), parts.scheme == "https", parts.hostname, port or DEFAULT_PORT)
-        )
+            raise ConfigError(f"{fix} (PORT is 1-65535)")
+        parsed.append(Endpoint(raw, parts.scheme == "https", parts.hostname, port))
     if len({e.tls for e in parsed}) > 1:
-        raise ConfigError(f"{ENDPOINTS_KEY}: mixes http:// and https:// endpoints; use one scheme")
+        raise ConfigError(f"{ENDPOINTS_KEY}: mixes http:// and https:// — use one scheme for all")
     return parsed
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import grpc
@@ -25,8 +26,9 @@ TRANSIENT = frozenset(
         grpc.StatusCode.CANCELLED,
     }
 )
-# grpc reports this when no connection could be picked: the request never left.
-_NOT_SENT = "failed to connect to all addresses"
+# grpc reports these when no connection could be picked: the request never left.
+_NOT_SENT = ("failed to connect to all addresses", "connections to all backends failing")
+_PREFIX = re.compile(r"^(?:[A-Z_]+: )?(?:ipv4:\S+: )?")
 _REAUTH = ("invalid auth token", "revision of auth store is old", "auth revision is old")
 
 
@@ -53,6 +55,12 @@ def status_of(exc: BaseException) -> tuple[Any, str]:
     return rpc.code(), str(rpc.details() or "")
 
 
+def never_sent(exc: BaseException) -> bool:
+    """True when grpc failed the call before sending it (no member connected)."""
+    code, details = status_of(exc)
+    return code is grpc.StatusCode.UNAVAILABLE and any(p in details for p in _NOT_SENT)
+
+
 def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TimeoutError | StoreUnavailable):
         return True
@@ -67,16 +75,22 @@ def short_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no response"
     code, details = status_of(exc)
-    low = details.lower()
+    # "connections to all backends failing; last error: UNKNOWN: ipv4:1.2.3.4:5: why"
+    last = _PREFIX.sub("", details.rsplit("last error:", 1)[-1].strip())
+    low = last.lower()
     if "connection refused" in low:
         return "connection refused"
-    if "ssl" in low or "handshake" in low or "certificate" in low:
-        return f"TLS handshake failed: {_one_line(details, 120)}"
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return "TLS handshake failed: the server certificate is not trusted"
+    if "BAD_CERTIFICATE" in details or "CERTIFICATE_REQUIRED" in details:
+        return "TLS handshake failed: the server refused the client certificate (or its absence)"
+    if "handshake" in low or "ssl" in low or "certificate" in low:
+        return f"TLS handshake failed: {_one_line(last, 100)}"
+    if "socket closed" in low or "connection reset" in low:
+        return "connection closed by the server"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return "no response"
-    if "dns" in low or "resolve" in low:
-        return f"name resolution failed: {_one_line(details, 120)}"
-    return _one_line(details, 160) or (code.name.lower() if code is not None else "unknown error")
+    return _one_line(last, 160) or (code.name.lower() if code is not None else "unknown error")
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -140,7 +154,7 @@ def translate(
         code is grpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" in details
     ):
         reason = short_reason(rpc)
-        if write and _NOT_SENT not in details:
+        if write and not never_sent(rpc):
             return OutcomeUnknown(f"etcd {what}: {reason} (the write may have happened)")
         return StoreUnavailable(f"etcd {what}: {reason}")
     return StoreError(f"etcd {what} failed: {code.name}: {details}")

@@ -8,26 +8,29 @@ remembers what it has *delivered* and resumes exactly there:
   ``skip`` how many events of that revision were already delivered. A reconnect asks
   for ``start_revision=resume`` and drops the first ``skip`` events of ``resume``, so
   nothing is lost or repeated even if a revision had been split over two responses;
-* with ``start_revision=None`` the ``created`` response's ``header.revision + 1`` is
-  the first wanted revision;
+* ``start_revision=None`` means "from this call": the store passes the newest revision
+  it has seen + 1 (every write it acknowledged is older, so none is replayed). Were
+  that compacted already, the watch falls back to the server's "now" (the ``created``
+  response's ``header.revision + 1``);
 * ``compact_revision > 0`` raises :class:`~shoal.Compacted`; transient errors reconnect
   with backoff through the round-robin channel (so through another member); a stale
-  auth token re-authenticates once.
+  auth token re-authenticates once; closing the store ends the iteration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from etcd3aio import _protobuf as pb
 
-from shoal._errors import Compacted, NotRunning, StoreAuthError, StoreError
+from shoal._errors import Compacted, StoreAuthError, StoreError
 from shoal.store._etcd_errors import NeedReauth, is_transient, translate
-from shoal.store.protocol import Event, EventType, KeyValue
+from shoal.store.protocol import Event
 
 _log = logging.getLogger("shoal.store.etcd")
 
@@ -42,50 +45,33 @@ class WatchContext:
 
     stub: Any  # WatchStub on the store's channel
     metadata: Callable[[], tuple[tuple[str, str], ...]]
-    strip: Callable[[bytes], str]
+    event: Callable[[Any], Event]  # protobuf Event -> Event with a bare key
     reauth: Callable[[], Awaitable[None]]
     closed: Callable[[], bool]
     credentials: bool
     timeout: float
 
 
-async def _requests(create: Any) -> AsyncIterator[Any]:
-    yield pb.WatchRequest(create_request=create)
-    await asyncio.Event().wait()  # keep the stream open; cancelled with the call
-
-
-def _event(ev: Any, strip: Callable[[bytes], str]) -> Event:
-    kv = ev.kv
-    if ev.type == 1:  # DELETE
-        record = KeyValue(strip(kv.key), b"", 0, int(kv.mod_revision), 0, 0)
-        return Event(EventType.DELETE, record)
-    record = KeyValue(
-        strip(kv.key),
-        bytes(kv.value),
-        int(kv.create_revision),
-        int(kv.mod_revision),
-        int(kv.version),
-        int(kv.lease),
-    )
-    return Event(EventType.PUT, record)
-
-
 async def watch(
-    ctx: WatchContext, key: bytes, range_end: bytes, start_revision: int | None
-) -> AsyncIterator[Event]:
-    resume = 0 if start_revision is None else max(1, start_revision)
+    ctx: WatchContext, key: bytes, range_end: bytes, start_revision: int, *, from_now: bool
+) -> AsyncGenerator[Event, None]:
+    resume = start_revision  # 0: the server's current revision + 1
     skip = 0
+    delivered = False
     backoff = _BACKOFF_START
     reauthed = False
-    while True:
-        if ctx.closed():
-            raise NotRunning("the etcd store is closed")
+    while not ctx.closed():  # a closed store ends the watch, as in the other backends
         create = pb.WatchCreateRequest(key=key, range_end=range_end, start_revision=resume)
-        call = ctx.stub.Watch(_requests(create), metadata=ctx.metadata())
+        call = ctx.stub.Watch(metadata=ctx.metadata())
         to_drop = skip  # events of revision ``resume`` already delivered
         try:
+            with contextlib.suppress(asyncio.InvalidStateError):  # failed: reading says why
+                await call.write(pb.WatchRequest(create_request=create))
             async for resp in call:
                 if resp.compact_revision > 0:
+                    if from_now and not delivered:
+                        resume = 0
+                        break
                     raise Compacted(int(resp.compact_revision))
                 if resp.canceled:
                     reason = str(resp.cancel_reason)
@@ -95,6 +81,12 @@ async def watch(
                         raise StoreAuthError(f"etcd watch refused: {reason}")
                     raise StoreError(f"etcd watch canceled by the server: {reason or 'no reason'}")
                 if resp.created:
+                    _log.debug(
+                        "etcd watch created on member %x at revision %d (from %d)",
+                        resp.header.member_id,
+                        resp.header.revision,
+                        resume,
+                    )
                     if resume == 0:
                         resume = int(resp.header.revision) + 1
                     backoff = _BACKOFF_START
@@ -110,9 +102,11 @@ async def watch(
                         skip += 1
                     else:
                         resume, skip, to_drop = rev, 1, 0
-                    yield _event(ev, ctx.strip)
-            # The server ended the stream (e.g. member shutting down): reconnect.
-            _log.info("etcd watch stream ended; reconnecting from revision %d", resume)
+                    delivered = True
+                    yield ctx.event(ev)
+            else:
+                # The server ended the stream (e.g. member shutting down): reconnect.
+                _log.info("etcd watch stream ended; reconnecting from revision %d", resume)
         except NeedReauth:
             reauthed = True
             try:
@@ -120,13 +114,11 @@ async def watch(
             except Exception as exc:
                 raise translate(exc, "watch", timeout=ctx.timeout) from exc
             continue
-        except (Compacted, StoreError, NotRunning):
-            raise
-        except asyncio.CancelledError:
+        except (Compacted, StoreError, asyncio.CancelledError):
             raise
         except Exception as exc:
             if ctx.closed():
-                raise NotRunning("the etcd store is closed") from None
+                return
             err = translate(exc, "watch", timeout=ctx.timeout, credentials=ctx.credentials)
             if isinstance(err, NeedReauth) and not reauthed:
                 reauthed = True

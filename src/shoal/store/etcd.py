@@ -23,11 +23,13 @@ Design notes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
+import grpc.aio
 from etcd3aio import _protobuf as pb
 from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
@@ -44,22 +46,26 @@ from shoal._errors import (
     StoreUnavailable,
 )
 from shoal.store import _etcd_conn as conn
-from shoal.store._etcd_errors import NeedReauth, is_transient, short_reason, translate
+from shoal.store._etcd_codec import Codec, range_end
+from shoal.store._etcd_errors import (
+    NeedReauth,
+    is_transient,
+    never_sent,
+    short_reason,
+    status_of,
+    translate,
+)
 from shoal.store._etcd_watch import WatchContext
 from shoal.store._etcd_watch import watch as _watch
 from shoal.store.protocol import (
     Compare,
-    Delete,
     Event,
     Features,
     Get,
     KeyValue,
     Lease,
-    Op,
-    OpResult,
     Put,
     RangeResult,
-    Target,
     TxnOp,
     TxnResult,
 )
@@ -69,33 +75,11 @@ __all__ = ["EtcdStore"]
 _log = logging.getLogger("shoal.store.etcd")
 T = TypeVar("T")
 
-_OPS = {Op.EQUAL: 0, Op.GREATER: 1, Op.LESS: 2, Op.NOT_EQUAL: 3}
-_TARGETS = {
-    Target.VERSION: (0, "version"),
-    Target.CREATE: (1, "create_revision"),
-    Target.MOD: (2, "mod_revision"),
-    Target.VALUE: (3, "value"),
-    Target.LEASE: (4, "lease"),
-}
-
-
-def _range_end(key: bytes) -> bytes:
-    """etcd's range end for "every key starting with ``key``" (b"\\0" = all keys)."""
-    raw = bytearray(key)
-    while raw:
-        if raw[-1] < 0xFF:
-            raw[-1] += 1
-            return bytes(raw)
-        raw.pop()
-    return b"\x00"
-
 
 class EtcdStore:
     """A :class:`~shoal.store.Store` on etcd v3. Create it with :meth:`open`."""
 
-    features: ClassVar[Features] = Features(
-        name="etcd", multi_process=True, multi_machine=True, linearizable=True
-    )
+    features = Features(name="etcd", multi_process=True, multi_machine=True, linearizable=True)
 
     def __init__(
         self,
@@ -109,7 +93,7 @@ class EtcdStore:
     ) -> None:
         self._channel = channel
         self._endpoints = endpoints
-        self._pfx = (prefix.rstrip("/") + "/") if prefix else ""
+        self._codec = Codec(prefix)
         self._timeout = timeout
         self._username = username
         self._password = password
@@ -147,21 +131,21 @@ class EtcdStore:
             raise ConfigError(f"store.etcd.timeout must be > 0, got {timeout!r}")
         if (cert_file is None) != (key_file is None):
             raise ConfigError(
-                "store.etcd.cert_file and store.etcd.key_file must be given together "
-                "(client certificate and its private key)"
+                "store.etcd.tls.cert and store.etcd.tls.key: a client certificate needs both "
+                "the certificate and its key; set both or neither"
             )
         if password is not None and not username:
             raise ConfigError("store.etcd.password is set but store.etcd.username is not")
-        eps = conn.parse_endpoints(endpoints, tls_default=bool(ca_file or cert_file or skip_verify))
+        eps = conn.parse_endpoints(endpoints)
         urls = ", ".join(e.url for e in eps)
         use_tls = eps[0].tls
-        ca = conn.read_file(ca_file, "store.etcd.ca_file")
-        chain = conn.read_file(cert_file, "store.etcd.cert_file")
-        key = conn.read_file(key_file, "store.etcd.key_file")
+        ca = conn.read_file(ca_file, "store.etcd.tls.ca")
+        chain = conn.read_file(cert_file, "store.etcd.tls.cert")
+        key = conn.read_file(key_file, "store.etcd.tls.key")
         if not use_tls and (ca or chain or skip_verify):
             raise ConfigError(
-                f"{conn.ENDPOINTS_KEY}: TLS options are set but the endpoints use http://; "
-                "use https:// endpoints"
+                f"{conn.ENDPOINTS_KEY}: TLS settings (store.etcd.tls) are given but the "
+                "endpoints use http://; use https:// endpoints"
             )
         addrs = await conn.resolve(eps, timeout)
         tls: conn.TlsMaterial | None = None
@@ -201,7 +185,7 @@ class EtcdStore:
                     if self._username:
                         await self._authenticate(min(left, self._timeout))
                     resp = await self._kv.get(
-                        self._pfx.encode() or b"\x00",
+                        self._codec.prefix.encode() or b"\x00",
                         count_only=True,
                         timeout=left,
                         max_attempts=1,
@@ -209,15 +193,28 @@ class EtcdStore:
                     self._note(resp)
                     return
             except Exception as exc:
+                if self._username and "authentication is not enabled" in status_of(exc)[1]:
+                    _log.warning(
+                        "etcd at %s has authentication disabled; store.etcd.username and "
+                        "password are ignored",
+                        urls,
+                    )
+                    self._username = None
+                    continue
                 err = translate(exc, "open", timeout=self._timeout)
                 if not is_transient(exc) and not isinstance(err, StoreUnavailable):
                     raise err from None
                 last = exc
             await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
         reason = short_reason(last) if last is not None else "no response"
+        if reason.startswith("TLS"):
+            hint = "check store.etcd.tls (ca, cert, key, skip_verify)"
+        elif reason.startswith("connection closed") and "https://" not in urls:
+            hint = "does etcd expect https://? check store.etcd.endpoints"
+        else:
+            hint = "is etcd running? check store.etcd.endpoints"
         raise StoreUnavailable(
-            f"etcd not reachable at {urls} within {self._timeout}s ({reason}) — "
-            "is etcd running? check store.etcd.endpoints"
+            f"etcd not reachable at {urls} within {self._timeout}s ({reason}) — {hint}"
         )
 
     # -- auth ---------------------------------------------------------------------
@@ -228,7 +225,7 @@ class EtcdStore:
 
     def _set_token(self, token: str | None) -> None:
         self._token = token
-        for svc in (self._kv, self._lease, self._auth):
+        for svc in (self._kv, self._lease):
             svc.set_token(token)
 
     async def _reauth(self, stale: str | None = None) -> None:
@@ -248,16 +245,27 @@ class EtcdStore:
 
     # -- the boundary -------------------------------------------------------------
     async def _call(
-        self, what: str, fn: Callable[[], Awaitable[T]], *, write: bool = False, lease: int = 0
+        self,
+        what: str,
+        fn: Callable[[float], Awaitable[T]],
+        *,
+        write: bool = False,
+        lease: int = 0,
     ) -> T:
-        """Run one etcd call; translate every failure into the Shoal error tree."""
+        """Run one etcd call within ``timeout``; translate every failure into the Shoal
+        error tree. ``fn(seconds_left)`` makes the call. It is called again only when
+        the request provably never reached etcd: no member connected yet (grpc failed
+        it before sending) or the token was refused (then after authenticating again).
+        """
         if self._closed:
             raise NotRunning("the etcd store is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
         reauthed = False
         while True:
             token = self._token
             try:
-                return await fn()
+                return await fn(max(0.01, deadline - loop.time()))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -276,6 +284,9 @@ class EtcdStore:
                     reauthed = True
                     await self._reauth(token)  # the request was refused: safe to resend
                     continue
+                if never_sent(exc) and deadline - loop.time() > 0.1:
+                    await asyncio.sleep(0.1)  # reconnecting: wait for a member, then send
+                    continue
                 raise err from exc
 
     def _note(self, resp: Any) -> None:
@@ -283,44 +294,26 @@ class EtcdStore:
         if rev > self._seen_revision:
             self._seen_revision = rev
 
-    # -- keys -----------------------------------------------------------------------
-    def _full(self, key: str) -> bytes:
-        return (self._pfx + key).encode("utf-8", "surrogateescape")
-
-    def _strip(self, key: bytes) -> str:
-        text = key.decode("utf-8", "surrogateescape")
-        return text[len(self._pfx) :] if text.startswith(self._pfx) else text
-
-    def _kv_of(self, kv: Any) -> KeyValue:
-        return KeyValue(
-            self._strip(kv.key),
-            bytes(kv.value),
-            int(kv.create_revision),
-            int(kv.mod_revision),
-            int(kv.version),
-            int(kv.lease),
-        )
-
     # -- reads ----------------------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
-        resp = await self._call("get", lambda: self._kv.get(self._full(key), timeout=self._timeout))
+        resp = await self._call("get", lambda t: self._kv.get(self._codec.full(key), timeout=t))
         self._note(resp)
-        return self._kv_of(resp.kvs[0]) if resp.kvs else None
+        return self._codec.kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(self, prefix: str) -> RangeResult:
-        full = self._full(prefix)
+        full = self._codec.full(prefix)
         resp = await self._call(
-            "range", lambda: self._kv.get(full, range_end=_range_end(full), timeout=self._timeout)
+            "range", lambda t: self._kv.get(full, range_end=range_end(full), timeout=t)
         )
         self._note(resp)
-        kvs = tuple(self._kv_of(kv) for kv in resp.kvs)  # etcd returns them sorted by key
+        kvs = tuple(self._codec.kv(kv) for kv in resp.kvs)  # etcd returns them sorted by key
         return RangeResult(kvs, int(resp.header.revision))
 
     async def revision(self) -> int:
         resp = await self._call(
             "revision",
-            lambda: self._kv.get(
-                self._pfx.encode() or b"\x00", count_only=True, timeout=self._timeout
+            lambda t: self._kv.get(
+                self._codec.prefix.encode() or b"\x00", count_only=True, timeout=t
             ),
         )
         self._note(resp)
@@ -332,11 +325,11 @@ class EtcdStore:
         try:
             resp = await self._call(
                 "put",
-                lambda: self._kv.put(
-                    self._full(key),
+                lambda t: self._kv.put(
+                    self._codec.full(key),
                     bytes(value),
                     lease=lease,
-                    timeout=self._timeout,
+                    timeout=t,
                     max_attempts=1,
                 ),
                 write=True,
@@ -349,45 +342,15 @@ class EtcdStore:
         return int(resp.header.revision)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
-        full = self._full(key)
-        end = _range_end(full) if prefix else None
+        full = self._codec.full(key)
+        end = range_end(full) if prefix else None
         resp = await self._call(
             "delete",
-            lambda: self._kv.delete(full, range_end=end, timeout=self._timeout, max_attempts=1),
+            lambda t: self._kv.delete(full, range_end=end, timeout=t, max_attempts=1),
             write=True,
         )
         self._note(resp)
         return int(resp.deleted)
-
-    def _compare(self, c: Compare) -> Any:
-        target, field = _TARGETS[c.target]
-        if (c.target is Target.VALUE) != isinstance(c.operand, bytes | bytearray):
-            kind = "bytes" if c.target is Target.VALUE else "int"
-            raise TypeError(f"compare on {c.target.value} needs a {kind} operand")
-        operand = bytes(c.operand) if isinstance(c.operand, bytes | bytearray) else c.operand
-        return pb.Compare(
-            result=_OPS[c.op], target=target, key=self._full(c.key), **{field: operand}
-        )
-
-    def _request(self, op: TxnOp) -> Any:
-        full = self._full(op.key)
-        if isinstance(op, Put):
-            return pb.RequestOp(
-                request_put=pb.PutRequest(key=full, value=bytes(op.value), lease=op.lease)
-            )
-        end = _range_end(full) if op.prefix else b""
-        if isinstance(op, Delete):
-            return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=full, range_end=end))
-        if isinstance(op, Get):
-            return pb.RequestOp(request_range=pb.RangeRequest(key=full, range_end=end))
-        raise TypeError(f"not a txn op: {op!r}")
-
-    def _result(self, op: TxnOp, resp: Any) -> OpResult:
-        if isinstance(op, Put):
-            return None
-        if isinstance(op, Delete):
-            return int(resp.response_delete_range.deleted)
-        return [self._kv_of(kv) for kv in resp.response_range.kvs]
 
     async def txn(
         self,
@@ -395,15 +358,15 @@ class EtcdStore:
         on_success: Sequence[TxnOp] = (),
         on_failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
-        cmp = [self._compare(c) for c in compares]
-        succ = [self._request(op) for op in on_success]
-        fail = [self._request(op) for op in on_failure]
+        cmp = [self._codec.compare(c) for c in compares]
+        succ = [self._codec.request(op) for op in on_success]
+        fail = [self._codec.request(op) for op in on_failure]
         leases = [op.lease for op in (*on_success, *on_failure) if isinstance(op, Put) and op.lease]
         seen = self._seen_revision
         try:
             resp = await self._call(
                 "txn",
-                lambda: self._kv.txn(cmp, succ, fail, timeout=self._timeout, max_attempts=1),
+                lambda t: self._kv.txn(cmp, succ, fail, timeout=t, max_attempts=1),
                 write=True,
                 lease=leases[0] if leases else 0,
             )
@@ -411,7 +374,9 @@ class EtcdStore:
             return await self._settle(on_success, seen, exc)
         self._note(resp)
         branch = on_success if resp.succeeded else on_failure
-        results = tuple(self._result(op, r) for op, r in zip(branch, resp.responses, strict=True))
+        results = tuple(
+            self._codec.result(op, r) for op, r in zip(branch, resp.responses, strict=True)
+        )
         return TxnResult(bool(resp.succeeded), int(resp.header.revision), results)
 
     async def _settle(self, ops: Sequence[TxnOp], seen: int, exc: OutcomeUnknown) -> TxnResult:
@@ -424,11 +389,9 @@ class EtcdStore:
         puts = [op for op in ops if isinstance(op, Put)]
         if not puts or len(puts) != len(ops):
             raise exc
-        reads = [self._request(Get(p.key)) for p in puts]
+        reads = [self._codec.request(Get(p.key)) for p in puts]
         try:
-            resp = await self._call(
-                "re-read", lambda: self._kv.txn([], reads, [], timeout=self._timeout)
-            )
+            resp = await self._call("re-read", lambda t: self._kv.txn([], reads, [], timeout=t))
         except StoreError:
             raise exc from None
         revisions: set[int] = set()
@@ -444,32 +407,31 @@ class EtcdStore:
 
     # -- leases -----------------------------------------------------------------------
     async def grant(self, ttl: int) -> Lease:
-        resp = await self._call("grant", lambda: self._lease.grant(ttl, timeout=self._timeout))
+        resp = await self._call("grant", lambda t: self._lease.grant(ttl, timeout=t))
         if getattr(resp, "error", ""):
             raise StoreError(f"etcd grant failed: {resp.error}")
         return Lease(int(resp.ID), int(resp.TTL))
 
     async def keepalive(self, lease: int) -> int:
-        async def once() -> Any:
-            async def requests() -> AsyncIterator[Any]:
-                yield pb.LeaseKeepAliveRequest(ID=lease)
-
-            call = self._lease_stub.LeaseKeepAlive(
-                requests(), metadata=self._metadata(), timeout=self._timeout
-            )
+        async def once(limit: float) -> Any:
+            call = self._lease_stub.LeaseKeepAlive(metadata=self._metadata(), timeout=limit)
             try:
-                async for resp in call:
-                    return resp
+                with contextlib.suppress(asyncio.InvalidStateError):  # failed: read says why
+                    await call.write(pb.LeaseKeepAliveRequest(ID=lease))
+                    await call.done_writing()
+                resp = await call.read()
             finally:
                 call.cancel()
-            raise StoreUnavailable("etcd keepalive: the stream closed without an answer")
+            if resp is grpc.aio.EOF:
+                raise StoreUnavailable("etcd keepalive: the stream closed without an answer")
+            return resp
 
-        async def retrying() -> Any:
+        async def retrying(limit: float) -> Any:  # idempotent: retried until the deadline
             delay = 0.05
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(limit):
                 while True:
                     try:
-                        return await once()
+                        return await once(limit)
                     except Exception as exc:
                         if not is_transient(exc):
                             raise
@@ -485,39 +447,53 @@ class EtcdStore:
     async def revoke(self, lease: int) -> None:
         await self._call(
             "revoke",
-            lambda: self._lease.revoke(lease, timeout=self._timeout, max_attempts=1),
+            lambda t: self._lease.revoke(lease, timeout=t, max_attempts=1),
             write=True,
             lease=lease,
         )
 
     async def lease_ttl(self, lease: int) -> int:
         resp = await self._call(
-            "lease_ttl", lambda: self._lease.time_to_live(lease, timeout=self._timeout), lease=lease
+            "lease_ttl", lambda t: self._lease.time_to_live(lease, timeout=t), lease=lease
         )
         ttl = int(resp.TTL)
         return ttl if ttl >= 0 else -1
 
     # -- watch / maintenance -------------------------------------------------------------
-    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncIterator[Event]:
+    def watch(self, prefix: str, start_revision: int | None = None) -> AsyncGenerator[Event, None]:
+        """Changes under ``prefix`` from ``start_revision`` on, exactly once, in order,
+        across reconnects and member failures (see ``_etcd_watch``).
+
+        ``None`` (or 0) means "from now": from the newest revision this client has seen
+        + 1, so every write it already got an answer for is excluded and every later
+        one included, however late the stream is established. Raises Compacted if
+        ``start_revision`` is older than the compaction point; ends when the store is
+        closed.
+        """
         if self._closed:
             raise NotRunning("the etcd store is closed")
-        full = self._full(prefix)
+        full = self._codec.full(prefix)
         ctx = WatchContext(
             stub=self._watch_stub,
             metadata=self._metadata,
-            strip=self._strip,
+            event=self._codec.event,
             reauth=self._reauth,
             closed=lambda: self._closed,
             credentials=bool(self._username),
             timeout=self._timeout,
         )
-        return _watch(ctx, full, _range_end(full), start_revision)
+        if start_revision is not None and start_revision > 0:
+            return _watch(ctx, full, range_end(full), start_revision, from_now=False)
+        # "From now": after every revision this client has seen (so after every write it
+        # was told about), not from whenever the stream happens to be established.
+        start = self._seen_revision + 1
+        return _watch(ctx, full, range_end(full), start, from_now=True)
 
     async def compact(self, revision: int) -> None:
         try:
             await self._call(
                 "compact",
-                lambda: self._kv.compact(revision, timeout=self._timeout, max_attempts=1),
+                lambda t: self._kv.compact(revision, timeout=t, max_attempts=1),
                 write=True,
             )
         except Compacted:
@@ -530,4 +506,4 @@ class EtcdStore:
         await self._channel.close()
 
     def __repr__(self) -> str:
-        return f"EtcdStore({self._endpoints!r}, prefix={self._pfx.rstrip('/')!r})"
+        return f"EtcdStore({self._endpoints!r}, prefix={self._codec.prefix.rstrip('/')!r})"

@@ -28,7 +28,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -117,7 +117,7 @@ class _Member:
     log_handle: IO[bytes] | None = field(default=None, repr=False)
 
 
-_LIVE: weakref.WeakSet[EtcdCluster] = weakref.WeakSet()
+_LIVE: set[EtcdCluster] = set()  # started and not stopped: stopped at interpreter exit
 _LIVE_LOCK = threading.Lock()
 
 
@@ -131,7 +131,18 @@ def _stop_all_at_exit() -> None:  # pragma: no cover - safety net
 
 
 class EtcdCluster:
-    """A local etcd cluster of ``members`` processes (a sync context manager)."""
+    """A local etcd cluster of ``members`` processes (a sync context manager).
+
+    * ``data_dir``: where the members keep their data (``<data_dir>/m<i>``, kept on
+      stop); default a temp dir removed on stop.
+    * ``tls``: clients speak https with a fresh trustme CA; the server certificate
+      covers 127.0.0.1 and localhost; see ``ca_file``, ``client_cert_file``,
+      ``client_key_file``. ``client_cert_auth``: the server demands a client cert.
+    * ``auth``: user ``root`` with a random ``password``; authentication enabled.
+    * ``client_ports`` / ``peer_ports``: fixed ports (default: free ones).
+    * ``no_fsync``: ``--unsafe-no-fsync`` (safe against process kills, not power loss).
+    * Fast test timings: heartbeat 100 ms, election timeout 1 s, no auto compaction.
+    """
 
     def __init__(
         self,
@@ -145,9 +156,19 @@ class EtcdCluster:
         start_timeout: float = 30.0,
         log_level: str = "error",
         no_fsync: bool = False,
+        client_ports: Sequence[int] | None = None,
+        peer_ports: Sequence[int] | None = None,
     ) -> None:
         if members < 1:
             raise ValueError("members must be >= 1")
+        for what, ports in (("client_ports", client_ports), ("peer_ports", peer_ports)):
+            if ports is not None and len(ports) != members:
+                raise ValueError(f"{what} needs one port per member ({members})")
+        self._fixed_ports = (
+            (list(client_ports or []), list(peer_ports or []))
+            if client_ports is not None or peer_ports is not None
+            else None
+        )
         if client_cert_auth and not tls:
             raise ValueError("client_cert_auth needs tls=True")
         self.members = members
@@ -161,7 +182,6 @@ class EtcdCluster:
         self._user_data_dir = data_dir
         self._work_dir: Path | None = None
         self._members: list[_Member] = []
-        self._token = ""
         self.username: str | None = "root" if auth else None
         self.password: str | None = secrets.token_hex(12) if auth else None
         self.ca_file: Path | None = None
@@ -226,9 +246,10 @@ class EtcdCluster:
                     port_clash = any(
                         "address already in use" in self._log_tail(m) for m in self._members
                     )
-                    if not port_clash or attempt == 2:
+                    retry = self._fixed_ports is None and self._user_data_dir is None
+                    if not port_clash or attempt == 2 or not retry:
                         raise
-                    self._kill_all()
+                    self._kill_all()  # another process took a port: new ports, new dirs
                     for member in self._members:
                         shutil.rmtree(member.data_dir, ignore_errors=True)
             if self.auth:
@@ -290,6 +311,13 @@ class EtcdCluster:
     def _plan_members(self) -> None:
         assert self._work_dir is not None
         ports = _free_ports(2 * self.members)
+        if self._fixed_ports is not None:  # given ports win; free ones fill the rest
+            client, peer = self._fixed_ports
+            for i in range(self.members):
+                if client:
+                    ports[2 * i] = client[i]
+                if peer:
+                    ports[2 * i + 1] = peer[i]
         base = self._user_data_dir if self._user_data_dir is not None else self._work_dir / "data"
         self._members = [
             _Member(
@@ -372,6 +400,8 @@ class EtcdCluster:
         self._close_log(member)
 
     def _kill_all(self, graceful: bool = False) -> None:
+        """SIGKILL every member; ``graceful``: SIGTERM one member after the other (so a
+        leader can hand over instead of waiting for peers that are going away too)."""
         for index, member in enumerate(self._members):
             if graceful:
                 self._terminate(member, timeout=3.0)
