@@ -52,7 +52,7 @@ class Cluster:
         from shoal.primitives.ownership import Owner
 
         return {
-            k[len("duties/"):]: Owner.decode(k[len("duties/"):], kv)
+            k[len("duties/") :]: Owner.decode(k[len("duties/") :], kv)
             for k, kv in self.store._data.items()
             if k.startswith("duties/")
         }

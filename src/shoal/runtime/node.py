@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import NameTaken, NotRunning, StoreError
@@ -32,7 +32,10 @@ from shoal.runtime.context import DutyContext
 from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
-from shoal.store.protocol import Event, Store
+from shoal.store.protocol import Event, EventType, Store
+
+if TYPE_CHECKING:
+    from shoal.config import NodeConfig
 
 log = logging.getLogger("shoal.node")
 VERSION = "0.1.0"
@@ -75,6 +78,7 @@ class Node:
         self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
         self._owners = Mirror(store, DUTIES, self.clock, on_change=self._owners_changed)
         self._local: dict[str, tuple[int, Owner | None]] = {}
+        self._owner_map: dict[str, Owner] = {}
         self._free_since: dict[str, float] = {}
         self._stable_since = 0.0
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
@@ -87,10 +91,24 @@ class Node:
         self._placement_cache: tuple[object, Placement] | None = None
         self.reaper: Any = None
 
+    @classmethod
+    async def from_config(
+        cls, app: App, config: NodeConfig, *, clock: Clock | None = None
+    ) -> Node:
+        """A node for ``config`` with its own store connection (not started)."""
+        from shoal.store.factory import open_store
+
+        store = await open_store(config, clock=clock)
+        return cls(app, NodeSettings.from_config(config), store=store, clock=clock,
+                   own_store=True)
+
     # -- public view ----------------------------------------------------------
     @property
     def leader(self) -> str | None:
-        owner = self.owners.get(LEADER)
+        if LEADER in self._local:
+            owner = self.owners.get(LEADER)
+        else:
+            owner = self._owner_map.get(LEADER)
         return owner.node if owner else None
 
     @property
@@ -100,7 +118,9 @@ class Node:
     @property
     def owners(self) -> dict[str, Owner]:
         """Effective duty owners: what the store says, plus our own recent writes."""
-        view = {n: Owner.decode(n, kv) for n, kv in self._owners.items.items()}
+        if not self._local:
+            return dict(self._owner_map)
+        view = dict(self._owner_map)
         for duty, (rev, owner) in list(self._local.items()):
             if self._owners.revision >= rev:
                 del self._local[duty]
@@ -150,6 +170,10 @@ class Node:
         self.duties = _ordered(self.app.expand(self.settings.params))
         self._set_phase("JOINING")
         try:
+            if self.settings.reaper and self.reaper is None:
+                from shoal.runtime.reaper import Reaper
+
+                self.reaper = Reaper.start(self.settings.reaper_store)
             self._nodes.start()
             self._owners.start()
             await self._nodes.wait_ready()
@@ -157,6 +181,7 @@ class Node:
             await self._join()
         except BaseException:
             await self._shutdown_background()
+            self._close_reaper()
             self._set_phase("STOPPED")
             raise
         self._tasks = [
@@ -255,6 +280,15 @@ class Node:
         self._wake.set()
 
     def _owners_changed(self, events: list[Event] | None) -> None:
+        if events is None:
+            self._owner_map = {n: Owner.decode(n, kv) for n, kv in self._owners.items.items()}
+        else:
+            for ev in events:
+                duty = ev.kv.key[len(DUTIES):]
+                if ev.type is EventType.PUT:
+                    self._owner_map[duty] = Owner.decode(duty, ev.kv)
+                else:
+                    self._owner_map.pop(duty, None)
         leader = self.leader
         if leader != self._leader:
             self._leader = leader
@@ -357,6 +391,8 @@ class Node:
         self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
 
     async def _acquire(self, duty: Duty, session: Session) -> None:
+        if duty.name in self.owners:  # taken while this pass was running
+            return
         token = await ownership.acquire(
             self.store, duty.name, self.name, session.lease, self.clock.time()
         )
@@ -398,8 +434,13 @@ class Node:
         await asyncio.gather(*(r.stop("drain", limit) for r in runners.values()))
         if session is not None:
             await session.aclose()
+        self._close_reaper()
+
+    def _close_reaper(self) -> None:
+        """Let the reaper exit WITHOUT revoking (graceful stop, failed start)."""
         if self.reaper is not None:
             self.reaper.close()
+            self.reaper = None
 
     async def abandon(self) -> None:
         """Stop as a crash would (for tests): duties cancelled, nothing released,
@@ -410,6 +451,7 @@ class Node:
         self.runners.clear()
         if self.session is not None:
             await self.session.orphan()
+        self._close_reaper()
         await self._shutdown_background()
         self._set_phase("STOPPED")
 

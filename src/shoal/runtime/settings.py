@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from shoal.config import NodeConfig
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,36 @@ class NodeSettings:
     reaper: bool = False
     reaper_store: dict[str, Any] = field(default_factory=dict)
     balanced: bool = True
+
+    @classmethod
+    def from_config(cls, config: NodeConfig) -> NodeSettings:
+        """Resolve a validated :class:`~shoal.config.NodeConfig`."""
+        t = config.effective_timings()
+        disabled = tuple(sorted(k for k, v in config.duties.items() if not v.enabled))
+        store = config.store
+        reaper_store: dict[str, Any] = {"backend": store.backend}
+        if store.backend == "sqlite":
+            reaper_store["path"] = str(store.sqlite.path)
+        elif store.backend == "etcd":
+            e = store.etcd
+            reaper_store.update(
+                endpoints=list(e.endpoints), prefix=e.prefix, timeout=e.timeout,
+                ca=str(e.tls.ca) if e.tls.ca else None,
+                cert=str(e.tls.cert) if e.tls.cert else None,
+                key=str(e.tls.key) if e.tls.key else None,
+                skip_verify=e.tls.skip_verify, username=e.username,
+                password=e.password.get_secret_value() if e.password else None,
+            )
+        return cls(
+            name=config.node.name, roles=tuple(config.node.roles), weight=config.node.weight,
+            zone=config.node.zone, address=config.node.address, can_lead=config.node.can_lead,
+            disabled=disabled, ttl=t.ttl, keepalive_interval=t.keepalive_interval,
+            safety_margin=t.safety_margin, rebalance_delay=t.rebalance_delay,
+            drain_timeout=t.drain_timeout, grace=t.grace, retry_backoff_max=t.retry_backoff_max,
+            params=dict(config.params),
+            reaper=config.reaper.enabled and store.backend in ("sqlite", "etcd"),
+            reaper_store=reaper_store,
+        )
 
     @property
     def interval(self) -> float:

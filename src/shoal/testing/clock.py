@@ -52,10 +52,16 @@ class FakeClock:
         while self._sleepers and self._sleepers[0][2].done():
             heapq.heappop(self._sleepers)
 
-    async def settle(self, rounds: int = 20) -> None:
-        """Let every runnable task run until the loop is quiet (bounded)."""
-        for _ in range(rounds):
+    async def settle(self, rounds: int = 20, limit: int = 100_000) -> None:
+        """Let every runnable task run until the loop is quiet: at least
+        ``rounds`` turns, then more while callbacks are still ready (bounded
+        by ``limit``), so fake time only moves when the system is idle."""
+        loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)
+        for i in range(limit):
             await asyncio.sleep(0)
+            if i >= rounds and (ready is None or len(ready) <= 1):
+                return
 
     async def advance(self, seconds: float) -> None:
         """Move time forward by ``seconds``, firing timers in order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 import contextlib
 from collections.abc import AsyncGenerator, Sequence
 
@@ -35,6 +36,7 @@ class FaultyStore:
         self._healed = asyncio.Event()
         self._healed.set()
         self._broken = asyncio.Event()
+        self.calls: Counter[str] = Counter()  # store operations made through this link
 
     def cut(self) -> None:
         self.mode = "cut"
@@ -59,18 +61,22 @@ class FaultyStore:
 
     async def get(self, key: str) -> KeyValue | None:
         await self._gate()
+        self.calls["get"] += 1
         return await self.inner.get(key)
 
     async def range(self, prefix: str) -> RangeResult:
         await self._gate()
+        self.calls["range"] += 1
         return await self.inner.range(prefix)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         await self._gate()
+        self.calls["put"] += 1
         return await self.inner.put(key, value, lease=lease)
 
     async def delete(self, key: str, *, prefix: bool = False) -> int:
         await self._gate()
+        self.calls["delete"] += 1
         return await self.inner.delete(key, prefix=prefix)
 
     async def txn(
@@ -80,36 +86,44 @@ class FaultyStore:
         on_failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         await self._gate()
+        self.calls["txn"] += 1
         return await self.inner.txn(compares, on_success, on_failure)
 
     async def grant(self, ttl: int) -> Lease:
         await self._gate()
+        self.calls["grant"] += 1
         return await self.inner.grant(ttl)
 
     async def keepalive(self, lease: int) -> int:
         await self._gate()
+        self.calls["keepalive"] += 1
         return await self.inner.keepalive(lease)
 
     async def revoke(self, lease: int) -> None:
         await self._gate()
+        self.calls["revoke"] += 1
         await self.inner.revoke(lease)
 
     async def lease_ttl(self, lease: int) -> int:
         await self._gate()
+        self.calls["lease_ttl"] += 1
         return await self.inner.lease_ttl(lease)
 
     async def revision(self) -> int:
         await self._gate()
+        self.calls["revision"] += 1
         return await self.inner.revision()
 
     async def compact(self, revision: int) -> None:
         await self._gate()
+        self.calls["compact"] += 1
         await self.inner.compact(revision)
 
     async def watch(
         self, prefix: str, start_revision: int | None = None
     ) -> AsyncGenerator[Event, None]:
         await self._gate()
+        self.calls["watch"] += 1
         it = self.inner.watch(prefix, start_revision)
         nxt: asyncio.Future[Event] | None = None
         try:
