@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -273,7 +274,7 @@ async def test_crashing_duty_is_restarted_with_backoff(cluster_factory: Any) -> 
     c = cluster_factory(app)
     a = await c.add("a", crash_backoff=1.0)
     await c.run(8.0)
-    gaps = [round(b - a_, 1) for a_, b in zip(calls, calls[1:], strict=False)]
+    gaps = [round(b - a_, 1) for a_, b in itertools.pairwise(calls)]
     assert gaps[:3] == [1.0, 2.0, 4.0]
     assert a.runners["flaky"].crashes == len(calls)
     assert a.counters["crashes"] == len(calls)

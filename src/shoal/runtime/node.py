@@ -105,10 +105,8 @@ class Node:
     # -- public view ----------------------------------------------------------
     @property
     def leader(self) -> str | None:
-        if LEADER in self._local:
-            owner = self.owners.get(LEADER)
-        else:
-            owner = self._owner_map.get(LEADER)
+        local = LEADER in self._local
+        owner = self.owners.get(LEADER) if local else self._owner_map.get(LEADER)
         return owner.node if owner else None
 
     @property
@@ -417,7 +415,7 @@ class Node:
         self._wake.set()
 
     # -- leaving --------------------------------------------------------------
-    async def drain(self, timeout: float | None = None) -> None:
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Hand every duty over and leave: stop duties (bounded by
         ``drain_timeout`` each, in parallel), then revoke the lease so every
         ownership key and the node record vanish in one revision (G3)."""

@@ -92,7 +92,7 @@ class DutyRunner:
                     return
                 delay = min(delay * 2, self.backoff_max)
 
-    async def stop(self, reason: str, timeout: float = 0.0) -> None:
+    async def stop(self, reason: str, timeout: float = 0.0) -> None:  # noqa: ASYNC109
         """Signal stop; wait up to ``timeout`` for a clean exit, then cancel."""
         self.ctx.stopping.set(reason)
         task = self._task

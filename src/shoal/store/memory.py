@@ -225,7 +225,9 @@ class MemoryStore:
         self._compact_rev = revision
         self._history = [e for e in self._history if e.revision >= revision]
 
-    async def watch(self, prefix: str, start_revision: int | None = None) -> AsyncGenerator[Event, None]:
+    async def watch(
+        self, prefix: str, start_revision: int | None = None
+    ) -> AsyncGenerator[Event, None]:
         self._check()
         if start_revision is not None and start_revision < self._compact_rev:
             raise Compacted(self._compact_rev)

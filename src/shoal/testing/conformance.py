@@ -24,7 +24,6 @@ import pytest
 from shoal._errors import Compacted, LeaseNotFound
 from shoal.store.protocol import (
     Compare,
-    Delete,
     Event,
     EventType,
     Get,
@@ -63,7 +62,7 @@ class StoreHarness:
             await asyncio.sleep(seconds)
 
     async def eventually(
-        self, check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.05
+        self, check: Callable[[], Awaitable[bool]], timeout: float, step: float = 0.05  # noqa: ASYNC109
     ) -> bool:
         """Let time pass until ``check()`` holds; False after ``timeout`` seconds."""
         waited = 0.0
@@ -79,7 +78,7 @@ class StoreHarness:
             await store.aclose()
 
 
-async def _collect(it: AsyncIterator[Event], n: int, timeout: float = 5.0) -> list[Event]:
+async def _collect(it: AsyncIterator[Event], n: int, limit_s: float = 5.0) -> list[Event]:
     out: list[Event] = []
 
     async def run() -> None:
@@ -88,7 +87,7 @@ async def _collect(it: AsyncIterator[Event], n: int, timeout: float = 5.0) -> li
             if len(out) >= n:
                 return
 
-    await asyncio.wait_for(run(), timeout)
+    await asyncio.wait_for(run(), limit_s)
     return out
 
 
@@ -289,7 +288,7 @@ class StoreConformance:
         lease = await s.grant(2)
         r = await s.put(p + "e", b"1", lease=lease.id)
         async with aclosing(s.watch(p, r + 1)) as it:
-            task = asyncio.ensure_future(_collect(it, 1, timeout=lease.ttl + 10.0))
+            task = asyncio.ensure_future(_collect(it, 1, limit_s=lease.ttl + 10.0))
 
             async def done() -> bool:
                 return task.done()

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 import contextlib
+from collections import Counter
 from collections.abc import AsyncGenerator, Sequence
 
 from shoal._errors import StoreUnavailable

@@ -1,0 +1,107 @@
+"""Shoal: turn several running copies of a Python service into one cluster.
+
+Public names are imported lazily (``shoal.App`` loads the runtime on first
+use), so light processes such as the reaper import nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "App": "shoal.runtime.app",
+    "Node": "shoal.runtime.node",
+    "ClusterEvent": "shoal.runtime.node",
+    "NodeSettings": "shoal.runtime.settings",
+    "NodeThread": "shoal.runtime.thread",
+    "DutyContext": "shoal.runtime.context",
+    "NodeConfig": "shoal.config",
+    "load_config": "shoal.config",
+    "open_store": "shoal.store.factory",
+    "Store": "shoal.store.protocol",
+    "Compare": "shoal.store.protocol",
+    "Put": "shoal.store.protocol",
+    "Delete": "shoal.store.protocol",
+    "Get": "shoal.store.protocol",
+    "Op": "shoal.store.protocol",
+    "ShoalError": "shoal._errors",
+    "ConfigError": "shoal._errors",
+    "StoreError": "shoal._errors",
+    "StoreUnavailable": "shoal._errors",
+    "OutcomeUnknown": "shoal._errors",
+    "Compacted": "shoal._errors",
+    "LeaseNotFound": "shoal._errors",
+    "StoreAuthError": "shoal._errors",
+    "UnsupportedBackend": "shoal._errors",
+    "NameTaken": "shoal._errors",
+    "NotRunning": "shoal._errors",
+    "DutyLost": "shoal._errors",
+}
+
+__all__ = [
+    "App",
+    "ClusterEvent",
+    "Compacted",
+    "Compare",
+    "ConfigError",
+    "Delete",
+    "DutyContext",
+    "DutyLost",
+    "Get",
+    "LeaseNotFound",
+    "NameTaken",
+    "Node",
+    "NodeConfig",
+    "NodeSettings",
+    "NodeThread",
+    "NotRunning",
+    "Op",
+    "OutcomeUnknown",
+    "Put",
+    "ShoalError",
+    "Store",
+    "StoreAuthError",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsupportedBackend",
+    "__version__",
+    "load_config",
+    "open_store",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'shoal' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from shoal._errors import (
+        Compacted,
+        ConfigError,
+        DutyLost,
+        LeaseNotFound,
+        NameTaken,
+        NotRunning,
+        OutcomeUnknown,
+        ShoalError,
+        StoreAuthError,
+        StoreError,
+        StoreUnavailable,
+        UnsupportedBackend,
+    )
+    from shoal.config import NodeConfig, load_config
+    from shoal.runtime.app import App
+    from shoal.runtime.context import DutyContext
+    from shoal.runtime.node import ClusterEvent, Node
+    from shoal.runtime.settings import NodeSettings
+    from shoal.runtime.thread import NodeThread
+    from shoal.store.factory import open_store
+    from shoal.store.protocol import Compare, Delete, Get, Op, Put, Store
