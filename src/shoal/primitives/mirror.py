@@ -9,13 +9,13 @@ retried with backoff, resuming from the last applied revision.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
 
 from shoal._clock import Clock
 from shoal._errors import Compacted, NotRunning, StoreError
+from shoal._tasks import cancel_and_wait
 from shoal.store.protocol import Event, EventType, KeyValue, Store
 
 log = logging.getLogger("shoal.mirror")
@@ -105,8 +105,5 @@ class Mirror:
             backoff = min(backoff * 2, self._backoff_max)
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait([self._task])
+        self._task = None

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 from shoal._clock import Clock
 from shoal._errors import LeaseNotFound, NotRunning, StoreError
+from shoal._tasks import cancel_and_wait
 from shoal.store.protocol import Store
 
 log = logging.getLogger("shoal.session")
@@ -148,11 +149,7 @@ class Session:
             await self._clock.sleep(left)
 
     async def _stop_tasks(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
 
     async def orphan(self) -> None:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import NameTaken, NotRunning, StoreError
+from shoal._tasks import cancel_and_wait
 from shoal.core.placement import DutySpec, NodeInfo, Placement, place
 from shoal.primitives import membership, ownership
 from shoal.primitives.membership import NODES, Member
@@ -214,7 +215,7 @@ class Node:
 
     def _session_changed(self) -> None:
         session = self.session
-        if session is None or self._closing:
+        if session is None or self._closing or self._draining:
             return
         if session.lost.is_set():
             self._on_lost(session.lost_reason)
@@ -465,11 +466,7 @@ class Node:
         self._set_phase("STOPPED")
 
     async def _shutdown_background(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         await self._nodes.aclose()
         await self._owners.aclose()
