@@ -352,6 +352,7 @@ class Node:
             grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
         )
         by_name = {d.name: d for d in self.duties}
+        stale = False  # an acquire lost a race: our view is behind, wait for the watch
         for action in plan(view):
             if not session.alive or self._closing or self._draining:
                 return
@@ -361,8 +362,8 @@ class Node:
                 self._run(by_name[action.duty], action.owner)
             elif isinstance(action, Release):
                 await self._release(action.duty, action.token, action.reason)
-            elif isinstance(action, Acquire) and self.phase == "ACTIVE":
-                await self._acquire(by_name[action.duty], session)
+            elif isinstance(action, Acquire) and self.phase == "ACTIVE" and not stale:
+                stale = not await self._acquire(by_name[action.duty], session)
 
     def _stop_now(self, duty: str, reason: str) -> None:
         runner = self.runners.pop(duty, None)
@@ -389,20 +390,22 @@ class Node:
         self.counters["crashes"] += 1
         self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
 
-    async def _acquire(self, duty: Duty, session: Session) -> None:
+    async def _acquire(self, duty: Duty, session: Session) -> bool:
+        """Try to take ``duty``; False when another node had it already."""
         if duty.name in self.owners:  # taken while this pass was running
-            return
+            return True
         token = await ownership.acquire(
             self.store, duty.name, self.name, session.lease, self.clock.time()
         )
         if token is None:
-            return
+            return False
         owner = Owner(duty.name, self.name, token, self.clock.time(), session.lease)
         self._local[duty.name] = (token, owner)
         self.counters["acquired"] += 1
         self._free_since.pop(duty.name, None)
         self._run(duty, owner)
         self._wake.set()  # co-located duties may follow at once
+        return True
 
     async def _release(self, duty: str, token: int, reason: str) -> None:
         runner = self.runners.pop(duty, None)
