@@ -42,7 +42,7 @@ class Session:
         ttl: int,
         interval: float | None = None,
         safety_margin: float = 0.5,
-        on_change: Callable[[], None] | None = None,
+        on_event: Callable[[str, float], None] | None = None,
     ) -> None:
         if ttl < 1:
             raise ValueError(f"session ttl must be >= 1 s, got {ttl}")
@@ -51,7 +51,8 @@ class Session:
         self.ttl = ttl
         self.interval = interval if interval is not None else ttl / 3
         self.safety_margin = safety_margin
-        self._on_change = on_change
+        self._on_event = on_event
+        self.first_sent = 0.0
         self.lease = 0
         self.deadline = 0.0
         self.suspended = False
@@ -72,18 +73,19 @@ class Session:
         ttl: int,
         interval: float | None = None,
         safety_margin: float = 0.5,
-        on_change: Callable[[], None] | None = None,
+        on_event: Callable[[str, float], None] | None = None,
     ) -> Session:
         """Grant a lease and start keeping it alive. Raises StoreError."""
         session = cls(
             store, clock, ttl=ttl, interval=interval, safety_margin=safety_margin,
-            on_change=on_change,
+            on_event=on_event,
         )
         sent = clock.monotonic()
         lease = await store.grant(ttl)
         session.lease = lease.id
         # The store may round the TTL up; our deadline uses what we asked for.
-        session._ack(sent, clock.monotonic())
+        session.first_sent = sent
+        session._ack(sent, clock.monotonic(), notify=False)
         session._tasks = [
             asyncio.create_task(session._keepalive_loop(), name=f"shoal-keepalive-{lease.id:x}"),
             asyncio.create_task(session._watchdog(), name=f"shoal-deadline-{lease.id:x}"),
@@ -98,25 +100,28 @@ class Session:
         """Seconds until the local deadline (negative once passed)."""
         return self.deadline - self._clock.monotonic()
 
-    def _ack(self, sent: float, now: float) -> None:
+    def _ack(self, sent: float, now: float, *, notify: bool = True) -> None:
         self.deadline = sent + self.ttl - self.safety_margin
         self.last_ack_latency = now - sent
         self.last_ack_at = now
-        if self.suspended:
-            self.suspended = False
-            self._changed()
+        self.suspended = False
+        if notify:
+            self._emit("ack", sent)
 
-    def _changed(self) -> None:
-        if self._on_change is not None:
-            self._on_change()
+    def _emit(self, kind: str, at: float) -> None:
+        """Tell the listener: ``ack`` (at = send time), ``failed``, ``deadline``, ``gone``."""
+        if self._on_event is not None:
+            self._on_event(kind, at)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, kind: str = "") -> None:
         if self.lost.is_set():
             return
         self.lost_reason = reason
-        log.warning("session %x lost: %s", self.lease, reason)
+        if kind:
+            log.warning("session %x lost: %s", self.lease, reason)
         self.lost.set()
-        self._changed()
+        if kind:
+            self._emit(kind, self._clock.monotonic())
 
     async def _keepalive_loop(self) -> None:
         retry = max(0.05, min(self.interval / 4, 0.5))
@@ -125,14 +130,14 @@ class Session:
             try:
                 await self._store.keepalive(self.lease)
             except LeaseNotFound:
-                self._lose("the store says the lease is gone (expired or revoked)")
+                self._lose("the store says the lease is gone (expired or revoked)", "gone")
                 return
             except StoreError as exc:
                 self.keepalives_failed += 1
                 if not self.suspended:
                     self.suspended = True
                     log.warning("keep-alive failed (%s); suspended until the deadline", exc)
-                    self._changed()
+                self._emit("failed", sent)
                 await self._clock.sleep(retry)
                 continue
             if self.lost.is_set():
@@ -144,7 +149,8 @@ class Session:
         while not self.lost.is_set():
             left = self.deadline - self._clock.monotonic()
             if left <= 0:
-                self._lose("local lease deadline passed without an acknowledged keep-alive")
+                self._lose("local lease deadline passed without an acknowledged keep-alive",
+                           "deadline")
                 return
             await self._clock.sleep(left)
 

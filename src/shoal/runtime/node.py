@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import NameTaken, NotRunning, StoreError
 from shoal._tasks import cancel_and_wait
+from shoal.core import node_state as fsm
 from shoal.core.placement import DutySpec, NodeInfo, Placement, place
 from shoal.primitives import membership, ownership
 from shoal.primitives.membership import NODES, Member
@@ -71,7 +72,10 @@ class Node:
         self.name = settings.name
         self._own_store = own_store
         self.duties: list[Duty] = []
-        self.phase = "STOPPED"
+        self._fsm = fsm.initial(
+            self.clock.monotonic(), ttl=settings.ttl, safety_margin=settings.safety_margin
+        )
+        self._started = False
         self.session: Session | None = None
         self.members: dict[str, Member] = {}
         self.runners: dict[str, DutyRunner] = {}
@@ -88,7 +92,6 @@ class Node:
         self._subscribers: set[asyncio.Queue[ClusterEvent]] = set()
         self._leader: str | None = None
         self._closing = False
-        self._draining = False
         self._placement_cache: tuple[object, Placement] | None = None
         self.reaper: Any = None
 
@@ -149,11 +152,33 @@ class Node:
             with contextlib.suppress(asyncio.QueueFull):
                 q.put_nowait(ev)
 
-    def _set_phase(self, phase: str) -> None:
-        if phase != self.phase:
-            log.info("node %s: %s -> %s", self.name, self.phase, phase)
-            self.phase = phase
-            self._emit("phase", self.name, phase)
+    @property
+    def phase(self) -> str:
+        """JOINING, ACTIVE, SUSPENDED, LOST or STOPPED (see shoal.core.node_state)."""
+        if not self._started and self._fsm.phase is fsm.Phase.JOINING:
+            return "STOPPED"
+        return self._fsm.phase.name
+
+    @property
+    def draining(self) -> bool:
+        return self._fsm.draining
+
+    def _feed(self, event: fsm.Event) -> None:
+        """Run one event through the node state machine and carry out its actions.
+
+        Joining, revoking and handing over are done by the coroutines that fed
+        the event; here only what must happen at once: stopping duties (G1),
+        waking placement, reporting the phase."""
+        old = self._fsm.phase
+        self._fsm, actions = fsm.step(self._fsm, event, self.clock.monotonic())
+        for action in actions:
+            if isinstance(action, fsm.StopAllDuties):
+                self._stop_all(action.reason)
+            elif isinstance(action, fsm.StartPlacing):
+                self._wake.set()
+            elif isinstance(action, fsm.ReportPhase):
+                log.info("node %s: %s -> %s", self.name, old.name, action.phase.name)
+                self._emit("phase", self.name, action.phase.name)
 
     # -- lifecycle ------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -167,7 +192,7 @@ class Node:
         """Join the cluster. Raises NameTaken (G6) or StoreError; on error
         nothing is left running."""
         self.duties = _ordered(self.app.expand(self.settings.params))
-        self._set_phase("JOINING")
+        self._started = True
         try:
             if self.settings.reaper and self.reaper is None:
                 from shoal.runtime.reaper import Reaper
@@ -181,7 +206,7 @@ class Node:
         except BaseException:
             await self._shutdown_background()
             self._close_reaper()
-            self._set_phase("STOPPED")
+            self._feed(fsm.Closed())
             raise
         self._tasks = [
             asyncio.create_task(self._life(), name=f"shoal-life-{self.name}"),
@@ -193,15 +218,16 @@ class Node:
         return Member(
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
             version=VERSION, started_at=self.clock.time(), can_lead=s.can_lead,
-            disabled=s.disabled, draining=self._draining,
+            disabled=s.disabled, draining=self.draining,
         )
 
     async def _join(self) -> None:
         s = self.settings
         session = await Session.open(
             self.store, self.clock, ttl=s.ttl, interval=s.keepalive_interval,
-            safety_margin=s.safety_margin, on_change=self._session_changed,
+            safety_margin=s.safety_margin, on_event=self._session_event,
         )
+        self._feed(fsm.StoreBack())  # LOST -> JOINING (no-op when already JOINING)
         try:
             await membership.register(self.store, self._member(), session.lease)
         except BaseException:
@@ -210,29 +236,27 @@ class Node:
         self.session = session
         if self.reaper is not None:
             self.reaper.watch_lease(session.lease)
-        self._set_phase("ACTIVE")
+        self._feed(fsm.Joined(at=session.first_sent, lease=session.lease))
         self._wake.set()
 
-    def _session_changed(self) -> None:
-        session = self.session
-        if session is None or self._closing or self._draining:
+    def _session_event(self, kind: str, at: float) -> None:
+        if self._closing or self._fsm.phase is fsm.Phase.STOPPED:
             return
-        if session.lost.is_set():
-            self._on_lost(session.lost_reason)
-        elif session.suspended and self.phase == "ACTIVE":
-            self._set_phase("SUSPENDED")
-        elif not session.suspended and self.phase == "SUSPENDED":
-            self._set_phase("ACTIVE")
+        if kind == "ack":
+            self._feed(fsm.KeepaliveOk(at=at))
+        elif kind == "failed":
+            self._feed(fsm.KeepaliveFailed())
+        elif kind == "deadline":
+            self._feed(fsm.DeadlinePassed())
+        elif kind == "gone":
+            self._feed(fsm.LeaseGone())
 
-    def _on_lost(self, reason: str) -> None:
-        """The lease may be gone: stop every duty NOW (G1), synchronously."""
-        if self.phase in ("LOST", "STOPPED"):
-            return
-        self._set_phase("LOST")
+    def _stop_all(self, reason: str) -> None:
+        """Stop every duty NOW, synchronously (the lease may be gone: G1)."""
         for name, runner in list(self.runners.items()):
             runner.cancel_now(f"lease lost: {reason}")
             self.counters["lost"] += 1
-            self._emit("stopped", name, "lease lost")
+            self._emit("stopped", name, f"lease lost: {reason}")
         self.runners.clear()
         self._local.clear()
 
@@ -242,14 +266,13 @@ class Node:
             session = self.session
             assert session is not None
             await session.lost.wait()
-            if self._closing or self._draining:
+            if self._closing or self.draining:
                 return
-            self._on_lost(session.lost_reason)
+            self._feed(fsm.DeadlinePassed())  # idempotent safety net: duties are stopped
             with contextlib.suppress(StoreError, NotRunning):
                 await session.aclose()  # best effort: free the old records at once
             while not self._closing:
                 await self.clock.sleep(backoff)
-                self._set_phase("JOINING")
                 try:
                     await self._join()
                     self.counters["rejoins"] += 1
@@ -257,7 +280,6 @@ class Node:
                     break
                 except (StoreError, NameTaken) as exc:
                     log.warning("node %s: rejoin failed: %s", self.name, exc)
-                    self._set_phase("LOST")
                     backoff = min(backoff * 2, self.settings.retry_backoff_max)
 
     # -- watching ---------------------------------------------------------------
@@ -326,7 +348,7 @@ class Node:
                 waiter.cancel()
                 sleeper.cancel()
             self._wake.clear()
-            if self.phase not in ("ACTIVE", "SUSPENDED") or self._draining:
+            if self._fsm.phase not in (fsm.Phase.ACTIVE, fsm.Phase.SUSPENDED) or self.draining:
                 continue
             try:
                 await self.reconcile()
@@ -354,7 +376,7 @@ class Node:
         by_name = {d.name: d for d in self.duties}
         stale = False  # an acquire lost a race: our view is behind, wait for the watch
         for action in plan(view):
-            if not session.alive or self._closing or self._draining:
+            if not session.alive or self._closing or self.draining:
                 return
             if isinstance(action, Stop):
                 self._stop_now(action.duty, action.reason)
@@ -362,7 +384,7 @@ class Node:
                 self._run(by_name[action.duty], action.owner)
             elif isinstance(action, Release):
                 await self._release(action.duty, action.token, action.reason)
-            elif isinstance(action, Acquire) and self.phase == "ACTIVE" and not stale:
+            elif isinstance(action, Acquire) and self._fsm.placing and not stale:
                 stale = not await self._acquire(by_name[action.duty], session)
 
     def _stop_now(self, duty: str, reason: str) -> None:
@@ -423,10 +445,9 @@ class Node:
         """Hand every duty over and leave: stop duties (bounded by
         ``drain_timeout`` each, in parallel), then revoke the lease so every
         ownership key and the node record vanish in one revision (G3)."""
-        if self._draining or self.phase == "STOPPED":
+        if self.draining or self.phase == "STOPPED":
             return
-        self._draining = True
-        self._set_phase("DRAINING")
+        self._feed(fsm.Drain())
         session = self.session
         if session is not None and session.alive:
             with contextlib.suppress(StoreError):
@@ -455,7 +476,7 @@ class Node:
             await self.session.orphan()
         self._close_reaper()
         await self._shutdown_background()
-        self._set_phase("STOPPED")
+        self._feed(fsm.Closed())
 
     async def aclose(self) -> None:
         """Drain (if still running) and stop everything. Idempotent."""
@@ -466,7 +487,7 @@ class Node:
         await self._shutdown_background()
         if self._own_store:
             await self.store.aclose()
-        self._set_phase("STOPPED")
+        self._feed(fsm.Closed())
 
     async def _shutdown_background(self) -> None:
         await cancel_and_wait(self._tasks)
