@@ -218,6 +218,15 @@ def _say(message: str) -> None:
     sys.stderr.flush()
 
 
+def _prepare(info: Mapping[str, Any]) -> None:
+    """Import what the revoke will need NOW, while the node lives: at its death
+    every millisecond counts (importing urllib alone takes ~16 ms)."""
+    if info.get("backend") == "etcd":
+        import ssl  # noqa: F401
+        import urllib.error
+        import urllib.request  # noqa: F401
+
+
 def main() -> int:
     """Read commands from stdin until ``exit`` (return 0) or end-of-file
     (revoke the current lease, return 0; 1 if the revoke failed)."""
@@ -244,6 +253,7 @@ def main() -> int:
                 except (ValueError, TypeError) as exc:
                     _say(f"bad store settings from node process {parent}: {exc}")
                     return 2
+                _prepare(info)
             elif line == "exit":
                 return 0
             elif line.startswith("lease "):
