@@ -11,7 +11,13 @@
     │   └── UnsupportedBackend  the backend cannot do what was asked (at construction)
     ├── NameTaken               a live node already holds this node's name (G6)
     ├── NotRunning              the node/primitive is closed or not started
-    └── DutyLost                the duty's ownership ended (fencing/lease loss)
+    ├── InvalidSession          a session token was refused (.reason says why)
+    ├── DutyLost                the duty's ownership ended (fencing/lease loss)
+    └── StateError              a replicated-state request was refused (nothing written)
+        ├── InvalidDocument     bad namespace/key name or a value that is not JSON
+        │   └── DocumentTooLarge  the encoded document (or transaction) is over the limit
+        ├── Conflict            expect_revision did not match: names the current revision
+        └── InvalidSnapshot     a backup file is malformed, truncated, tampered or foreign
 
 Backends translate their library's exceptions into this tree at exactly one
 boundary; nothing above the store ever sees a grpc or sqlite3 exception.
@@ -81,3 +87,51 @@ class NotRunning(ShoalError):
 
 class DutyLost(ShoalError):
     """This node no longer owns the duty (lease lost, superseded or drained)."""
+
+
+class InvalidSession(ShoalError):
+    """A session token was refused. ``reason`` is one of ``"malformed"``,
+    ``"tampered"`` (bad signature), ``"foreign_secret"`` (signed with a secret
+    this node does not hold), ``"expired"`` or ``"revoked"``."""
+
+    def __init__(self, reason: str, message: str | None = None) -> None:
+        self.reason = reason
+        super().__init__(message or f"session refused: {reason}")
+
+
+class StateError(ShoalError):
+    """A replicated-state request was refused. Nothing was written."""
+
+
+class InvalidDocument(StateError, ValueError):
+    """A namespace or key breaks the naming rule, or a value is not JSON.
+
+    The message shows the bad name and the rule, or the path and type of the
+    bad part of the value."""
+
+
+class DocumentTooLarge(InvalidDocument):
+    """The encoded document (or a whole transaction) is over the size limit."""
+
+    def __init__(self, what: str, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{what} is {size} bytes encoded as JSON; the limit is {limit} bytes")
+
+
+class Conflict(StateError):
+    """A write's ``expect_revision`` did not match the document's current revision."""
+
+    def __init__(self, namespace: str, key: str, expected: int, current: int) -> None:
+        self.namespace = namespace
+        self.key = key
+        self.expected = expected
+        self.current = current
+        want = "to create it (expect_revision=0)" if expected == 0 else f"revision {expected}"
+        now = "it does not exist" if current == 0 else f"its current revision is {current}"
+        super().__init__(f"conflict on {namespace}/{key}: expected {want} but {now}")
+
+
+class InvalidSnapshot(StateError):
+    """A state backup file is malformed, truncated, tampered with, or of another
+    format or version. Nothing was written."""

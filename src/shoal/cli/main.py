@@ -203,5 +203,14 @@ def _register_run() -> None:
 _register_run()
 
 
+def _register_secret() -> None:
+    from shoal.cli.secret import secret_group
+
+    main.add_command(secret_group)
+
+
+_register_secret()
+
+
 if __name__ == "__main__":
     main()

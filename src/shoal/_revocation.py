@@ -1,0 +1,135 @@
+"""Session revocation as documents in replicated state (namespace ``sessions``).
+
+Two kinds of document, both written through ``node.state``:
+
+``subject:{escaped subject}`` → ``{"before": T}``
+    every session of the subject issued at or before ``T`` (epoch seconds) is
+    refused: "log out everywhere". Sessions issued later are accepted.
+``session:{session id}`` → ``{"revoked": true, "expires_at": E}``
+    that one session is refused ("log out"); useless after ``E``.
+
+Keys use only the characters ``node.state`` allows in a key: letters,
+digits and ``._@-`` stay as they are, every other character becomes ``:XX``
+per UTF-8 byte (``a/b`` → ``a:2Fb``). A subject too long for a key is named
+by its SHA-256 (``subject-sha256:{hex}``). Public names are re-exported by
+:mod:`shoal.sessions`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from shoal._clock import Clock, SystemClock
+
+if TYPE_CHECKING:
+    from shoal.sessions import Session
+
+__all__ = [
+    "NAMESPACE",
+    "ReplicatedState",
+    "StateDoc",
+    "revocation_key",
+    "revoke_everywhere",
+    "revoke_session",
+    "revoked_in",
+]
+
+NAMESPACE = "sessions"
+_KEEP = frozenset(string.ascii_letters + string.digits + "._@-")
+_MAX_PART = 400  # node.state keys are at most 512 characters
+
+
+class StateDoc(Protocol):
+    """A document of replicated state (only ``value`` is used)."""
+
+    @property
+    def value(self) -> Any: ...
+
+
+class ReplicatedState(Protocol):
+    """The part of ``node.state`` sessions use: a local read and a replicated write."""
+
+    def get(self, ns: str, key: str, /) -> StateDoc | None: ...
+
+    async def put(self, ns: str, key: str, value: Any, /) -> object: ...
+
+
+def revocation_key(*, subject: str | None = None, session_id: str | None = None) -> str:
+    """The key, in namespace :data:`NAMESPACE`, of the revocation document of
+    a subject (all its sessions up to a time) or of one session. Give exactly one."""
+    if (subject is None) == (session_id is None):
+        raise ValueError("revocation_key takes exactly one of subject= or session_id=")
+    if subject is not None:
+        part = _escape(subject)
+        if len(part) > _MAX_PART:
+            return f"subject-sha256:{hashlib.sha256(subject.encode()).hexdigest()}"
+        return f"subject:{part}"
+    part = _escape(str(session_id))
+    if len(part) > _MAX_PART:
+        return f"session-sha256:{hashlib.sha256(str(session_id).encode()).hexdigest()}"
+    return f"session:{part}"
+
+
+def _escape(text: str) -> str:
+    return "".join(c if c in _KEEP else "".join(f":{b:02X}" for b in c.encode()) for c in text)
+
+
+def _cutoff(value: Any) -> float | None:
+    before = value.get("before") if isinstance(value, Mapping) else None
+    if isinstance(before, int | float) and not isinstance(before, bool):
+        return float(before)
+    return None
+
+
+def revoked_in(state: ReplicatedState) -> Callable[[Session], bool]:
+    """A ``revoked`` check for :class:`~shoal.sessions.SessionManager` reading
+    ``state`` (two local, non-blocking reads per verification). A session is
+    revoked when its own document exists, or its subject's document says
+    ``{"before": T}`` with ``issued_at <= T``. A subject document that cannot
+    be read as such counts as revoking everything (fail closed)."""
+
+    def revoked(session: Session) -> bool:
+        if state.get(NAMESPACE, revocation_key(session_id=session.session_id)) is not None:
+            return True
+        doc = state.get(NAMESPACE, revocation_key(subject=session.subject))
+        if doc is None or doc.value is None:
+            return False
+        cutoff = _cutoff(doc.value)
+        return cutoff is None or session.issued_at <= cutoff
+
+    return revoked
+
+
+async def revoke_everywhere(
+    state: ReplicatedState,
+    subject: str,
+    *,
+    before: float | None = None,
+    clock: Clock | None = None,
+) -> float:
+    """Log ``subject`` out on every node: refuse its sessions issued at or
+    before ``before`` (default: now, by ``clock``). Sessions issued later are
+    accepted. The cut-off never moves back. Returns the cut-off written.
+
+    Waits for the replicated write (``state.put``). If cancelled, the write
+    may or may not be applied: call again, it is idempotent."""
+    cutoff = before if before is not None else (clock or SystemClock()).time()
+    key = revocation_key(subject=subject)
+    doc = state.get(NAMESPACE, key)
+    earlier = _cutoff(doc.value) if doc is not None else None
+    if earlier is not None and earlier > cutoff:
+        cutoff = earlier
+    await state.put(NAMESPACE, key, {"before": cutoff})
+    return cutoff
+
+
+async def revoke_session(state: ReplicatedState, session: Session | str) -> None:
+    """Log one session (a :class:`~shoal.sessions.Session` or its id) out on every node."""
+    value: dict[str, Any] = {"revoked": True}
+    if not isinstance(session, str):
+        value["expires_at"] = session.expires_at
+        session = session.session_id
+    await state.put(NAMESPACE, revocation_key(session_id=session), value)
