@@ -34,6 +34,8 @@ from shoal.runtime.context import DutyContext
 from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
+from shoal.runtime.state import ReplicatedState
+from shoal.runtime.workers import WorkerPools, check_partitions
 from shoal.store.protocol import Event, EventType, Store
 
 if TYPE_CHECKING:
@@ -82,6 +84,7 @@ class Node:
         self.counters = {"acquired": 0, "released": 0, "lost": 0, "crashes": 0, "rejoins": 0}
         self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
         self._owners = Mirror(store, DUTIES, self.clock, on_change=self._owners_changed)
+        self.state = ReplicatedState.for_node(self)  # replicated documents (state/)
         self._local: dict[str, tuple[int, Owner | None]] = {}
         self._owner_map: dict[str, Owner] = {}
         self._free_since: dict[str, float] = {}
@@ -94,6 +97,11 @@ class Node:
         self._closing = False
         self._placement_cache: tuple[object, Placement] | None = None
         self.reaper: Any = None
+        # worker pools (shoal.runtime.workers): per-node copies, not singletons
+        self.pools = WorkerPools(
+            app.pools, settings, store=store, clock=self.clock,
+            publish=self._publish_workers, on_crash=self._on_crash,
+        )
 
     @classmethod
     async def from_config(
@@ -103,8 +111,8 @@ class Node:
         from shoal.store.factory import open_store
 
         store = await open_store(config, clock=clock)
-        return cls(app, NodeSettings.from_config(config), store=store, clock=clock,
-                   own_store=True)
+        settings = NodeSettings.from_config(config, workers=[p.name for p in app.pools])
+        return cls(app, settings, store=store, clock=clock, own_store=True)
 
     # -- public view ----------------------------------------------------------
     @property
@@ -200,8 +208,11 @@ class Node:
                 self.reaper = Reaper.start(self.settings.reaper_store)
             self._nodes.start()
             self._owners.start()
+            self.state.start()
             await self._nodes.wait_ready()
             await self._owners.wait_ready()
+            await self.state.wait_ready()
+            await check_partitions(self.store, self.app.partitioned)  # count never changes
             await self._join()
         except BaseException:
             await self._shutdown_background()
@@ -219,6 +230,7 @@ class Node:
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
             version=VERSION, started_at=self.clock.time(), can_lead=s.can_lead,
             disabled=s.disabled, draining=self.draining,
+            workers=tuple(sorted(self.pools.counts().items())),
         )
 
     async def _join(self) -> None:
@@ -237,6 +249,8 @@ class Node:
         if self.reaper is not None:
             self.reaper.watch_lease(session.lease)
         self._feed(fsm.Joined(at=session.first_sent, lease=session.lease))
+        if not self.draining:
+            self.pools.start()
         self._wake.set()
 
     def _session_event(self, kind: str, at: float) -> None:
@@ -259,6 +273,7 @@ class Node:
             self._emit("stopped", name, f"lease lost: {reason}")
         self.runners.clear()
         self._local.clear()
+        self.pools.stop_now(f"lease lost: {reason}")
 
     async def _life(self) -> None:
         backoff = 0.1
@@ -347,6 +362,8 @@ class Node:
             finally:
                 waiter.cancel()
                 sleeper.cancel()
+            for _ in range(3):  # let the watches apply what is already queued (coalesce)
+                await asyncio.sleep(0)
             self._wake.clear()
             if self._fsm.phase not in (fsm.Phase.ACTIVE, fsm.Phase.SUSPENDED) or self.draining:
                 continue
@@ -398,7 +415,7 @@ class Node:
         ctx = DutyContext(
             name=duty.name, token=owner.token, node=self.name, store=self.store,
             clock=self.clock, params=self.settings.params, item=duty.item,
-            loop=asyncio.get_running_loop(),
+            loop=asyncio.get_running_loop(), partition=duty.partition,
         )
         runner = DutyRunner(
             duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,
@@ -440,6 +457,18 @@ class Node:
             self.counters["released"] += 1
         self._wake.set()
 
+    # -- worker pools (shoal.runtime.workers) -----------------------------------
+    def workers_status(self) -> dict[str, dict[str, int]]:
+        """Worker pools on this node: {pool: {"running": n, "restarts": k}}."""
+        return self.pools.status()
+
+    async def _publish_workers(self) -> bool:
+        """Rewrite our member record with the current worker counts."""
+        session = self.session
+        if session is None or not session.alive or self._closing:
+            return False
+        return await membership.update(self.store, self._member(), session.lease) > 0
+
     # -- leaving --------------------------------------------------------------
     async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Hand every duty over and leave: stop duties (bounded by
@@ -454,7 +483,9 @@ class Node:
                 await membership.update(self.store, self._member(), session.lease)
         limit = self.settings.drain_timeout if timeout is None else timeout
         runners, self.runners = self.runners, {}
-        await asyncio.gather(*(r.stop("drain", limit) for r in runners.values()))
+        await asyncio.gather(
+            *(r.stop("drain", limit) for r in runners.values()), self.pools.stop("drain", limit)
+        )
         if session is not None:
             await session.aclose()
         self._close_reaper()
@@ -492,8 +523,10 @@ class Node:
     async def _shutdown_background(self) -> None:
         await cancel_and_wait(self._tasks)
         self._tasks = []
+        await self.pools.aclose()
         await self._nodes.aclose()
         await self._owners.aclose()
+        await self.state.aclose()
 
 
 def _ordered(duties: list[Duty]) -> list[Duty]:

@@ -19,6 +19,9 @@ from shoal.store.protocol import (
     TxnResult,
 )
 
+_END = object()
+_BROKEN = object()
+
 
 class FaultyStore:
     """A store seen through a link the test controls (per node).
@@ -36,17 +39,22 @@ class FaultyStore:
         self._healed = asyncio.Event()
         self._healed.set()
         self._broken = asyncio.Event()
+        self._watchers: set[asyncio.Queue[object]] = set()
         self.calls: Counter[str] = Counter()  # store operations made through this link
 
     def cut(self) -> None:
         self.mode = "cut"
-        self._healed.clear()
-        self._broken.set()
+        self._break()
 
     def blackhole(self) -> None:
         self.mode = "blackhole"
+        self._break()
+
+    def _break(self) -> None:
         self._healed.clear()
         self._broken.set()
+        for queue in self._watchers:
+            queue.put_nowait(_BROKEN)
 
     def heal(self) -> None:
         self.mode = "ok"
@@ -124,29 +132,36 @@ class FaultyStore:
     ) -> AsyncGenerator[Event, None]:
         await self._gate()
         self.calls["watch"] += 1
-        it = self.inner.watch(prefix, start_revision)
-        nxt: asyncio.Future[Event] | None = None
+        queue: asyncio.Queue[object] = asyncio.Queue()
+
+        async def pump() -> None:
+            try:
+                async for ev in self.inner.watch(prefix, start_revision):
+                    queue.put_nowait(ev)
+                queue.put_nowait(_END)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                queue.put_nowait(exc)
+
+        task = asyncio.create_task(pump())
+        self._watchers.add(queue)
         try:
             while True:
-                nxt = asyncio.ensure_future(it.__anext__())
-                broken = asyncio.ensure_future(self._broken.wait())
-                try:
-                    await asyncio.wait({nxt, broken}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    broken.cancel()
-                if not nxt.done():
-                    raise StoreUnavailable("link cut by the test")
-                try:
-                    ev = nxt.result()
-                except StopAsyncIteration:
+                item = await queue.get()
+                if item is _END:
                     return
-                yield ev
+                if item is _BROKEN:
+                    raise StoreUnavailable("link cut by the test")
+                if isinstance(item, Exception):
+                    raise item
+                assert isinstance(item, Event)
+                yield item
         finally:
-            if nxt is not None and not nxt.done():
-                nxt.cancel()
-                with contextlib.suppress(BaseException):
-                    await nxt
-            await it.aclose()
+            self._watchers.discard(queue)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def aclose(self) -> None:
         """Closes only the link; the inner store belongs to the test."""
