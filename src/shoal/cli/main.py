@@ -212,5 +212,14 @@ def _register_secret() -> None:
 _register_secret()
 
 
+def _register_state() -> None:
+    from shoal.cli.state import state_group
+
+    main.add_command(state_group)
+
+
+_register_state()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,204 @@
+"""Replicated state: names, documents, operations and the JSON rules (no I/O).
+
+A document lives at ``state/{namespace}/{key}`` as compact UTF-8 JSON. Every
+check here runs BEFORE anything is sent to the store, so a bad name or value
+never writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from shoal._errors import DocumentTooLarge, InvalidDocument
+
+PREFIX = "state/"
+DEFAULT_MAX_DOC_BYTES = 1 << 20  # 1 MiB per document
+# etcd refuses a transaction with more than --max-txn-ops (default 128) operations
+# or a request over --max-request-bytes (default 1.5 MiB): stay under both.
+DEFAULT_MAX_TXN_OPS = 128
+DEFAULT_MAX_TXN_BYTES = 1_400_000
+
+NAMESPACE_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+KEY_RULE = r"^[A-Za-z0-9][A-Za-z0-9._:/@-]{0,511}$"
+_NAMESPACE = re.compile(NAMESPACE_RULE[1:-1])
+_KEY = re.compile(KEY_RULE[1:-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """One document as this node last saw it. Treat ``value`` as read-only: it
+    is shared by every reader (copy it before changing it)."""
+
+    value: Any  # the parsed JSON value
+    revision: int  # mod_revision: the store revision of its last write
+    version: int  # writes since it was created (1 = just created)
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a subscriber receives.
+
+    ``kind`` is ``"put"`` (``value`` is the new value), ``"delete"`` (``value`` is
+    None) or ``"reload"``: the node reloaded the whole state (after the store's
+    history was compacted, or because this subscriber fell behind) — re-read
+    :meth:`~shoal.runtime.state.ReplicatedState.items`. A reload carries the
+    subscribed namespace (None when subscribed to all) and ``key=None``."""
+
+    kind: Literal["put", "delete", "reload"]
+    namespace: str | None
+    key: str | None
+    value: Any
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class PutDoc:
+    """Transaction op: write ``value``. ``expect_revision``: the document's
+    current revision must be this (0 = it must not exist)."""
+
+    namespace: str
+    key: str
+    value: Any
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDoc:
+    """Transaction op: delete the document (no-op when absent, unless
+    ``expect_revision`` says otherwise)."""
+
+    namespace: str
+    key: str
+    expect_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CheckDoc:
+    """Transaction op: only require the document's revision to be ``revision``
+    (0 = absent); writes nothing."""
+
+    namespace: str
+    key: str
+    revision: int
+
+
+StateOp = PutDoc | DeleteDoc | CheckDoc
+
+
+def store_key(namespace: str, key: str) -> str:
+    return f"{PREFIX}{namespace}/{key}"
+
+
+def check_namespace(namespace: object) -> str:
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise InvalidDocument(
+            f"bad namespace {namespace!r}: a namespace must match {NAMESPACE_RULE} "
+            "(1-128 letters, digits, '.', '_' or '-', starting with a letter or digit)"
+        )
+    return namespace
+
+
+def check_key(key: object) -> str:
+    if not isinstance(key, str) or not _KEY.fullmatch(key):
+        raise InvalidDocument(
+            f"bad key {key!r}: a key must match {KEY_RULE} "
+            "(1-512 letters, digits, '.', '_', ':', '/', '@' or '-', starting with a "
+            "letter or digit)"
+        )
+    return key
+
+
+def check_names(namespace: object, key: object) -> tuple[str, str]:
+    return check_namespace(namespace), check_key(key)
+
+
+class _Bad(Exception):
+    def __init__(self, reason: str) -> None:
+        self.path: list[str] = []
+        self.reason = reason
+
+
+_ALLOWED = "use dict (with str keys), list, str, int, float, bool or None"
+
+
+def _walk(value: Any) -> None:
+    if value is None or isinstance(value, str | bool | int):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Bad(f"float {value!r} is not allowed in JSON")
+        return
+    if isinstance(value, dict):
+        for k, item in value.items():
+            if not isinstance(k, str):
+                raise _Bad(
+                    f"dict key {k!r} of type {type(k).__name__} is not a string "
+                    "(JSON object keys must be strings)"
+                )
+            try:
+                _walk(item)
+            except _Bad as bad:
+                bad.path.append(f"[{k!r}]")
+                raise
+        return
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            try:
+                _walk(item)
+            except _Bad as bad:
+                bad.path.append(f"[{i}]")
+                raise
+        return
+    raise _Bad(f"type {type(value).__name__} is not JSON-serialisable ({_ALLOWED})")
+
+
+def encode_value(value: Any, what: str, limit: int) -> bytes:
+    """``value`` as compact UTF-8 JSON, or InvalidDocument / DocumentTooLarge.
+
+    ``what`` names the document in the message (``"cfg/a"``). Tuples are
+    stored as lists."""
+    try:
+        _walk(value)
+        data = json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+        ).encode("utf-8")
+    except _Bad as bad:
+        where = "value" + "".join(reversed(bad.path))
+        raise InvalidDocument(f"{what}: {where}: {bad.reason}") from None
+    except RecursionError:
+        raise InvalidDocument(f"{what}: the value is nested too deeply for JSON") from None
+    except UnicodeEncodeError:
+        raise InvalidDocument(
+            f"{what}: the value holds a string that is not valid Unicode (a lone surrogate)"
+        ) from None
+    if len(data) > limit:
+        raise DocumentTooLarge(f"document {what}", len(data), limit)
+    return data
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def decode_value(data: bytes) -> Any:
+    """Parse a stored document (strict JSON: no NaN/Infinity). Raises ValueError."""
+    return json.loads(data, parse_constant=_no_constant)
+
+
+def canonical(value: Any) -> str:
+    """One text per JSON value (sorted keys): to compare values exactly (``1`` is not
+    ``1.0`` is not ``true``)."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def split_key(name: str) -> tuple[str, str] | None:
+    """``"ns/key"`` (a store key without ``state/``) -> (ns, key), None if not a document."""
+    ns, sep, key = name.partition("/")
+    if not sep or not ns or not key:
+        return None
+    return ns, key

@@ -1,0 +1,64 @@
+"""Replicated state: the watch of ``state/`` (a Mirror that knows since when it
+is disconnected) and the subscribers' inboxes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from shoal._clock import Clock
+from shoal.primitives.mirror import Mirror
+from shoal.runtime._state_model import PREFIX, Change
+from shoal.store.protocol import Store
+
+QUEUE_LIMIT = 10_000  # a subscriber further behind gets one "reload" instead
+
+
+class StateMirror(Mirror):
+    """A Mirror that remembers since when it has been disconnected.
+
+    Mirror sets ``connected = True`` when it opens a watch, before the watch
+    has proven anything; a link that refuses at once flips it back in the same
+    step. So "connected" is only believed once the event loop got a turn with
+    the watch still open."""
+
+    def __init__(self, store: Store, clock: Clock, on_change: Callable[..., None]) -> None:
+        self._gen = 0
+        self.down_since: float | None = clock.monotonic()
+        self.up = asyncio.Event()  # set while connected (confirmed)
+        super().__init__(store, PREFIX, clock, on_change=on_change, backoff_max=1.0)
+
+    @property
+    def connected(self) -> bool:
+        return self.down_since is None
+
+    @connected.setter
+    def connected(self, value: bool) -> None:
+        self._gen += 1
+        if value:
+            asyncio.get_running_loop().call_soon(self._confirm, self._gen)
+        elif self.down_since is None:
+            self.down_since = self._clock.monotonic()
+            self.up.clear()
+
+    def _confirm(self, gen: int) -> None:
+        if gen == self._gen:
+            self.down_since = None
+            self.up.set()
+
+
+class Subscriber:
+    def __init__(self, namespace: str | None) -> None:
+        self.namespace = namespace
+        self.queue: deque[Change | None] = deque()  # None = closed
+        self.wake = asyncio.Event()
+
+    def push(self, change: Change | None) -> None:
+        if len(self.queue) >= QUEUE_LIMIT and change is not None:
+            self.queue.clear()  # too far behind: one reload replaces the backlog
+            change = Change("reload", self.namespace, None, None, change.revision)
+        self.queue.append(change)
+        self.wake.set()
+
+
