@@ -39,6 +39,14 @@ _EXPORTS: dict[str, str] = {
     "NameTaken": "shoal._errors",
     "NotRunning": "shoal._errors",
     "DutyLost": "shoal._errors",
+    "ReplicatedState": "shoal.runtime.state",
+    "SessionManager": "shoal.sessions",
+    "Session": "shoal.sessions",
+    "InvalidSession": "shoal._errors",
+    "StateError": "shoal._errors",
+    "Conflict": "shoal._errors",
+    "DocumentTooLarge": "shoal._errors",
+    "InvalidDocument": "shoal._errors",
 }
 
 __all__ = [
@@ -47,10 +55,14 @@ __all__ = [
     "Compacted",
     "Compare",
     "ConfigError",
+    "Conflict",
     "Delete",
+    "DocumentTooLarge",
     "DutyContext",
     "DutyLost",
     "Get",
+    "InvalidDocument",
+    "InvalidSession",
     "LeaseNotFound",
     "NameTaken",
     "Node",
@@ -61,7 +73,11 @@ __all__ = [
     "Op",
     "OutcomeUnknown",
     "Put",
+    "ReplicatedState",
+    "Session",
+    "SessionManager",
     "ShoalError",
+    "StateError",
     "Store",
     "StoreAuthError",
     "StoreError",
@@ -86,12 +102,17 @@ if TYPE_CHECKING:
     from shoal._errors import (
         Compacted,
         ConfigError,
+        Conflict,
+        DocumentTooLarge,
         DutyLost,
+        InvalidDocument,
+        InvalidSession,
         LeaseNotFound,
         NameTaken,
         NotRunning,
         OutcomeUnknown,
         ShoalError,
+        StateError,
         StoreAuthError,
         StoreError,
         StoreUnavailable,
@@ -102,6 +123,8 @@ if TYPE_CHECKING:
     from shoal.runtime.context import DutyContext
     from shoal.runtime.node import ClusterEvent, Node
     from shoal.runtime.settings import NodeSettings
+    from shoal.runtime.state import ReplicatedState
     from shoal.runtime.thread import NodeThread
+    from shoal.sessions import Session, SessionManager
     from shoal.store.factory import open_store
     from shoal.store.protocol import Compare, Delete, Get, Op, Put, Store
