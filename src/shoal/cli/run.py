@@ -105,8 +105,16 @@ def _fail(message: str, code: int) -> click.exceptions.Exit:
     "--log-level", default="info", show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
 )
-def run(app_spec: str, config_file: Path | None, log_level: str) -> None:
+@click.option(
+    "--http-port", type=click.IntRange(0, 65535), default=None,
+    help="Serve the HTTP API and dashboard on this port (overrides http.port; 0 = any free "
+         "port). Without it they are served when http.port > 0.",
+)
+def run(app_spec: str, config_file: Path | None, log_level: str, http_port: int | None) -> None:
     """Run one node of the App MODULE:APP until SIGTERM or SIGINT, then drain.
+
+    With http.port (or --http-port) it also serves the HTTP API and the live
+    dashboard on http.host (see docs/http.md).
 
     Exit codes: 0 graceful stop, 2 bad MODULE:APP / configuration / node name
     already taken (NameTaken), 3 store unreachable, 1 other failure.
@@ -123,7 +131,7 @@ def run(app_spec: str, config_file: Path | None, log_level: str) -> None:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     config = load_config(config_file)  # ConfigError -> exit 2 (by the group)
     try:
-        code = _run_loop(_serve(app, config))
+        code = _run_loop(_serve(app, config, http_port))
     except NameTaken as exc:
         raise _fail(f"NameTaken: {exc}", EXIT_BAD_INPUT) from None
     _exit_leaving_stuck_threads(code)
@@ -186,7 +194,7 @@ async def _open_node(app: App, config: NodeConfig) -> Node:
         raise StoreUnavailable(f"store did not answer within {limit:g} s") from None
 
 
-async def _serve(app: App, config: NodeConfig) -> int:
+async def _serve(app: App, config: NodeConfig, http_port: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     signals: list[str] = []
@@ -206,6 +214,25 @@ async def _serve(app: App, config: NodeConfig) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     node = await _open_node(app, config)
+    http = None  # served from before joining: /health answers, /ready says 503 until ACTIVE
+    if http_port is not None or config.http.port > 0:
+        from shoal.http._serve import serve_http
+
+        try:
+            http = await serve_http(node, config, http_port)
+        except BaseException:
+            await node.store.aclose()
+            raise
+        click.echo(f"dashboard and HTTP API: {http.url}")
+    try:
+        return await _lifetime(node, config, stop, signals)
+    finally:
+        if http is not None:
+            await http.aclose()
+
+
+async def _lifetime(node: Node, config: NodeConfig, stop: asyncio.Event, signals: list[str]) -> int:
+    """Join, report every change until a signal, drain."""
     starting = asyncio.create_task(node.start())
     stopper = asyncio.create_task(stop.wait())
     await asyncio.wait({starting, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -233,7 +260,7 @@ async def _serve(app: App, config: NodeConfig) -> int:
     await stopper
     click.echo(f"{signals[0]}: draining")
     try:
-        await node.aclose()
+        await node.aclose()  # the HTTP API keeps answering (/ready: 503) while draining
     finally:
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
