@@ -1,7 +1,8 @@
 """A small Shoal application: run two or three copies and watch the duties move.
 
     shoal run examples/basic_app.py:app --config examples/node.yaml
-    SHOAL__NODE__NAME=web-2 SHOAL__HTTP__PORT=8081 shoal run examples/basic_app.py:app -c examples/node.yaml
+    SHOAL__NODE__NAME=web-2 SHOAL__HTTP__PORT=8081 \
+        shoal run examples/basic_app.py:app -c examples/node.yaml
 
 Duties:
 

@@ -29,6 +29,7 @@ class Member:
     can_lead: bool = True
     disabled: tuple[str, ...] = ()  # duty names / families disabled on this node
     draining: bool = False
+    workers: tuple[tuple[str, int], ...] = ()  # (pool, running copies); JSON: {pool: n}
     lease: int = field(default=0, compare=False)
     revision: int = field(default=0, compare=False)
 
@@ -36,6 +37,7 @@ class Member:
         data = asdict(self)
         data.pop("lease")
         data.pop("revision")
+        data["workers"] = dict(self.workers)
         return json.dumps(data, sort_keys=True).encode()
 
     @staticmethod
@@ -43,6 +45,8 @@ class Member:
         data = json.loads(kv.value)
         data["roles"] = tuple(data.get("roles", ()))
         data["disabled"] = tuple(data.get("disabled", ()))
+        workers = data.get("workers", {})
+        data["workers"] = tuple(sorted((str(k), int(v)) for k, v in workers.items()))
         known = set(Member.__dataclass_fields__)
         data = {k: v for k, v in data.items() if k in known}
         data["lease"] = kv.lease

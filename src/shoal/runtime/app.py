@@ -10,6 +10,12 @@
 
     @app.duty("rule-engine", roles=["ingest"])            # balanced over ingest nodes
     @app.leader_duty("certificate-renewal")              # runs on the leader
+
+    @app.duty("ingest", partitions=64, roles=["ingest"])  # ingest/0 .. ingest/63
+    async def ingest(ctx): ...                            # ctx.partition: 0..63
+
+    @app.workers("ingest-worker", per_node=4, roles=["ingest"])  # 4 copies per node
+    async def worker(ctx): ...                            # ctx.worker_index: 0..3
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any, TypeVar
 from shoal._errors import ConfigError
 
 LEADER = "leader"
+MAX_PARTITIONS = 100_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -39,6 +46,17 @@ class DutyDecl:
     with_duty: str | None = None
     sticky: bool = False
     leader_bound: bool = False
+    partitions: int | None = None  # ``pattern/0`` .. ``pattern/{partitions-1}``
+
+
+@dataclass(frozen=True, slots=True)
+class PoolDecl:
+    """A declared worker pool: ``per_node`` concurrent copies on every eligible node."""
+
+    name: str
+    fn: Callable[..., Any]
+    per_node: int
+    roles: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +70,8 @@ class Duty:
     with_duty: str | None
     sticky: bool
     leader_bound: bool
-    item: Any = None  # the for_each item this duty was made for
+    item: Any = None  # the for_each item (or partition number) this duty was made for
+    partition: int | None = None  # for a partitioned duty: its number
 
 
 def family_of(name: str) -> str:
@@ -63,16 +82,44 @@ def _placeholders(pattern: str) -> list[str]:
     return [f for _, f, _, _ in string.Formatter().parse(pattern) if f]
 
 
+def _check_partitions(
+    name: str, partitions: int, for_each: str | None, with_duty: str | None
+) -> None:
+    if isinstance(partitions, bool) or not isinstance(partitions, int):
+        raise ValueError(f"duty {name!r}: partitions must be an int, got {partitions!r}")
+    if not 1 <= partitions <= MAX_PARTITIONS:
+        raise ValueError(
+            f"duty {name!r}: partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
+        )
+    if for_each is not None:
+        raise ValueError(f"duty {name!r}: use partitions= or for_each=, not both")
+    if with_duty is not None:
+        raise ValueError(
+            f"duty {name!r}: partitions are placed independently; with_duty= is not supported"
+        )
+
+
 class App:
     """A named set of duty declarations shared by every node of a cluster."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._decls: dict[str, DutyDecl] = {}
+        self._pools: dict[str, PoolDecl] = {}
 
     @property
     def declarations(self) -> list[DutyDecl]:
         return list(self._decls.values())
+
+    @property
+    def pools(self) -> list[PoolDecl]:
+        """Declared worker pools (see :meth:`workers`)."""
+        return list(self._pools.values())
+
+    @property
+    def partitioned(self) -> dict[str, int]:
+        """Partitioned duty name -> partition count."""
+        return {n: d.partitions for n, d in self._decls.items() if d.partitions is not None}
 
     def duty(
         self,
@@ -82,6 +129,7 @@ class App:
         for_each: str | None = None,
         with_duty: str | None = None,
         sticky: bool = False,
+        partitions: int | None = None,
     ) -> Callable[[F], F]:
         """Declare a duty: exactly one node runs it at a time.
 
@@ -89,7 +137,13 @@ class App:
         ``for_each``: a config parameter (``params.<name>``, a list) — one duty
         per item, ``{placeholder}`` in the name filled from the item.
         ``with_duty``: run on the node that owns that duty (co-located).
-        ``sticky``: never moved while its owner lives (default: balanced)."""
+        ``sticky``: never moved while its owner lives (default: balanced).
+        ``partitions``: N independent singleton duties ``name/0`` ..
+        ``name/{N-1}`` (family ``name``), each with its own fencing token; the
+        function gets its number as ``ctx.partition`` (and ``ctx.item``). The
+        count of a running cluster cannot change (see docs/scaling.md)."""
+        if partitions is not None:
+            _check_partitions(name, partitions, for_each, with_duty)
         if for_each is None and _placeholders(name):
             raise ValueError(f"duty {name!r} has a placeholder but no for_each=")
         if for_each is not None and not _placeholders(name):
@@ -98,14 +152,41 @@ class App:
             raise ValueError(f"invalid duty name {name!r}: use letters, digits and ._:/-")
         if name == LEADER:
             raise ValueError("'leader' is reserved; use app.leader_duty(...) for leader work")
-        if name in self._decls:
+        if name in self._decls or name in self._pools:
             raise ValueError(f"duty {name!r} is declared twice")
 
         def register(fn: F) -> F:
             self._decls[name] = DutyDecl(
                 name, fn, frozenset(roles), for_each, with_duty, sticky,
-                leader_bound=with_duty == LEADER,
+                leader_bound=with_duty == LEADER, partitions=partitions,
             )
+            return fn
+
+        return register
+
+    def workers(
+        self, name: str, *, per_node: int, roles: list[str] | tuple[str, ...] = ()
+    ) -> Callable[[F], F]:
+        """Declare a worker pool: ``per_node`` concurrent copies of the function
+        on EVERY eligible node (roles match, not disabled in the node's config).
+
+        Not a singleton: no ownership key, no fencing token. Each copy gets a
+        context with ``ctx.worker_index`` (0 .. per_node-1), ``ctx.stopping``
+        and ``ctx.sleep``; a copy that raises is restarted with backoff. A node
+        may override the count: ``duties: {NAME: {per_node: 2}}``."""
+        if not _NAME.match(name) or "{" in name:
+            raise ValueError(f"invalid worker pool name {name!r}: use letters, digits and ._:/-")
+        if name == LEADER:
+            raise ValueError("'leader' is reserved")
+        if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
+            raise ValueError(
+                f"worker pool {name!r}: per_node must be an int >= 1, got {per_node!r}"
+            )
+        if name in self._decls or name in self._pools:
+            raise ValueError(f"{name!r} is declared twice (duty and worker pool names are shared)")
+
+        def register(fn: F) -> F:
+            self._pools[name] = PoolDecl(name, fn, per_node, frozenset(roles))
             return fn
 
         return register
@@ -118,6 +199,13 @@ class App:
         """Concrete duties for these config params, plus the ``leader`` duty."""
         out = [Duty(LEADER, LEADER, None, frozenset(), None, True, True)]
         for decl in self._decls.values():
+            if decl.partitions is not None:
+                out.extend(
+                    Duty(f"{decl.pattern}/{i}", decl.pattern, decl.fn, decl.roles, None,
+                         decl.sticky, decl.leader_bound, i, i)
+                    for i in range(decl.partitions)
+                )
+                continue
             items: list[Any] = [None]
             if decl.for_each is not None:
                 raw = params.get(decl.for_each)

@@ -50,7 +50,8 @@ class DutyContext:
     * ``put`` / ``txn``: fenced writes (raise :class:`~shoal.DutyLost` when the
       token is superseded);
     * ``stopping``: set when the duty must stop (handover, drain, lost lease);
-    * ``sleep(s)``: sleeps, but wakes early and returns False when stopping.
+    * ``sleep(s)``: sleeps, but wakes early and returns False when stopping;
+    * ``partition``: for a partitioned duty (``partitions=N``) its number, else None.
 
     Sync duties (run in a thread) use ``put_sync``, ``sleep_sync`` and
     ``stopping.is_set()``.
@@ -67,6 +68,7 @@ class DutyContext:
         params: dict[str, Any],
         item: Any,
         loop: asyncio.AbstractEventLoop,
+        partition: int | None = None,
     ) -> None:
         self.name = name
         self.token = token
@@ -75,6 +77,7 @@ class DutyContext:
         self.clock = clock
         self.params = params
         self.item = item
+        self.partition = partition
         self.stopping = StopSignal()
         self.log = logging.getLogger(f"shoal.duty.{name}")
         self._loop = loop

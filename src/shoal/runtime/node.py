@@ -31,6 +31,7 @@ from shoal.primitives.ownership import DUTIES, Owner
 from shoal.primitives.session import Session
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.context import DutyContext
+from shoal.runtime.control import watch_control
 from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
@@ -95,6 +96,7 @@ class Node:
         self._subscribers: set[asyncio.Queue[ClusterEvent]] = set()
         self._leader: str | None = None
         self._closing = False
+        self._drain_done: asyncio.Event | None = None
         self._placement_cache: tuple[object, Placement] | None = None
         self.reaper: Any = None
         # worker pools (shoal.runtime.workers): per-node copies, not singletons
@@ -222,6 +224,7 @@ class Node:
         self._tasks = [
             asyncio.create_task(self._life(), name=f"shoal-life-{self.name}"),
             asyncio.create_task(self._reconcile_loop(), name=f"shoal-reconcile-{self.name}"),
+            asyncio.create_task(watch_control(self), name=f"shoal-control-{self.name}"),
         ]
 
     def _member(self) -> Member:
@@ -473,9 +476,22 @@ class Node:
     async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
         """Hand every duty over and leave: stop duties (bounded by
         ``drain_timeout`` each, in parallel), then revoke the lease so every
-        ownership key and the node record vanish in one revision (G3)."""
-        if self.draining or self.phase == "STOPPED":
+        ownership key and the node record vanish in one revision (G3).
+
+        A second call (e.g. ``aclose()`` while an API-triggered drain runs)
+        waits for the first one to finish."""
+        if self._drain_done is not None:
+            await self._drain_done.wait()
             return
+        if self.phase == "STOPPED":
+            return
+        self._drain_done = asyncio.Event()
+        try:
+            await self._drain(timeout)
+        finally:
+            self._drain_done.set()
+
+    async def _drain(self, timeout: float | None) -> None:  # noqa: ASYNC109
         self._feed(fsm.Drain())
         session = self.session
         if session is not None and session.alive:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,9 @@ class NodeSettings:
     ``safety_margin``; a free duty's k-th ranked node may take it after
     ``k * grace``; balanced duties move after ``rebalance_delay`` of stable
     membership; a graceful stop waits ``drain_timeout`` per duty.
+
+    ``per_node``: worker pool name -> copies on this node, overriding the
+    pool's declared ``per_node`` (config ``duties: {NAME: {per_node: N}}``).
     """
 
     name: str = field(default_factory=socket.gethostname)
@@ -41,11 +45,17 @@ class NodeSettings:
     reaper: bool = False
     reaper_store: dict[str, Any] = field(default_factory=dict)
     balanced: bool = True
+    per_node: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: NodeConfig) -> NodeSettings:
-        """Resolve a validated :class:`~shoal.config.NodeConfig`."""
+    def from_config(cls, config: NodeConfig, *, workers: Iterable[str] = ()) -> NodeSettings:
+        """Resolve a validated :class:`~shoal.config.NodeConfig`; ``workers``:
+        the app's worker pool names, whose ``per_node`` overrides are resolved
+        with :meth:`~shoal.config.NodeConfig.duty_override`."""
         t = config.effective_timings()
+        per_node = {
+            name: n for name in workers if (n := config.duty_override(name).per_node) is not None
+        }
         disabled = tuple(sorted(k for k, v in config.duties.items() if not v.enabled))
         store = config.store
         reaper_store: dict[str, Any] = {"backend": store.backend}
@@ -69,7 +79,7 @@ class NodeSettings:
             drain_timeout=t.drain_timeout, grace=t.grace, retry_backoff_max=t.retry_backoff_max,
             params=dict(config.params),
             reaper=config.reaper.enabled and store.backend in ("sqlite", "etcd"),
-            reaper_store=reaper_store,
+            reaper_store=reaper_store, per_node=per_node,
         )
 
     @property
