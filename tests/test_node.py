@@ -299,3 +299,18 @@ async def test_sync_duty_runs_in_a_thread(cluster_factory: Any) -> None:
             break
     assert seen == ["sync-job"]
     await a.drain()
+
+
+async def test_duty_writes_fenced_state_through_its_context(cluster_factory: Any) -> None:
+    app = App("t")
+
+    @app.duty("writer")
+    async def writer(ctx: DutyContext) -> None:
+        await ctx.state.put("jobs", "last", {"node": ctx.node}, guard=ctx.guard())
+        await ctx.stopping.wait()
+
+    c = cluster_factory(app)
+    a = await c.add("a")
+    await c.run(2.0)
+    doc = a.state.get("jobs", "last")
+    assert doc is not None and doc.value == {"node": "a"}

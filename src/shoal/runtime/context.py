@@ -69,8 +69,12 @@ class DutyContext:
         item: Any,
         loop: asyncio.AbstractEventLoop,
         partition: int | None = None,
+        state: Any = None,
     ) -> None:
         self.name = name
+        # the node's ReplicatedState (shoal.runtime.state): fenced writes with
+        # ``await ctx.state.put(ns, key, value, guard=ctx.guard())``
+        self.state = state
         self.token = token
         self.node = node
         self.store = store
