@@ -357,6 +357,7 @@ class Node:
 
     async def _reconcile_loop(self) -> None:
         tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
+        last_pass = float("-inf")
         while not self._closing:
             waiter = asyncio.ensure_future(self._wake.wait())
             sleeper = asyncio.ensure_future(self.clock.sleep(tick))
@@ -367,6 +368,10 @@ class Node:
                 sleeper.cancel()
             for _ in range(3):  # let the watches apply what is already queued (coalesce)
                 await asyncio.sleep(0)
+            if self.clock.monotonic() - last_pass < 0.05:
+                # a storm of changes (start-up, mass failover): batch them so a pass
+                # is not re-run per event; a lone event after a quiet spell is not delayed
+                await self.clock.sleep(0.002)
             self._wake.clear()
             if self._fsm.phase not in (fsm.Phase.ACTIVE, fsm.Phase.SUSPENDED) or self.draining:
                 continue
@@ -374,6 +379,7 @@ class Node:
                 await self.reconcile()
             except StoreError as exc:
                 log.debug("node %s: reconcile failed: %s", self.name, exc)
+            last_pass = self.clock.monotonic()
 
     async def reconcile(self) -> None:
         """One pass: compute the plan and carry it out."""
