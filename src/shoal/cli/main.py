@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sys
 from collections.abc import Callable, Coroutine
 from importlib import metadata
 from pathlib import Path
@@ -46,6 +47,14 @@ from shoal._errors import (
     UnsupportedBackend,
 )
 from shoal.config import NodeConfig, load_config
+
+if __name__ == "__main__":
+    # ``python -m shoal.cli.main`` (how shoal.testing.procs starts nodes): this file
+    # runs as ``__main__``. Command modules import helpers from ``shoal.cli.main``;
+    # without this alias that import would load a second copy of this file, whose
+    # command registration re-imports the half-initialised command module
+    # (ImportError: cannot import name 'state_group' ... circular import).
+    sys.modules.setdefault("shoal.cli.main", sys.modules[__name__])
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -219,6 +228,19 @@ def _register_state() -> None:
 
 
 _register_state()
+
+
+def _register_surfaces() -> None:
+    from shoal.cli.demo import demo
+    from shoal.cli.etcd_cmd import etcd_group
+    from shoal.cli.node_cmd import node_group
+    from shoal.cli.status import status
+
+    for command in (demo, status, node_group, etcd_group):
+        main.add_command(command)
+
+
+_register_surfaces()
 
 
 if __name__ == "__main__":
