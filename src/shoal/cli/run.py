@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -224,6 +225,9 @@ async def _serve(app: App, config: NodeConfig, http_port: int | None = None) -> 
             await node.store.aclose()
             raise
         click.echo(f"dashboard and HTTP API: {http.url}")
+        if not node.settings.address and config.http.host not in ("0.0.0.0", "::", ""):
+            # announce where this node's API answers (shoal status finds nodes by it)
+            node.settings = dataclasses.replace(node.settings, address=http.url.rstrip("/"))
     try:
         return await _lifetime(node, config, stop, signals)
     finally:
