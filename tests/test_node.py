@@ -314,3 +314,47 @@ async def test_duty_writes_fenced_state_through_its_context(cluster_factory: Any
     await c.run(2.0)
     doc = a.state.get("jobs", "last")
     assert doc is not None and doc.value == {"node": "a"}
+
+
+async def test_a_duty_being_handed_over_stops_when_the_lease_is_lost(
+    cluster_factory: Any,
+) -> None:
+    """G1 (found by the chaos run): a duty in a graceful stop (rebalance) that
+    ignores ctx.stopping is cancelled at once when its node loses the lease."""
+    running: dict[str, list[str]] = {}
+    names = [f"d{i}" for i in range(6)]
+
+    async def stubborn(ctx: DutyContext) -> None:
+        running.setdefault(ctx.name, []).append(ctx.node)
+        try:
+            while True:  # e.g. stuck in a call that never looks at ctx.stopping
+                await asyncio.sleep(0.01)
+        finally:
+            running[ctx.name].remove(ctx.node)
+
+    app = App("t")
+    for name in names:
+        app.duty(name)(stubborn)
+    c = cluster_factory(app)
+    a = await c.add("a", drain_timeout=30.0, grace=1.0)
+    await c.run(2.0)
+    await c.add("b", drain_timeout=30.0, grace=1.0)
+    releasing: list[str] = []
+    for _ in range(100):
+        await c.run(0.1)
+        releasing = [d for d in names if d not in a.runners and running.get(d) == ["a"]]
+        if releasing:
+            break
+    assert releasing, "a never started a handover"
+    c.links["a"].blackhole()  # cut off while waiting for the duty to stop
+    doubles: dict[str, list[str]] = {}
+    for _ in range(120):
+        await c.run(0.1)
+        doubles = {d: list(v) for d, v in running.items() if len(v) > 1}
+        if doubles:
+            break
+    assert a.phase in ("LOST", "JOINING")
+    assert not doubles, f"two nodes run {doubles}"
+    for node in list(c.nodes.values()):  # stubborn duties: do not wait for a graceful stop
+        await node.abandon()
+    c.nodes.clear()

@@ -82,6 +82,7 @@ class Node:
         self.session: Session | None = None
         self.members: dict[str, Member] = {}
         self.runners: dict[str, DutyRunner] = {}
+        self._stopping: set[DutyRunner] = set()  # being stopped gracefully (release, drain)
         self.counters = {"acquired": 0, "released": 0, "lost": 0, "crashes": 0, "rejoins": 0}
         self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
         self._owners = Mirror(store, DUTIES, self.clock, on_change=self._owners_changed)
@@ -275,6 +276,8 @@ class Node:
             self.counters["lost"] += 1
             self._emit("stopped", name, f"lease lost: {reason}")
         self.runners.clear()
+        for runner in list(self._stopping):  # a graceful stop in progress ends NOW too
+            runner.cancel_now(f"lease lost: {reason}")
         self._local.clear()
         self.pools.stop_now(f"lease lost: {reason}")
 
@@ -458,7 +461,11 @@ class Node:
     async def _release(self, duty: str, token: int, reason: str) -> None:
         runner = self.runners.pop(duty, None)
         if runner is not None:
-            await runner.stop(reason, self.settings.drain_timeout)
+            self._stopping.add(runner)
+            try:
+                await runner.stop(reason, self.settings.drain_timeout)
+            finally:
+                self._stopping.discard(runner)
             self._emit("stopped", duty, reason)
         revision = await ownership.release(self.store, duty, token)
         if revision:
@@ -505,9 +512,14 @@ class Node:
                 await membership.update(self.store, self._member(), session.lease)
         limit = self.settings.drain_timeout if timeout is None else timeout
         runners, self.runners = self.runners, {}
-        await asyncio.gather(
-            *(r.stop("drain", limit) for r in runners.values()), self.pools.stop("drain", limit)
-        )
+        self._stopping.update(runners.values())
+        try:
+            await asyncio.gather(
+                *(r.stop("drain", limit) for r in runners.values()),
+                self.pools.stop("drain", limit),
+            )
+        finally:
+            self._stopping.difference_update(runners.values())
         if session is not None:
             await session.aclose()
         self._close_reaper()
