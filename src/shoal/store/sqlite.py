@@ -29,6 +29,7 @@ import logging
 import math
 import secrets
 import sqlite3
+import time
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
@@ -243,7 +244,18 @@ class SqliteStore:
         if not self.path.parent.is_dir() or self.path.is_dir():
             raise ConfigError(f"store path {str(self.path)!r}: not a file in an existing directory")
         self._db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
-        self._x("PRAGMA journal_mode=WAL")
+        # Switching a NEW file to WAL needs an exclusive lock and sqlite does not
+        # call its busy handler for it: two processes opening the file at once
+        # would see "database is locked". Retry until the lock timeout.
+        deadline = time.monotonic() + self._timeout
+        while True:
+            try:
+                self._x("PRAGMA journal_mode=WAL")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
         self._x("PRAGMA synchronous=FULL")
         self._x("BEGIN IMMEDIATE")
         for statement in _SCHEMA:
