@@ -58,3 +58,17 @@ def test_doc_links_resolve() -> None:
     for md in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+\.md)\)", md.read_text()):
             assert (md.parent / target).exists(), f"{md.name} links to missing {target}"
+
+
+def test_every_http_endpoint_is_documented() -> None:
+    from shoal.http._openapi import openapi_document
+
+    doc = (ROOT / "docs" / "http.md").read_text()
+    paths = openapi_document(version="test")["paths"]
+    assert "/cluster" in paths
+    for path, ops in paths.items():
+        for method in ops:
+            if method.startswith("x-") or method == "parameters":
+                continue
+            mentioned = f"{method.upper()} {path}" in doc or f"`{path}`" in doc
+            assert mentioned, f"{method.upper()} {path} missing from docs/http.md"
