@@ -328,7 +328,7 @@ async def test_a_duty_being_handed_over_stops_when_the_lease_is_lost(
         running.setdefault(ctx.name, []).append(ctx.node)
         try:
             while True:  # e.g. stuck in a call that never looks at ctx.stopping
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # noqa: ASYNC110 - deliberately deaf to stopping
         finally:
             running[ctx.name].remove(ctx.node)
 
