@@ -327,8 +327,8 @@ async def test_a_duty_being_handed_over_stops_when_the_lease_is_lost(
     async def stubborn(ctx: DutyContext) -> None:
         running.setdefault(ctx.name, []).append(ctx.node)
         try:
-            while True:  # e.g. stuck in a call that never looks at ctx.stopping
-                await asyncio.sleep(0.01)  # noqa: ASYNC110 - deliberately deaf to stopping
+            while True:  # noqa: ASYNC110 - stuck in a call that never looks at ctx.stopping
+                await asyncio.sleep(0.01)
         finally:
             running[ctx.name].remove(ctx.node)
 
