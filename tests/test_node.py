@@ -13,61 +13,16 @@ import pytest
 from shoal._errors import DutyLost, NameTaken
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
-from shoal.runtime.node import Node
-from shoal.runtime.settings import NodeSettings
-from shoal.store.memory import MemoryStore
-from shoal.testing.clock import FakeClock
-from shoal.testing.faulty import FaultyStore
+from shoal.testing.cluster import SimCluster
 
 TTL = 6
 
 
-class Cluster:
+class Cluster(SimCluster):
+    """The shared fake-clock harness (shoal.testing.cluster) with this file's TTL."""
+
     def __init__(self, app: App) -> None:
-        self.clock = FakeClock()
-        self.store = MemoryStore(self.clock)
-        self.app = app
-        self.nodes: dict[str, Node] = {}
-        self.links: dict[str, FaultyStore] = {}
-
-    async def add(self, name: str, **kw: Any) -> Node:
-        link = FaultyStore(self.store)
-        kw.setdefault("ttl", TTL)
-        kw.setdefault("safety_margin", 1.0)
-        kw.setdefault("rebalance_delay", 3.0)
-        kw.setdefault("drain_timeout", 1.0)
-        node = Node(self.app, NodeSettings(name=name, **kw), store=link, clock=self.clock)
-        await node.start()
-        self.nodes[name] = node
-        self.links[name] = link
-        return node
-
-    async def run(self, seconds: float) -> None:
-        await self.clock.run_for(seconds, step=0.1)
-
-    def owners(self) -> dict[str, str]:
-        view = {n: o.node for n, o in self.store_owners().items()}
-        return view
-
-    def store_owners(self) -> dict[str, Any]:
-        from shoal.primitives.ownership import Owner
-
-        return {
-            k[len("duties/") :]: Owner.decode(k[len("duties/") :], kv)
-            for k, kv in self.store._data.items()
-            if k.startswith("duties/")
-        }
-
-    def running(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for name, node in self.nodes.items():
-            for duty in node.runners:
-                out.setdefault(duty, []).append(name)
-        return out
-
-    async def aclose(self) -> None:
-        for node in self.nodes.values():
-            await node.aclose()
+        super().__init__(app, ttl=TTL)
 
 
 @pytest.fixture

@@ -12,64 +12,23 @@ from typing import Any
 import pytest
 
 from shoal._errors import ConfigError
-from shoal.primitives.ownership import Owner
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
-from shoal.runtime.node import Node
-from shoal.runtime.settings import NodeSettings
 from shoal.runtime.workers import forget_partition_count
-from shoal.store.memory import MemoryStore
 from shoal.store.protocol import EventType
-from shoal.testing.clock import FakeClock
-from shoal.testing.faulty import FaultyStore
+from shoal.testing.cluster import SimCluster
 
 TTL = 6
 GRACE = 1.0
 PARTS = 64
 
 
-class Cluster:
+class Cluster(SimCluster):
     def __init__(self, app: App) -> None:
-        self.clock = FakeClock()
-        self.store = MemoryStore(self.clock)
-        self.app = app
-        self.nodes: dict[str, Node] = {}
-
-    async def add(self, name: str, app: App | None = None, **kw: Any) -> Node:
-        kw.setdefault("ttl", TTL)
-        kw.setdefault("safety_margin", 1.0)
-        kw.setdefault("rebalance_delay", 3.0)
-        kw.setdefault("drain_timeout", 1.0)
-        kw.setdefault("grace", GRACE)
-        node = Node(app or self.app, NodeSettings(name=name, **kw),
-                    store=FaultyStore(self.store), clock=self.clock)
-        await node.start()
-        self.nodes[name] = node
-        return node
-
-    async def run(self, seconds: float) -> None:
-        await self.clock.run_for(seconds, step=0.1)
-
-    def owners(self) -> dict[str, str]:
-        return {
-            k[len("duties/"):]: Owner.decode(k[len("duties/"):], kv).node
-            for k, kv in self.store._data.items()
-            if k.startswith("duties/")
-        }
+        super().__init__(app, ttl=TTL, grace=GRACE)
 
     def partition_owners(self) -> dict[str, str]:
         return {d: n for d, n in self.owners().items() if d.startswith("ingest/")}
-
-    def running(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {}
-        for name, node in self.nodes.items():
-            for duty in node.runners:
-                out.setdefault(duty, []).append(name)
-        return out
-
-    async def aclose(self) -> None:
-        for node in self.nodes.values():
-            await node.aclose()
 
 
 @pytest.fixture

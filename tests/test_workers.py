@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -13,49 +12,21 @@ import pytest
 from shoal.config import parse_config
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
-from shoal.runtime.node import Node
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.workers import WorkerContext
-from shoal.store.memory import MemoryStore
-from shoal.testing.clock import FakeClock
-from shoal.testing.faulty import FaultyStore
+from shoal.testing.cluster import SimCluster
 
 TTL = 6
 POOL = "ingest-worker"
 
 
-class Cluster:
+class Cluster(SimCluster):
     def __init__(self, app: App) -> None:
-        self.clock = FakeClock()
-        self.store = MemoryStore(self.clock)
-        self.app = app
-        self.nodes: dict[str, Node] = {}
-        self.links: dict[str, FaultyStore] = {}
+        super().__init__(app, ttl=TTL)
 
-    async def add(self, name: str, **kw: Any) -> Node:
-        link = FaultyStore(self.store)
-        kw.setdefault("ttl", TTL)
-        kw.setdefault("safety_margin", 1.0)
-        kw.setdefault("rebalance_delay", 3.0)
-        kw.setdefault("drain_timeout", 1.0)
-        node = Node(self.app, NodeSettings(name=name, **kw), store=link, clock=self.clock)
-        await node.start()
-        self.nodes[name] = node
-        self.links[name] = link
-        return node
-
-    async def run(self, seconds: float) -> None:
-        await self.clock.run_for(seconds, step=0.1)
-
-    async def record(self, name: str) -> dict[str, int]:
-        kv = await self.store.get(f"nodes/{name}")
-        assert kv is not None
-        workers: dict[str, int] = json.loads(kv.value)["workers"]
+    async def record(self, name: str) -> dict[str, Any]:  # the workers part of it
+        workers: dict[str, Any] = (await super().record(name))["workers"]
         return workers
-
-    async def aclose(self) -> None:
-        for node in self.nodes.values():
-            await node.aclose()
 
 
 @pytest.fixture
