@@ -223,7 +223,7 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
         def update(done: int, total: int) -> None:
             if not bars:
                 bar = click.progressbar(length=total, label="restoring (chunked, not atomic)",
-                                        file=click.get_text_stream("stderr"))
+                                        file=sys.stderr)
                 bars.append(stack.enter_context(bar))
                 bars.append(0)
             bars[0].update(done - bars[1] if done >= bars[1] else done)  # re-planned: anew
