@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
+from shoal._procfs import pid_alive
 from shoal.cli.status import NodeApiError, fetch_view
 
 pytestmark = pytest.mark.slow
@@ -34,14 +35,6 @@ DUTIES = {
 }
 FAILOVER_BOUND = 10.0  # seconds; the reaper makes it milliseconds on an idle machine
 
-
-def pid_alive(pid: int) -> bool:
-    """True for a running (not zombie) process."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 class DemoRun:

@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 
+from shoal._procfs import descendants, pid_alive
 from shoal.sessions import generate_secret
 
 pytestmark = pytest.mark.slow
@@ -43,23 +44,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def descendants(pid: int) -> list[int]:
-    out: list[int] = []
-    try:
-        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return out
-    for kid in kids:
-        out += [kid, *descendants(kid)]
-    return out
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 class Proc:
@@ -162,7 +146,6 @@ def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
 
 # -- FastAPI ------------------------------------------------------------------------------
 def test_fastapi_service(tmp_path: Path, procs: list[Proc]) -> None:
-    pytest.importorskip("fastapi")
     env = {"SHOAL__AUTH__SECRET": generate_secret(),
            "SHOAL__STORE__SQLITE__PATH": str(tmp_path / "shop.db"),
            "SHOAL__PARAMS__INTERVAL": "0.3"}

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis  # in the [test] extra: never skipped
 import yaml
 
 from shoal.testing.procs import REPO, ProcCluster, deep_merge
 
 pytestmark = pytest.mark.slow
-redis = pytest.importorskip("redis")
 
 EXAMPLE = REPO / "examples" / "ingest"
 APP = f"{EXAMPLE / 'app.py'}:app"

@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 
 from shoal._errors import ConfigError
+from shoal._procfs import children as _children
+from shoal._procfs import is_reaper as _is_reaper
 
 __all__ = [
     "APP", "ENGINES", "RESTRICTED_DUTY", "DemoNode", "free_ports", "node_configs", "pdeathsig",
@@ -49,18 +51,6 @@ def pdeathsig() -> Callable[[], None] | None:
     return lambda: prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
 
 
-def _children(pid: int) -> list[int]:
-    try:
-        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-def _is_reaper(pid: int) -> bool:
-    try:
-        return b"shoal.runtime.reaper" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 class DemoNode:

@@ -30,6 +30,9 @@ from typing import Any
 
 import yaml
 
+from shoal._procfs import children as _children
+from shoal._procfs import is_reaper as _is_reaper
+
 __all__ = ["DEFAULT_APP", "NodeProcess", "ProcCluster", "deep_merge"]
 
 REPO = Path(__file__).resolve().parents[3]
@@ -47,19 +50,6 @@ def deep_merge(base: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, A
     return out
 
 
-def _is_reaper(pid: int) -> bool:
-    try:
-        return b"shoal.runtime.reaper" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    except OSError:
-        return []
-    return [int(p) for p in text.split()]
 
 
 class NodeProcess:
