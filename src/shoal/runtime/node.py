@@ -79,6 +79,7 @@ class Node:
             self.clock.monotonic(), ttl=settings.ttl, safety_margin=settings.safety_margin
         )
         self._started = False
+        self._started_at = 0.0
         self.session: Session | None = None
         self.members: dict[str, Member] = {}
         self.runners: dict[str, DutyRunner] = {}
@@ -204,6 +205,7 @@ class Node:
         nothing is left running."""
         self.duties = _ordered(self.app.expand(self.settings.params))
         self._started = True
+        self._started_at = self.clock.time()  # fixed: record updates keep it
         try:
             if self.settings.reaper and self.reaper is None:
                 from shoal.runtime.reaper import Reaper
@@ -232,7 +234,7 @@ class Node:
         s = self.settings
         return Member(
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
-            version=VERSION, started_at=self.clock.time(), can_lead=s.can_lead,
+            version=VERSION, started_at=self._started_at, can_lead=s.can_lead,
             disabled=s.disabled, draining=self.draining,
             workers=tuple(sorted(self.pools.counts().items())),
         )
