@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from shoal._errors import StoreUnavailable
 from shoal.runtime.reaper import Reaper, revoke
 from shoal.store.protocol import Store
 from shoal.store.sqlite import SqliteStore
@@ -241,7 +242,7 @@ def test_etcd_gateway_with_tls_and_auth() -> None:
             "timeout": 2.0, "ca": str(cluster.ca_file), "username": cluster.username,
             "password": cluster.password,
         }
-        with pytest.raises(RuntimeError, match="HTTP"):
+        with pytest.raises(StoreUnavailable, match="HTTP"):
             revoke({**info, "password": "wrong", "timeout": 0.3}, lease)
         assert revoke(info, lease).startswith("revoked via https://")
         assert revoke(info, lease).startswith("already gone")

@@ -7,39 +7,25 @@ turns those into one :class:`~shoal.ConfigError`.
 
 from __future__ import annotations
 
-import os
 import re
 import socket
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
+    create_model,
     field_validator,
-    model_validator,
 )
+
+from shoal.store.registry import Backend, backend_names, get_backend, load_backends
+from shoal.store.registry import Section as Section
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_FIX = "use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
-_ENDPOINT_FIX = "use http://HOST:PORT or https://HOST:PORT"
 MIN_SECRET_LENGTH = 64
-# Keys holding file paths: relative paths written in a config file are
-# resolved against that file's directory.
-PATH_KEYS = (
-    ("store", "sqlite", "path"),
-    ("store", "etcd", "tls", "ca"),
-    ("store", "etcd", "tls", "cert"),
-    ("store", "etcd", "tls", "key"),
-)
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 def check_name(value: str) -> str:
@@ -91,129 +77,56 @@ class NodeSection(Section):
         return list(dict.fromkeys(roles))
 
 
-class SqliteSection(Section):
-    path: str = "shoal.db"
+class StoreSectionBase(Section):
+    """Which store backs the cluster, and how to reach it: ``backend`` names a
+    registered backend (:mod:`shoal.store.registry`); each backend with
+    settings adds its own section (``store.sqlite``, ``store.etcd``, ...)."""
 
-    @field_validator("path")
+    backend: str = "sqlite"
+
+    @field_validator("backend")
     @classmethod
-    def _check_path(cls, path: str) -> str:
-        if not path.strip():
-            raise ValueError("bad value '' — give a file path, e.g. shoal.db")
-        return os.path.expanduser(path)
+    def _known_backend(cls, name: str) -> str:
+        if name not in backend_names():
+            names = [repr(n) for n in backend_names()]
+            choice = ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+            raise ValueError(f"bad value {name!r} — use one of {choice}")
+        return name
+
+    @property
+    def descriptor(self) -> Backend:
+        """The chosen backend's descriptor."""
+        return get_backend(self.backend)
+
+    @property
+    def selected(self) -> Any:
+        """The chosen backend's settings section (None when it has none)."""
+        return getattr(self, self.backend, None)
 
 
-def _check_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    if not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
-        raise ValueError(f"bad value '{path}' — the file {what}; fix the path or remove the key")
-    return path
-
-
-TlsFile = Annotated[Path | None, AfterValidator(_check_file)]
-
-
-class TlsSection(Section):
-    """TLS towards etcd. Files must exist when the config is validated."""
-
-    ca: TlsFile = None
-    cert: TlsFile = None
-    key: TlsFile = None
-    skip_verify: bool = False
-
-    @model_validator(mode="after")
-    def _pair(self) -> TlsSection:
-        if (self.cert is None) != (self.key is None):
-            given = "cert" if self.key is None else "key"
-            raise ValueError(
-                f"bad value: only {given} is set — a client certificate needs both "
-                "cert and key; set both or neither"
-            )
-        return self
-
-
-def _check_endpoint(value: str) -> str:
-    from urllib.parse import urlsplit
-
-    problem = f"{value!r} is not an etcd endpoint; {_ENDPOINT_FIX}"
-    try:
-        parts = urlsplit(value)
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"{problem} (PORT is 1-65535)") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or port is None:
-        raise ValueError(problem)
-    if port == 0:
-        raise ValueError(f"{problem} (PORT is 1-65535)")
-    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
-        raise ValueError(problem)
-    return value.rstrip("/")
-
-
-class EtcdSection(Section):
-    endpoints: list[Annotated[str, AfterValidator(_check_endpoint)]] = Field(
-        default_factory=lambda: ["http://127.0.0.1:2379"]
+def build_store_section() -> type[StoreSectionBase]:
+    """The ``store`` model: the base plus one section per registered backend."""
+    fields: dict[str, Any] = {
+        b.name: (b.section, Field(default_factory=b.section))
+        for b in load_backends() if b.section is not None
+    }
+    model: type[StoreSectionBase] = create_model(
+        "StoreSection", __base__=StoreSectionBase, __module__=__name__, **fields
     )
-    prefix: str = "/shoal"
-    timeout: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
-    tls: TlsSection = Field(default_factory=TlsSection)
-    username: str | None = None
-    password: SecretStr | None = None
-
-    @field_validator("endpoints", mode="before")
-    @classmethod
-    def _endpoints_csv(cls, value: Any) -> Any:
-        return _split_csv(value)
-
-    @field_validator("endpoints")
-    @classmethod
-    def _some_endpoints(cls, endpoints: list[str]) -> list[str]:
-        if not endpoints:
-            raise ValueError(
-                "bad value [] — list at least one endpoint, e.g. http://127.0.0.1:2379"
-            )
-        return endpoints
-
-    @field_validator("prefix")
-    @classmethod
-    def _check_prefix(cls, prefix: str) -> str:
-        clean = prefix.rstrip("/")
-        if not clean.startswith("/") or any(c.isspace() for c in clean):
-            raise ValueError(
-                f"bad value {prefix!r} — use a key prefix starting with '/' and without "
-                "spaces, e.g. /shoal or /apps/billing"
-            )
-        return clean
-
-    @model_validator(mode="after")
-    def _consistent(self) -> EtcdSection:
-        if (self.username is None) != (self.password is None):
-            given = "username" if self.password is None else "password"
-            raise ValueError(
-                f"bad value: only {given} is set — set both username and password, or neither"
-            )
-        schemes = {ep.split(":", 1)[0] for ep in self.endpoints}
-        if len(schemes) > 1:
-            raise ValueError(
-                "bad value: endpoints mix http:// and https:// — use one scheme for all"
-            )
-        tls = self.tls
-        if "http" in schemes and (tls.ca or tls.cert or tls.skip_verify):
-            raise ValueError(
-                f"bad value: tls is set but the endpoints use http:// ({self.endpoints[0]}) — "
-                "use https:// endpoints, or remove tls"
-            )
-        return self
+    model.__doc__ = StoreSectionBase.__doc__
+    return model
 
 
-class StoreSection(Section):
-    """Which store backs the cluster, and how to reach it."""
+if TYPE_CHECKING:
+    StoreSection = StoreSectionBase
+else:
+    StoreSection = build_store_section()
 
-    backend: Literal["memory", "sqlite", "etcd"] = "sqlite"
-    sqlite: SqliteSection = Field(default_factory=SqliteSection)
-    etcd: EtcdSection = Field(default_factory=EtcdSection)
+
+def path_keys() -> tuple[tuple[str, ...], ...]:
+    """Keys holding file paths: relative paths written in a config file are
+    resolved against that file's directory."""
+    return tuple(("store", b.name, *key) for b in load_backends() for key in b.path_keys)
 
 
 class DutyOverride(Section):

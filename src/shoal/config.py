@@ -4,7 +4,8 @@
 
     cluster: shoal
     node:     {name, roles, weight, zone, address, can_lead}
-    store:    {backend, sqlite: {path}, etcd: {endpoints, prefix, timeout, tls, username, password}}
+    store:    {backend, sqlite: {path}, etcd: {endpoints, prefix, timeout, tls, username,
+               password}, ... one section per backend (shoal.store.registry)}
     timings:  {preset, ttl, keepalive_interval, safety_margin, rebalance_delay,
                drain_timeout, grace, retry_backoff_max}
     duties:   {NAME or FAMILY:*: {enabled, per_node}}
@@ -35,19 +36,17 @@ from shoal._config_errors import Sources, problem_lines
 from shoal._config_load import apply_overrides, env_tree, merge, read_yaml, resolve_paths
 from shoal._config_sections import (
     MIN_SECRET_LENGTH,
-    PATH_KEYS,
     AuthSection,
     DutyOverride,
-    EtcdSection,
     HttpSection,
     NodeSection,
     ReaperSection,
     Section,
-    SqliteSection,
     StoreSection,
-    TlsSection,
+    StoreSectionBase,
     check_name,
     default_node_name,
+    path_keys,
 )
 from shoal._config_timings import EffectiveTimings, Timings
 from shoal._errors import ConfigError
@@ -62,15 +61,13 @@ __all__ = [
     "AuthSection",
     "DutyOverride",
     "EffectiveTimings",
-    "EtcdSection",
     "HttpSection",
     "NodeConfig",
     "NodeSection",
     "ReaperSection",
-    "SqliteSection",
     "StoreSection",
+    "StoreSectionBase",
     "Timings",
-    "TlsSection",
     "default_node_name",
     "load_config",
     "parse_config",
@@ -192,7 +189,7 @@ def load_config(
     if path is not None:
         path = Path(path)
         data, sources = read_yaml(path)
-        resolve_paths(data, path.parent, PATH_KEYS)
+        resolve_paths(data, path.parent, path_keys())
     env_data, env_sources = env_tree(os.environ if env is None else env, NodeConfig)
     data = merge(data, env_data, sources, env_sources)
     if overrides:

@@ -362,10 +362,10 @@ def demo(count: int, store: str, endpoints: str | None, base_port: int | None,
     if store == "etcd":
         import importlib.util
 
-        from shoal.store.factory import ETCD_EXTRA_HINT
+        from shoal.store.registry import get_backend
 
         if importlib.util.find_spec("etcd3aio") is None:
-            raise ConfigError(f"--store etcd: {ETCD_EXTRA_HINT}")
+            raise ConfigError(f"--store etcd: {get_backend('etcd').install_hint}")
     temp = workdir is None
     directory = Path(tempfile.mkdtemp(prefix="shoal-demo-")) if workdir is None else workdir
     directory.mkdir(parents=True, exist_ok=True)

@@ -177,18 +177,9 @@ def config_check(file: Path, as_json: bool, connect: bool) -> None:
 
 async def _probe_store(config: NodeConfig) -> str:
     """Open the store, read its revision, close it; a one-line report."""
-    from shoal.store.factory import open_store
+    from shoal.store.factory import describe, open_store, open_timeout
 
-    store_cfg = config.store
-    if store_cfg.backend == "etcd":
-        where = f"etcd at {', '.join(store_cfg.etcd.endpoints)} (prefix {store_cfg.etcd.prefix})"
-        limit = store_cfg.etcd.timeout * 2
-    elif store_cfg.backend == "sqlite":
-        where = f"sqlite at {store_cfg.sqlite.path}"
-        limit = 30.0
-    else:
-        where = "memory"
-        limit = 30.0
+    where, limit = describe(config), open_timeout(config)
     try:
         async with asyncio.timeout(limit):
             store = await open_store(config)

@@ -186,8 +186,9 @@ def _status(node: Node, ev: ClusterEvent | None) -> str:
 
 async def _open_node(app: App, config: NodeConfig) -> Node:
     from shoal.runtime.node import Node
+    from shoal.store.factory import open_timeout
 
-    limit = config.store.etcd.timeout * 2 if config.store.backend == "etcd" else 30.0
+    limit = open_timeout(config)
     try:
         async with asyncio.timeout(limit):
             return await Node.from_config(app, config)

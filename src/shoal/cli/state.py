@@ -11,7 +11,6 @@ File format and restore rules: ``docs/state.md``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import functools
@@ -26,11 +25,10 @@ from shoal._errors import (
     ConfigError,
     InvalidDocument,
     InvalidSnapshot,
-    StoreUnavailable,
 )
 from shoal.cli.main import EXIT_BAD_INPUT, report_error, run_async
 from shoal.config import NodeConfig, load_config
-from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES, DEFAULT_MAX_TXN_BYTES
+from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES
 from shoal.runtime._state_snapshot import (
     Diff,
     Restored,
@@ -47,7 +45,6 @@ __all__ = ["state_group"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
-ETCD_MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
 
 _config_option = click.option(
     "--config", "-c", "config_file", type=click.Path(path_type=Path), default=None,
@@ -76,39 +73,26 @@ def state_group() -> None:
 
 def describe(config: NodeConfig) -> dict[str, Any]:
     """Where the state comes from, for the snapshot header."""
-    store = config.store
-    if store.backend == "sqlite":
-        return {"backend": "sqlite", "path": str(Path(store.sqlite.path).resolve())}
-    if store.backend == "etcd":
-        return {"backend": "etcd", "endpoints": list(store.etcd.endpoints),
-                "prefix": store.etcd.prefix}
-    return {"backend": store.backend}
+    from shoal.store.factory import identity
+
+    return identity(config)
 
 
 def _require_file(config: NodeConfig) -> None:
-    """Reading a sqlite store that does not exist would create an empty one: refuse."""
-    path = Path(config.store.sqlite.path)
-    if config.store.backend == "sqlite" and not path.exists():
-        raise ConfigError(
-            f"store.sqlite.path: {str(path)!r} does not exist — there is no state to read; "
-            "check the path (or --config)"
-        )
+    """Reading a store that plainly holds no cluster (a sqlite file that does
+    not exist, which opening would create): refuse."""
+    from shoal.store.factory import store_section
+
+    section = store_section(config)
+    why = section.descriptor.missing(section.selected)
+    if why is not None:
+        raise ConfigError(f"{why} — there is no state to read")
 
 
-@contextlib.asynccontextmanager
-async def _opened(config: NodeConfig) -> Any:
-    from shoal.store.factory import open_store
+def _opened(config: NodeConfig) -> contextlib.AbstractAsyncContextManager[Store]:
+    from shoal.store.factory import opened_store
 
-    limit = config.store.etcd.timeout * 2 if config.store.backend == "etcd" else 30.0
-    try:
-        async with asyncio.timeout(limit):
-            store: Store = await open_store(config)
-    except TimeoutError:
-        raise StoreUnavailable(f"the store did not answer within {limit:g} s") from None
-    try:
-        yield store
-    finally:
-        await store.aclose()
+    return opened_store(config)
 
 
 # -- get --------------------------------------------------------------------------------
@@ -181,14 +165,14 @@ def state_set(
         raise InvalidSnapshot(f"{name}: cannot read the file: {exc.strerror or exc}") from None
     snap = parse(data, name, max_doc_bytes=max_doc_bytes)
     config = load_config(config_file)
-    if config.store.backend == "memory":
-        click.echo("warning: the memory store lives only in this process; nothing persists",
-                   err=True)
+    backend = config.store.descriptor
+    if not backend.features.multi_process:
+        click.echo(f"warning: the {backend.name} store lives only in this process; "
+                   "nothing persists", err=True)
     if dry_run:
         _require_file(config)
-    etcd = config.store.backend == "etcd"
-    ops = max_txn_ops or (ETCD_MAX_TXN_OPS if etcd else sys.maxsize)
-    size = DEFAULT_MAX_TXN_BYTES if etcd else sys.maxsize
+    ops = max_txn_ops or backend.max_txn_ops or sys.maxsize
+    size = backend.max_txn_bytes or sys.maxsize
     with _progress() as progress:
         d, done = run_async(_set(config, snap, merge, dry_run, ops, size, progress))
     mode = "merge" if merge else "replace"

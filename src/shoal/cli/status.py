@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -84,32 +84,14 @@ def fetch_view(url: str, timeout: float = 3.0) -> dict[str, Any]:
     return body
 
 
-def _exists(path: str) -> bool:
-    return Path(path).exists()
+def open_store_bounded(config: NodeConfig) -> contextlib.AbstractAsyncContextManager[Store]:
+    """The configured store, opened within a time bound; closed on exit. It
+    must be shared with the nodes (never the memory store) and exist."""
+    from shoal.store.factory import opened_store
 
+    why = "it cannot be read from another process; use --url"
+    return opened_store(config, require={"multi_process": why}, must_exist=True)
 
-@contextlib.asynccontextmanager
-async def open_store_bounded(config: NodeConfig) -> AsyncIterator[Store]:
-    """The configured store, opened within a time bound; closed on exit."""
-    from shoal.store.factory import open_store
-
-    if config.store.backend == "sqlite" and not _exists(config.store.sqlite.path):
-        raise ConfigError(
-            f"store.sqlite.path: {config.store.sqlite.path!r} does not exist — no cluster "
-            "uses it; check --config"
-        )
-    if config.store.backend == "memory":
-        raise ConfigError("store.backend: memory is private to one process — use --url")
-    limit = config.store.etcd.timeout * 2 if config.store.backend == "etcd" else 30.0
-    try:
-        async with asyncio.timeout(limit):
-            store = await open_store(config)
-    except TimeoutError:
-        raise StoreUnavailable(f"the store did not answer within {limit:g} s") from None
-    try:
-        yield store
-    finally:
-        await store.aclose()
 
 
 async def _members(store: Store) -> list[Any]:

@@ -17,9 +17,11 @@ It acts only on end-of-file, a certain death, never on suspicion: a stopped
 (``SIGSTOP``) or stalled node keeps the pipe open, so that case is still
 bounded by the lease TTL and the reaper can never make two owners.
 
-The module is deliberately light (stdlib only at import time): etcd leases
-are revoked over etcd's HTTP gateway with :mod:`urllib`, the SQLite store is
-imported only at end-of-file. The reaper ignores SIGINT and SIGHUP and runs
+The module is deliberately light (stdlib only at import time). What a revoke
+needs is the backend's business: its descriptor
+(:class:`shoal.store.registry.Backend`) names a reaper module whose
+``reaper_prepare`` is called at start (etcd: urllib, for its HTTP gateway)
+and whose ``reaper_revoke`` runs at end-of-file. The reaper ignores SIGINT and SIGHUP and runs
 in its own session, so Ctrl-C in a terminal kills the node, not the reaper.
 """
 
@@ -126,90 +128,26 @@ class Reaper:
 
 
 # -- revoking (runs in the reaper process) ------------------------------------------
-def _ssl_context(info: Mapping[str, Any]) -> Any:
-    import ssl
-
-    ctx = ssl.create_default_context(cafile=info.get("ca") or None)
-    if info.get("skip_verify"):
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if info.get("cert"):
-        ctx.load_cert_chain(info["cert"], info.get("key") or None)
-    return ctx
-
-
-def _revoke_etcd(info: Mapping[str, Any], lease: int) -> str:
-    """Revoke over the gateway (``POST /v3/lease/revoke``), trying each endpoint
-    until one answers or ``2 * timeout`` passed. Returns what happened."""
-    import urllib.error
-    import urllib.request
-
-    timeout = float(info.get("timeout") or 5.0)
-    handlers: list[Any] = [urllib.request.ProxyHandler({})]
-    endpoints = [str(e).rstrip("/") for e in info.get("endpoints") or ()]
-    if any(e.startswith("https:") for e in endpoints):
-        handlers.append(urllib.request.HTTPSHandler(context=_ssl_context(info)))
-    opener = urllib.request.build_opener(*handlers)
-
-    def post(url: str, body: dict[str, Any], headers: dict[str, str], limit: float) -> Any:
-        data = json.dumps(body).encode()
-        request = urllib.request.Request(url, data, {**headers, "Content-Type": "application/json"})
-        with opener.open(request, timeout=limit) as resp:
-            return json.loads(resp.read() or b"{}")
-
-    deadline = time.monotonic() + 2 * timeout
-    errors: dict[str, str] = {}
-    while True:
-        for endpoint in endpoints:
-            limit = max(0.2, min(timeout, deadline - time.monotonic()))
-            headers: dict[str, str] = {}
-            try:
-                if info.get("username"):
-                    auth = {"name": info["username"], "password": info.get("password") or ""}
-                    reply = post(f"{endpoint}/v3/auth/authenticate", auth, {}, limit)
-                    headers["Authorization"] = str(reply["token"])
-                post(f"{endpoint}/v3/lease/revoke", {"ID": str(lease)}, headers, limit)
-                return f"revoked via {endpoint}"
-            except urllib.error.HTTPError as exc:
-                text = exc.read().decode(errors="replace")
-                if "lease not found" in text:
-                    return f"already gone ({endpoint})"
-                errors[endpoint] = f"HTTP {exc.code}: {text.strip()[:200]}"
-            except (OSError, ValueError, KeyError) as exc:
-                errors[endpoint] = f"{type(exc).__name__}: {exc}"
-        if time.monotonic() >= deadline:
-            raise RuntimeError("; ".join(f"{e}: {m}" for e, m in errors.items()) or "no endpoints")
-        time.sleep(0.1)
-
-
-def _revoke_sqlite(info: Mapping[str, Any], lease: int) -> str:
-    import asyncio
-
-    from shoal._errors import LeaseNotFound
-    from shoal.store.sqlite import SqliteStore
-
-    async def go() -> str:
-        store = await SqliteStore.open(info["path"])
-        try:
-            await store.revoke(lease)
-        except LeaseNotFound:
-            return "already gone"
-        finally:
-            await store.aclose()
-        return f"revoked in {info['path']}"
-
-    return asyncio.run(go())
-
-
 def revoke(info: Mapping[str, Any], lease: int) -> str:
-    """Revoke ``lease`` in the store ``info`` describes; a short report.
-    Raises on failure (the lease then expires by its TTL)."""
-    backend = info.get("backend")
-    if backend == "etcd":
-        return _revoke_etcd(info, lease)
-    if backend == "sqlite":
-        return _revoke_sqlite(info, lease)
-    raise ValueError(f"the reaper cannot revoke leases of backend {backend!r}")
+    """Revoke ``lease`` in the store ``info`` describes (``info["reaper"]`` names
+    the backend's reaper module); a short report. Raises on failure (the lease
+    then expires by its TTL)."""
+    return str(_reaper_module(info).reaper_revoke(info, lease))
+
+
+def _reaper_module(info: Mapping[str, Any]) -> Any:
+    import importlib
+
+    from shoal._errors import UnsupportedBackend
+
+    name = info.get("reaper")
+    if not name:  # not resolved by the node: ask the backend's descriptor
+        from shoal.store.registry import get_backend
+
+        name = get_backend(str(info.get("backend"))).reaper
+    if not isinstance(name, str) or not name:
+        raise UnsupportedBackend(f"the reaper cannot revoke leases of {info.get('backend')!r}")
+    return importlib.import_module(name)
 
 
 # -- the reaper process -----------------------------------------------------------------
@@ -221,10 +159,7 @@ def _say(message: str) -> None:
 def _prepare(info: Mapping[str, Any]) -> None:
     """Import what the revoke will need NOW, while the node lives: at its death
     every millisecond counts (importing urllib alone takes ~16 ms)."""
-    if info.get("backend") == "etcd":
-        import ssl  # noqa: F401
-        import urllib.error
-        import urllib.request  # noqa: F401
+    _reaper_module(info).reaper_prepare(info)
 
 
 def main() -> int:
@@ -253,7 +188,11 @@ def main() -> int:
                 except (ValueError, TypeError) as exc:
                     _say(f"bad store settings from node process {parent}: {exc}")
                     return 2
-                _prepare(info)
+                try:
+                    _prepare(info)
+                except Exception as exc:
+                    _say(f"cannot prepare revoking for node process {parent}: {exc}")
+                    return 2
             elif line == "exit":
                 return 0
             elif line.startswith("lease "):

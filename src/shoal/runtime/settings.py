@@ -57,20 +57,12 @@ class NodeSettings:
             name: n for name in workers if (n := config.duty_override(name).per_node) is not None
         }
         disabled = tuple(sorted(k for k, v in config.duties.items() if not v.enabled))
-        store = config.store
-        reaper_store: dict[str, Any] = {"backend": store.backend}
-        if store.backend == "sqlite":
-            reaper_store["path"] = str(store.sqlite.path)
-        elif store.backend == "etcd":
-            e = store.etcd
-            reaper_store.update(
-                endpoints=list(e.endpoints), prefix=e.prefix, timeout=e.timeout,
-                ca=str(e.tls.ca) if e.tls.ca else None,
-                cert=str(e.tls.cert) if e.tls.cert else None,
-                key=str(e.tls.key) if e.tls.key else None,
-                skip_verify=e.tls.skip_verify, username=e.username,
-                password=e.password.get_secret_value() if e.password else None,
-            )
+        backend = config.store.descriptor
+        # A backend without a reaper module (memory: one process, nothing
+        # outlives it) runs without one; docs/configuration.md says which have it.
+        reaper_store: dict[str, Any] = {"backend": backend.name, "reaper": backend.reaper}
+        if backend.reaper is not None:
+            reaper_store.update(backend.reaper_info(config.store.selected))
         return cls(
             name=config.node.name, roles=tuple(config.node.roles), weight=config.node.weight,
             zone=config.node.zone, address=config.node.address, can_lead=config.node.can_lead,
@@ -78,7 +70,7 @@ class NodeSettings:
             safety_margin=t.safety_margin, rebalance_delay=t.rebalance_delay,
             drain_timeout=t.drain_timeout, grace=t.grace, retry_backoff_max=t.retry_backoff_max,
             params=dict(config.params),
-            reaper=config.reaper.enabled and store.backend in ("sqlite", "etcd"),
+            reaper=config.reaper.enabled and backend.reaper is not None,
             reaper_store=reaper_store, per_node=per_node,
         )
 

@@ -1,74 +1,116 @@
 """Open the store a configuration names: ``await open_store(config)``.
 
-Backends are imported lazily, so the etcd client library is only needed by
-nodes that use etcd. A backend that cannot be used raises
-:class:`~shoal.UnsupportedBackend` here, at construction, never mid-run.
+The backend is found through its descriptor (:mod:`shoal.store.registry`) and
+imported lazily, so a backend's driver is only needed by nodes that use it. A
+backend that cannot be used raises :class:`~shoal.UnsupportedBackend` here, at
+construction, never mid-run: a missing extra, a store whose features differ
+from what its descriptor declares, or one lacking a feature the caller needs.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any, cast
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from shoal._clock import Clock
-from shoal._errors import UnsupportedBackend
-from shoal.config import NodeConfig, StoreSection
+from shoal._errors import ConfigError, StoreUnavailable, UnsupportedBackend
 from shoal.store.protocol import Store
+from shoal.store.registry import Backend, require_features
 
-__all__ = ["ETCD_EXTRA_HINT", "open_store"]
+if TYPE_CHECKING:
+    from shoal.config import NodeConfig, StoreSectionBase
 
-ETCD_EXTRA_HINT = "the etcd backend needs the etcd extra: pip install 'shoal[etcd]'"
-# Top-level modules the etcd backend imports; if one is missing, the extra is.
-_ETCD_DEPENDENCIES = frozenset({"etcd3aio", "grpc", "google"})
-
-
-def _backend_class(backend: str, attr: str) -> Any:
-    module = f"shoal.store.{backend}"
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if backend == "etcd" and missing.split(".")[0] in _ETCD_DEPENDENCIES:
-            raise UnsupportedBackend(ETCD_EXTRA_HINT) from exc
-        if missing == module:
-            raise UnsupportedBackend(
-                f"the {backend} backend is not available in this installation ({module} is missing)"
-            ) from exc
-        raise
+__all__ = ["describe", "identity", "open_store", "open_timeout", "opened_store", "store_section"]
 
 
-async def open_store(config: NodeConfig | StoreSection, *, clock: Clock | None = None) -> Store:
-    """A connected store for ``config.store`` (or a :class:`StoreSection`).
+def store_section(config: NodeConfig | StoreSectionBase) -> StoreSectionBase:
+    """``config.store`` for a whole configuration, else ``config`` itself."""
+    from shoal.config import NodeConfig
 
-    ``clock`` drives leases in the memory and sqlite backends (etcd keeps its
-    own time). Raises :class:`~shoal.UnsupportedBackend` when the backend
+    return config.store if isinstance(config, NodeConfig) else config
+
+
+async def open_store(
+    config: NodeConfig | StoreSectionBase,
+    *,
+    clock: Clock | None = None,
+    require: Mapping[str, str] | tuple[str, ...] = (),
+) -> Store:
+    """A connected store for ``config.store`` (or a store section).
+
+    ``clock`` drives leases in the in-process backends (memory, sqlite; others
+    keep their own time). ``require``: :class:`~shoal.store.Features` flags the
+    caller needs (a mapping gives, per flag, the reason and fix shown when it
+    is missing). Raises :class:`~shoal.UnsupportedBackend` when the backend
     cannot be used here and :class:`~shoal.StoreUnavailable` when it cannot be
     reached. The caller closes the store with ``await store.aclose()``.
     """
-    section = config.store if isinstance(config, NodeConfig) else config
-    if section.backend == "memory":
-        memory_cls = _backend_class("memory", "MemoryStore")
-        return cast(Store, memory_cls(clock=clock))
-    if section.backend == "sqlite":
-        sqlite_cls = _backend_class("sqlite", "SqliteStore")
-        return cast(Store, await sqlite_cls.open(section.sqlite.path, clock=clock))
-    if section.backend == "etcd":
-        etcd_cls = _backend_class("etcd", "EtcdStore")
-        etcd = section.etcd
-        password = etcd.password.get_secret_value() if etcd.password is not None else None
-        tls = etcd.tls
-        store = await etcd_cls.open(
-            list(etcd.endpoints),
-            prefix=etcd.prefix,
-            timeout=etcd.timeout,
-            ca_file=str(tls.ca) if tls.ca else None,
-            cert_file=str(tls.cert) if tls.cert else None,
-            key_file=str(tls.key) if tls.key else None,
-            skip_verify=tls.skip_verify,
-            username=etcd.username,
-            password=password,
+    section = store_section(config)
+    backend = section.descriptor
+    require_features(backend, require)
+    try:
+        store = await backend.open(section.selected, clock)
+    except ModuleNotFoundError as exc:
+        if backend.extra_missing(exc):
+            raise UnsupportedBackend(backend.install_hint) from exc
+        raise
+    _check_features(backend, store)
+    return store
+
+
+def _check_features(backend: Backend, store: Store) -> None:
+    if store.features != backend.features:
+        raise UnsupportedBackend(
+            f"store backend {backend.name}: the store opened has features {store.features}, "
+            f"but its descriptor declares {backend.features} — fix the backend's descriptor"
         )
-        return cast(Store, store)
-    raise UnsupportedBackend(
-        f"unknown store backend {section.backend!r}; use memory, sqlite or etcd"
-    )
+
+
+@contextlib.asynccontextmanager
+async def opened_store(
+    config: NodeConfig | StoreSectionBase,
+    *,
+    require: Mapping[str, str] | tuple[str, ...] = (),
+    must_exist: bool = False,
+) -> AsyncIterator[Store]:
+    """The configured store, opened within the backend's open timeout, closed on exit.
+
+    For tools (the CLI): ``must_exist`` refuses a store that plainly holds no
+    cluster (a sqlite file that does not exist, which opening would create);
+    raises :class:`~shoal.StoreUnavailable` when opening takes too long."""
+    section = store_section(config)
+    backend = section.descriptor
+    require_features(backend, require)
+    if must_exist and (why := backend.missing(section.selected)) is not None:
+        raise ConfigError(why)
+    limit = backend.open_timeout(section.selected)
+    try:
+        async with asyncio.timeout(limit):
+            store = await open_store(section)
+    except TimeoutError:
+        where = backend.describe(section.selected)
+        raise StoreUnavailable(f"store {where} did not answer within {limit:g} s") from None
+    try:
+        yield store
+    finally:
+        await store.aclose()
+
+
+def describe(config: NodeConfig | StoreSectionBase) -> str:
+    """Where the configured store is, for humans (never a secret)."""
+    section = store_section(config)
+    return section.descriptor.describe(section.selected)
+
+
+def identity(config: NodeConfig | StoreSectionBase) -> dict[str, Any]:
+    """Plain data naming the configured store (for backup headers; no secrets)."""
+    section = store_section(config)
+    return section.descriptor.identity(section.selected)
+
+
+def open_timeout(config: NodeConfig | StoreSectionBase) -> float:
+    """How long a tool waits for the configured store to open."""
+    section = store_section(config)
+    return section.descriptor.open_timeout(section.selected)

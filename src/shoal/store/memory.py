@@ -27,10 +27,12 @@ from shoal.store.protocol import (
     OpResult,
     Put,
     RangeResult,
+    Store,
     TxnOp,
     TxnResult,
     check_compare,
 )
+from shoal.store.registry import Backend
 
 _CLOSED = object()
 
@@ -272,3 +274,17 @@ class MemoryStore:
         while not self._closed:
             await self._clock.sleep(0.05)
             self._expire()
+
+
+async def _open_backend(section: None, clock: Clock | None) -> Store:
+    return MemoryStore(clock=clock)
+
+
+BACKEND = Backend(
+    name="memory",
+    summary="in one process, with an injectable clock: unit tests and single-process use",
+    features=MemoryStore.features,
+    open=_open_backend,
+    describe=lambda s: "memory",
+    identity=lambda s: {"backend": "memory"},
+)

@@ -27,15 +27,18 @@ import functools
 import itertools
 import logging
 import math
+import os
 import secrets
 import sqlite3
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
+
+from pydantic import field_validator
 
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import Compacted, ConfigError, LeaseNotFound, NotRunning, StoreUnavailable
@@ -50,10 +53,12 @@ from shoal.store.protocol import (
     OpResult,
     Put,
     RangeResult,
+    Store,
     TxnOp,
     TxnResult,
     check_compare,
 )
+from shoal.store.registry import Backend, Section
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -604,3 +609,61 @@ class SqliteStore:
                     self._wake.set()
             except Exception as exc:  # retried next tick
                 log.warning("sqlite store %s: lease expiry failed: %s", self.path, exc)
+
+
+# -- the backend's descriptor ------------------------------------------------------------
+class SqliteSection(Section):
+    path: str = "shoal.db"
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, path: str) -> str:
+        if not path.strip():
+            raise ValueError("bad value '' — give a file path, e.g. shoal.db")
+        return os.path.expanduser(path)
+
+
+async def _open_backend(section: SqliteSection, clock: Clock | None) -> Store:
+    return await SqliteStore.open(section.path, clock=clock)
+
+
+def _missing(section: SqliteSection) -> str | None:
+    if Path(section.path).exists():
+        return None
+    return (f"store.sqlite.path: {section.path!r} does not exist — no cluster uses it; "
+            "check the path (or --config)")
+
+
+def reaper_prepare(info: Mapping[str, Any]) -> None:
+    """Nothing to import: this module is loaded already (the reaper imported it)."""
+
+
+def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
+    """Revoke ``lease`` in the file ``info["path"]`` (runs in the reaper process)."""
+
+    async def go() -> str:
+        store = await SqliteStore.open(info["path"])
+        try:
+            await store.revoke(lease)
+        except LeaseNotFound:
+            return "already gone"
+        finally:
+            await store.aclose()
+        return f"revoked in {info['path']}"
+
+    return asyncio.run(go())
+
+
+BACKEND = Backend(
+    name="sqlite",
+    summary="one SQLite file shared by the node processes of one machine (the default)",
+    features=SqliteStore.features,
+    open=_open_backend,
+    section=SqliteSection,
+    describe=lambda s: f"sqlite at {s.path}",
+    identity=lambda s: {"backend": "sqlite", "path": str(Path(s.path).resolve())},
+    reaper="shoal.store.sqlite",
+    reaper_info=lambda s: {"path": str(s.path)},
+    missing=_missing,
+    path_keys=(("path",),),
+)

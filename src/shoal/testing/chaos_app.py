@@ -39,6 +39,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -246,9 +247,10 @@ _real_open_store = factory.open_store
 
 
 async def _open_store_with_link(
-    config: NodeConfig | StoreSection, *, clock: Clock | None = None
+    config: NodeConfig | StoreSection, *, clock: Clock | None = None,
+    require: Mapping[str, str] | tuple[str, ...] = (),
 ) -> Store:
-    store = await _real_open_store(config, clock=clock)
+    store = await _real_open_store(config, clock=clock, require=require)
     if not isinstance(config, NodeConfig):
         return store
     link = _Link(store)
