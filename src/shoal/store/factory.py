@@ -26,10 +26,10 @@ __all__ = ["describe", "identity", "open_store", "open_timeout", "opened_store",
 
 
 def store_section(config: NodeConfig | StoreSectionBase) -> StoreSectionBase:
-    """``config.store`` for a whole configuration, else ``config`` itself."""
-    from shoal.config import NodeConfig
-
-    return config.store if isinstance(config, NodeConfig) else config
+    """``config.store`` for a whole configuration, else ``config`` itself.
+    (Duck-typed: the store layer never imports the configuration.)"""
+    store: StoreSectionBase = getattr(config, "store", None) or config  # type: ignore[assignment]
+    return store
 
 
 async def open_store(
