@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import json
 import re
 import secrets
 import string
@@ -18,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shoal._errors import ConfigError, InvalidSession, ShoalError
+from shoal._errors import ConfigError, Conflict, InvalidSession, ShoalError
 from shoal.cli.main import main
 from shoal.config import NodeConfig
 from shoal.http import (
@@ -29,6 +31,7 @@ from shoal.http import (
     session_cookie_header,
     set_session_cookie,
 )
+from shoal.runtime.state import ReplicatedState
 from shoal.sessions import (
     NAMESPACE,
     Refusal,
@@ -41,6 +44,7 @@ from shoal.sessions import (
     revoke_session,
     revoked_in,
 )
+from shoal.store.memory import MemoryStore
 from shoal.testing.clock import FakeClock
 
 OLD = generate_secret()
@@ -74,11 +78,20 @@ class FakeState:
     def get(self, ns: str, key: str) -> Doc | None:
         return self._cluster.docs.get((ns, key))
 
-    async def put(self, ns: str, key: str, value: Any) -> Doc:
+    async def put(
+        self, ns: str, key: str, value: Any, *, expect_revision: int | None = None
+    ) -> Doc:
+        old = self._cluster.docs.get((ns, key))
+        current = old.revision if old is not None else 0
+        if expect_revision is not None and expect_revision != current:
+            raise Conflict(ns, key, expect_revision, current)
         self._cluster.revision += 1
         doc = Doc(copy.deepcopy(value), self._cluster.revision)
         self._cluster.docs[(ns, key)] = doc
         return doc
+
+    async def wait_for(self, revision: int) -> None:
+        assert revision <= self._cluster.revision
 
 
 def reason(exc: pytest.ExceptionInfo[InvalidSession]) -> str:
@@ -254,6 +267,41 @@ async def test_revoke_before_a_time_and_the_cutoff_never_moves_back() -> None:
         manager.verify(early)
     assert manager.verify(late).subject == "alice"
     assert await revoke_everywhere(state, "alice", before=0) == clock.time() - 5
+
+
+async def test_concurrent_revocations_never_move_the_cutoff_back() -> None:
+    """Several nodes log one user out at once, each with its own cut-off, on a
+    real ReplicatedState over one MemoryStore: the greatest cut-off wins, and
+    a slower writer with an older cut-off never overwrites it."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    states = [ReplicatedState(store, clock) for _ in range(4)]
+    for state in states:
+        state.start()
+    try:
+        for state in states:
+            await state.wait_ready()
+        key = revocation_key(subject="alice")
+        for round_ in range(5):
+            cutoffs = [1000.0 * round_ + c for c in (7.0, 3.0, 9.0, 5.0)]
+            # every node starts from the same local view, so all but one CAS fails
+            pairs = list(zip(states, cutoffs, strict=True))
+            results = await asyncio.gather(
+                *(revoke_everywhere(s, "alice", before=c) for s, c in pairs)
+            )
+            best = max(cutoffs)
+            assert all(r >= c for r, c in zip(results, cutoffs, strict=True))
+            assert max(results) == best
+            kv = await store.get(f"state/{NAMESPACE}/{key}")
+            assert kv is not None and json.loads(kv.value) == {"before": best}
+            # an old cut-off arriving late changes nothing
+            assert await revoke_everywhere(states[1], "alice", before=best - 1) == best
+            kv2 = await store.get(f"state/{NAMESPACE}/{key}")
+            assert kv2 is not None and kv2.mod_revision == kv.mod_revision
+    finally:
+        for state in states:
+            await state.aclose()
+        await store.aclose()
 
 
 async def test_revoke_one_session_and_unreadable_documents_fail_closed() -> None:

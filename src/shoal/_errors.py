@@ -8,6 +8,7 @@
     │   ├── Compacted           a watch/read asked for history the store no longer has
     │   ├── LeaseNotFound       the lease expired or was revoked
     │   ├── StoreAuthError      the store refused our credentials or permissions
+    │   ├── InvalidTransaction  (also ValueError) a txn branch writes one key twice
     │   └── UnsupportedBackend  the backend cannot do what was asked (at construction)
     ├── NameTaken               a live node already holds this node's name (G6)
     ├── NotRunning              the node/primitive is closed or not started
@@ -71,6 +72,14 @@ class LeaseNotFound(StoreError):
 
 class StoreAuthError(StoreError):
     """The store refused the credentials or the permission for an operation."""
+
+
+class InvalidTransaction(StoreError, ValueError):
+    """A transaction branch puts one key twice, or puts and deletes one key.
+
+    etcd refuses such a transaction whole (``duplicate key given in txn
+    request``), even in the branch that would not run; every backend does the
+    same, and nothing is written."""
 
 
 class UnsupportedBackend(StoreError):

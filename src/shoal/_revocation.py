@@ -23,13 +23,14 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal._clock import Clock, SystemClock
+from shoal._errors import Conflict
 
 if TYPE_CHECKING:
     from shoal.sessions import Session
 
 __all__ = [
     "NAMESPACE",
-    "ReplicatedState",
+    "RevocationState",
     "StateDoc",
     "revocation_key",
     "revoke_everywhere",
@@ -43,18 +44,27 @@ _MAX_PART = 400  # node.state keys are at most 512 characters
 
 
 class StateDoc(Protocol):
-    """A document of replicated state (only ``value`` is used)."""
+    """A document of replicated state: its value and the revision of its last write."""
 
     @property
     def value(self) -> Any: ...
 
+    @property
+    def revision(self) -> int: ...
 
-class ReplicatedState(Protocol):
-    """The part of ``node.state`` sessions use: a local read and a replicated write."""
+
+class RevocationState(Protocol):
+    """The part of ``node.state`` (:class:`shoal.ReplicatedState`) that
+    revocation uses: a local read, a replicated compare-and-set write, and a
+    wait for this node's copy to reach a revision."""
 
     def get(self, ns: str, key: str, /) -> StateDoc | None: ...
 
-    async def put(self, ns: str, key: str, value: Any, /) -> object: ...
+    async def put(
+        self, ns: str, key: str, value: Any, /, *, expect_revision: int | None = None
+    ) -> object: ...
+
+    async def wait_for(self, revision: int, /) -> None: ...
 
 
 def revocation_key(*, subject: str | None = None, session_id: str | None = None) -> str:
@@ -84,7 +94,7 @@ def _cutoff(value: Any) -> float | None:
     return None
 
 
-def revoked_in(state: ReplicatedState) -> Callable[[Session], bool]:
+def revoked_in(state: RevocationState) -> Callable[[Session], bool]:
     """A ``revoked`` check for :class:`~shoal.sessions.SessionManager` reading
     ``state`` (two local, non-blocking reads per verification). A session is
     revoked when its own document exists, or its subject's document says
@@ -104,7 +114,7 @@ def revoked_in(state: ReplicatedState) -> Callable[[Session], bool]:
 
 
 async def revoke_everywhere(
-    state: ReplicatedState,
+    state: RevocationState,
     subject: str,
     *,
     before: float | None = None,
@@ -112,21 +122,36 @@ async def revoke_everywhere(
 ) -> float:
     """Log ``subject`` out on every node: refuse its sessions issued at or
     before ``before`` (default: now, by ``clock``). Sessions issued later are
-    accepted. The cut-off never moves back. Returns the cut-off written.
+    accepted. Returns the cut-off in effect afterwards.
 
-    Waits for the replicated write (``state.put``). If cancelled, the write
-    may or may not be applied: call again, it is idempotent."""
+    The cut-off never moves back, even under concurrent calls on several
+    nodes: the write is a compare-and-set on the document's revision, retried
+    after a :class:`~shoal.Conflict` from the newer document (nothing is
+    written when it already covers ``before``). Waits for the replicated
+    write. If cancelled, the write may or may not be applied: call again, it
+    is idempotent."""
     cutoff = before if before is not None else (clock or SystemClock()).time()
     key = revocation_key(subject=subject)
     doc = state.get(NAMESPACE, key)
-    earlier = _cutoff(doc.value) if doc is not None else None
-    if earlier is not None and earlier > cutoff:
-        cutoff = earlier
-    await state.put(NAMESPACE, key, {"before": cutoff})
-    return cutoff
+    while True:
+        earlier = _cutoff(doc.value) if doc is not None else None
+        if earlier is not None and earlier >= cutoff:
+            return earlier
+        try:
+            await state.put(
+                NAMESPACE, key, {"before": cutoff},
+                expect_revision=doc.revision if doc is not None else 0,
+            )
+            return cutoff
+        except Conflict as exc:  # another writer won: retry on top of its document
+            if exc.current:
+                await state.wait_for(exc.current)
+                doc = state.get(NAMESPACE, key)
+            else:
+                doc = None  # deleted meanwhile
 
 
-async def revoke_session(state: ReplicatedState, session: Session | str) -> None:
+async def revoke_session(state: RevocationState, session: Session | str) -> None:
     """Log one session (a :class:`~shoal.sessions.Session` or its id) out on every node."""
     value: dict[str, Any] = {"revoked": True}
     if not isinstance(session, str):

@@ -36,7 +36,7 @@ from shoal._clock import Clock, SystemClock
 from shoal._errors import ConfigError, InvalidSession
 from shoal._revocation import (
     NAMESPACE,
-    ReplicatedState,
+    RevocationState,
     StateDoc,
     revocation_key,
     revoke_everywhere,
@@ -52,7 +52,7 @@ __all__ = [
     "NAMESPACE",
     "InvalidSession",
     "Refusal",
-    "ReplicatedState",
+    "RevocationState",
     "Session",
     "SessionManager",
     "StateDoc",

@@ -9,6 +9,7 @@ import grpc
 
 from shoal._errors import (
     Compacted,
+    InvalidTransaction,
     LeaseNotFound,
     NotRunning,
     OutcomeUnknown,
@@ -134,6 +135,11 @@ def translate(
         if credentials:
             return NeedReauth(details)
         return StoreAuthError(f"etcd {what}: {details}")
+    if "duplicate key given in txn request" in details:
+        return InvalidTransaction(
+            f"etcd {what}: transaction refused: a branch puts one key twice, or puts and "
+            "deletes one key; put each key at most once"
+        )
     if "required revision has been compacted" in details:
         return Compacted(0)
     if "requested lease not found" in details:

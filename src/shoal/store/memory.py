@@ -31,6 +31,7 @@ from shoal.store.protocol import (
     TxnOp,
     TxnResult,
     check_compare,
+    check_txn_ops,
 )
 from shoal.store.registry import Backend
 
@@ -162,6 +163,8 @@ class MemoryStore:
         on_failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         self._check()
+        check_txn_ops(on_success)
+        check_txn_ops(on_failure)
         ok = all(check_compare(c, self._data.get(c.key)) for c in compares)
         ops = on_success if ok else on_failure
         for op in ops:

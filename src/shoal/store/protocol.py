@@ -23,6 +23,8 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from shoal._errors import InvalidTransaction
+
 
 @dataclass(frozen=True, slots=True)
 class KeyValue:
@@ -261,6 +263,34 @@ def prefix_end(prefix: str) -> str:
             return raw.decode(errors="surrogateescape")
         raw.pop()
     return ""
+
+
+def check_txn_ops(ops: Sequence[TxnOp]) -> None:
+    """Refuse a branch that puts one key twice or puts a key it also deletes,
+    as etcd does (order does not matter; a prefix delete covers its keys).
+
+    Used by the in-process backends on BOTH branches before anything runs;
+    etcd checks this itself."""
+    puts: set[str] = set()
+    for op in ops:
+        if isinstance(op, Put):
+            if op.key in puts:
+                raise InvalidTransaction(
+                    f"transaction refused: it puts {op.key!r} twice in one branch; "
+                    "put each key at most once"
+                )
+            puts.add(op.key)
+    for op in ops:
+        if isinstance(op, Delete):
+            hit = next(
+                (k for k in sorted(puts) if k == op.key or (op.prefix and k.startswith(op.key))),
+                None,
+            )
+            if hit is not None:
+                raise InvalidTransaction(
+                    f"transaction refused: it both puts and deletes {hit!r} in one branch; "
+                    "do one or the other"
+                )
 
 
 def check_compare(compare: Compare, kv: KeyValue | None) -> bool:

@@ -57,6 +57,7 @@ from shoal.store.protocol import (
     TxnOp,
     TxnResult,
     check_compare,
+    check_txn_ops,
 )
 from shoal.store.registry import Backend, Section
 
@@ -112,18 +113,6 @@ def _event(row: Sequence[Any]) -> Event:
 def _batches(events: list[Event]) -> list[list[Event]]:
     """Group events by revision (one batch = one transaction)."""
     return [list(batch) for _, batch in itertools.groupby(events, lambda ev: ev.revision)]
-
-
-def _check_ops(ops: Sequence[TxnOp]) -> None:
-    """Like etcd, refuse a branch that writes one key twice."""
-    puts = [op.key for op in ops if isinstance(op, Put)]
-    if len(set(puts)) < len(puts):
-        raise ValueError("duplicate key given in txn request")
-    for op in ops:
-        if isinstance(op, Delete) and any(
-            k == op.key or (op.prefix and k.startswith(op.key)) for k in puts
-        ):
-            raise ValueError(f"txn both puts and deletes {op.key!r}")
 
 
 class _Watcher:
@@ -429,8 +418,8 @@ class SqliteStore:
         on_failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         """Compares and the chosen branch in one write transaction (waits for the lock)."""
-        _check_ops(on_success)
-        _check_ops(on_failure)
+        check_txn_ops(on_success)
+        check_txn_ops(on_failure)
 
         def body() -> tuple[bool, tuple[OpResult, ...]]:
             ok = all(

@@ -21,15 +21,17 @@ from contextlib import aclosing
 
 import pytest
 
-from shoal._errors import Compacted, LeaseNotFound
+from shoal._errors import Compacted, InvalidTransaction, LeaseNotFound
 from shoal.store.protocol import (
     Compare,
+    Delete,
     Event,
     EventType,
     Get,
     Op,
     Put,
     Store,
+    TxnOp,
 )
 from shoal.testing.clock import FakeClock
 
@@ -189,6 +191,39 @@ class StoreConformance:
             await s.txn([], [Put(p + "y", b"1"), Put(p + "z", b"1", lease=0x7FFF1234)])
         assert await s.get(p + "y") is None
         assert await s.revision() == res.revision
+
+    async def test_txn_writing_one_key_twice_is_refused(self, harness: StoreHarness) -> None:
+        """etcd refuses a branch that puts one key twice, or puts and deletes one
+        key (in either order, a prefix delete included), with "duplicate key given
+        in txn request" — checked on BOTH branches before the compares run."""
+        s = await harness.open()
+        p = harness.prefix
+        await s.put(p + "a", b"0")
+        before = await s.revision()
+        refused: list[tuple[list[TxnOp], list[TxnOp]]] = [
+            ([Put(p + "a", b"1"), Put(p + "a", b"2")], []),
+            ([Put(p + "a", b"1"), Delete(p + "a")], []),
+            ([Delete(p + "a"), Put(p + "a", b"1")], []),
+            ([Put(p + "a/x", b"1"), Delete(p + "a/", prefix=True)], []),
+            ([Put(p + "b", b"1")], [Put(p + "a", b"1"), Put(p + "a", b"2")]),  # not taken
+            ([], [Delete(p + "a"), Put(p + "a", b"1")]),
+        ]
+        for on_success, on_failure in refused:
+            with pytest.raises(InvalidTransaction) as info:
+                await s.txn([], on_success, on_failure)
+            assert isinstance(info.value, ValueError)  # a usage error
+        assert await s.revision() == before  # nothing was written
+        kv = await s.get(p + "a")
+        assert kv is not None and kv.value == b"0"
+        assert await s.get(p + "b") is None
+        # what etcd accepts: two deletes of one key, a put and a get, a neighbour
+        res = await s.txn([], [Delete(p + "a"), Delete(p + "a")])
+        assert res.results == (1, 0)
+        res = await s.txn(
+            [], [Put(p + "a", b"1"), Get(p + "a"), Put(p + "ab", b"2"), Delete(p + "z")]
+        )
+        got = res.results[1]
+        assert isinstance(got, list) and got[0].value == b"1"
 
     async def test_concurrent_cas_has_exactly_one_winner(self, harness: StoreHarness) -> None:
         clients = [await harness.open() for _ in range(4)]
