@@ -1,4 +1,5 @@
-"""Shared fixtures: a REAL etcd (started once per test session, stopped by PID)."""
+"""Shared fixtures: a REAL etcd and a REAL PostgreSQL (started once per test session,
+stopped by PID)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from shoal.testing.etcd_server import EtcdCluster
+from shoal.testing.pg_server import PgServer
 
 
 @pytest.fixture(scope="session")
@@ -23,3 +25,16 @@ def etcd_cluster() -> Iterator[EtcdCluster]:
 @pytest.fixture(scope="session")
 def etcd_endpoints(etcd_cluster: EtcdCluster) -> list[str]:
     return list(etcd_cluster.endpoints)
+
+
+# -- PostgreSQL (self-contained: easy to move into the test-kit plugin) --------
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """One PostgreSQL server on 127.0.0.1 (free port) for the whole session."""
+    with PgServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(pg_server: PgServer) -> str:
+    return pg_server.dsn()

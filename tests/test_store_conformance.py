@@ -1,4 +1,5 @@
-"""The store conformance suite on every backend: memory, sqlite and a REAL etcd."""
+"""The store conformance suite on every backend: memory, sqlite, a REAL etcd and a REAL
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from shoal.store.etcd import EtcdStore
 from shoal.store.memory import MemoryStore
+from shoal.store.postgres import PostgresStore
 from shoal.store.protocol import Store
 from shoal.store.sqlite import SqliteStore
 from shoal.testing.clock import FakeClock
@@ -16,7 +18,7 @@ from shoal.testing.conformance import StoreConformance, StoreHarness
 
 
 class TestConformance(StoreConformance):
-    @pytest.fixture(params=["memory", "sqlite", "etcd"])
+    @pytest.fixture(params=["memory", "sqlite", "etcd", "postgres"])
     async def harness(
         self, request: pytest.FixtureRequest, tmp_path: Path
     ) -> AsyncIterator[StoreHarness]:
@@ -36,6 +38,13 @@ class TestConformance(StoreConformance):
                 return await SqliteStore.open(path)
 
             h = StoreHarness("sqlite", open_sqlite)
+        elif backend == "postgres":
+            dsn: str = request.getfixturevalue("pg_dsn")
+
+            async def open_postgres() -> Store:
+                return await PostgresStore.open(dsn, schema="conformance")
+
+            h = StoreHarness("postgres", open_postgres)
         else:
             endpoints: list[str] = request.getfixturevalue("etcd_endpoints")
 

@@ -1,0 +1,199 @@
+"""Connections of the PostgreSQL backend: a small pool and the one error boundary.
+
+Every call of the store goes through :meth:`Conns.read` or :meth:`Conns.write`,
+and those are the only places where psycopg exceptions are caught and
+translated (by :func:`shoal.store._pg_errors.translate`).
+
+* A read is one statement in autocommit mode; on a connection failure it is
+  retried once on a fresh connection (reads are idempotent).
+* A write is one transaction: ``BEGIN``, the row lock on ``meta.rev`` (which also
+  returns the transaction id), the body, ``COMMIT``. A failure BEFORE ``COMMIT`` was
+  sent leaves nothing applied (the server aborts a transaction whose client is
+  gone), so it is retried once on a fresh connection. A failure while ``COMMIT``
+  is in flight is settled by asking the server ``pg_xact_status(xid)`` on a new
+  connection: committed -> the result stands; aborted -> StoreUnavailable (nothing
+  written); unknown or unreachable -> :class:`~shoal.OutcomeUnknown`. A write is
+  never sent twice after its ``COMMIT`` left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from shoal._errors import NotRunning, OutcomeUnknown, ShoalError, StoreUnavailable
+from shoal.store._pg_errors import is_connection_error, translate
+
+T = TypeVar("T")
+Conn = Any  # psycopg.AsyncConnection[Any] (psycopg is imported lazily)
+
+
+class Conns:
+    """At most ``size`` open connections to one server, handed out one call at a time."""
+
+    def __init__(self, conninfo: str, where: str, timeout: float, size: int) -> None:
+        self.conninfo = conninfo
+        self.where = where
+        self.timeout = timeout
+        self._idle: list[Conn] = []
+        self._slots = asyncio.Semaphore(size)
+        self._closed = False
+
+    async def connect(self) -> Conn:
+        """A new autocommit connection; errors are translated."""
+        import psycopg
+
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        except (psycopg.Error, OSError, TimeoutError) as exc:
+            raise translate(exc, self.where, timeout=self.timeout) from None
+
+    async def _take(self) -> Conn:
+        while self._idle:
+            conn = self._idle.pop()
+            if not (conn.closed or conn.broken):
+                return conn
+        return await self.connect()
+
+    def _give(self, conn: Conn, healthy: bool) -> None:
+        from psycopg.pq import TransactionStatus
+
+        idle = healthy and not (conn.closed or conn.broken)
+        if idle and conn.info.transaction_status == TransactionStatus.IDLE and not self._closed:
+            self._idle.append(conn)
+        else:
+            _discard(conn)
+
+    async def read(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """``fn(conn)`` (autocommit statements), retried once after a connection failure."""
+        for attempt in (0, 1):
+            if self._closed:
+                raise NotRunning(f"{self.where} is closed")
+            async with self._slots:
+                conn = await self._take()
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        result = await fn(conn)
+                except ShoalError:
+                    self._give(conn, True)
+                    raise
+                except BaseException as exc:
+                    _discard(conn)
+                    if attempt == 0 and is_connection_error(exc) and not _timed_out(exc):
+                        continue
+                    if isinstance(exc, Exception):
+                        raise translate(exc, self.where, timeout=self.timeout) from None
+                    raise
+                self._give(conn, True)
+                return result
+        raise AssertionError("unreachable")
+
+    async def write(
+        self,
+        lock: str,
+        fn: Callable[[Conn, int], Awaitable[tuple[T, int]]],
+        *,
+        advisory: str | None = None,
+    ) -> tuple[T, int] | None:
+        """``fn(conn, rev)`` in one transaction after ``lock`` (the row lock on the
+        revision, returning it and the transaction id). ``fn`` returns its result and
+        the revision after it and must issue everything but ``COMMIT``. With
+        ``advisory`` (a try-lock query) None is returned when the lock is taken."""
+        for attempt in (0, 1):
+            if self._closed:
+                raise NotRunning(f"{self.where} is closed")
+            async with self._slots:
+                conn = await self._take()
+                xid: str | None = None
+                committing = False
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await conn.execute("BEGIN")
+                        if advisory is not None:
+                            got = await (await conn.execute(advisory)).fetchone()
+                            if not got[0]:
+                                await conn.execute("ROLLBACK")
+                                self._give(conn, True)
+                                return None
+                        rev, xid = await (await conn.execute(lock)).fetchone()
+                        outcome = await fn(conn, int(rev))
+                        committing = True
+                        await conn.execute("COMMIT")
+                except ShoalError:
+                    await _rollback(conn)
+                    self._give(conn, True)
+                    raise
+                except BaseException as exc:
+                    _discard(conn)
+                    cancelled = isinstance(exc, asyncio.CancelledError)
+                    if committing and xid is not None and not cancelled:
+                        await self._settle(xid)
+                        return outcome
+                    if attempt == 0 and is_connection_error(exc) and not _timed_out(exc):
+                        continue  # never committed: nothing was applied
+                    if isinstance(exc, Exception):
+                        raise translate(exc, self.where, timeout=self.timeout) from None
+                    raise
+                self._give(conn, True)
+                return outcome
+        raise AssertionError("unreachable")
+
+    async def _settle(self, xid: str) -> None:
+        """Return when transaction ``xid`` committed; raise otherwise (see module doc)."""
+        deadline = time.monotonic() + self.timeout
+        status: str | None = None
+        while time.monotonic() < deadline:
+            try:
+                conn = await self.connect()
+            except ShoalError:
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
+                    cur = await conn.execute("SELECT pg_xact_status(%s::xid8)", (xid,))
+                    row = await cur.fetchone()
+                status = row[0] if row else None
+            except Exception:
+                status = None
+            finally:
+                _discard(conn)
+            if status == "committed":
+                return
+            if status == "aborted":
+                raise StoreUnavailable(
+                    f"{self.where}: the connection failed during commit; the server rolled "
+                    "the transaction back (nothing was written)"
+                ) from None
+            if status is None:
+                break
+            await asyncio.sleep(0.02)  # "in progress": the server is still finishing it
+        raise OutcomeUnknown(
+            f"{self.where}: the connection failed during commit and the outcome could not be "
+            "read back; re-read the keys before retrying"
+        ) from None
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+def _timed_out(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError)
+
+
+async def _rollback(conn: Conn) -> None:
+    with contextlib.suppress(Exception):
+        await conn.execute("ROLLBACK")
+
+
+def _discard(conn: Conn) -> None:
+    """Close a connection without waiting (its transaction, if any, is aborted)."""
+    with contextlib.suppress(Exception):
+        conn.pgconn.finish()
