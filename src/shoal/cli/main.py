@@ -15,7 +15,8 @@ code  meaning
 
 To add a command elsewhere::
 
-    from shoal.cli.main import main, run_async
+    from shoal.cli._common import run_async
+    from shoal.cli.main import main
 
     @click.command()
     def status() -> None: ...
@@ -29,32 +30,25 @@ Commands run coroutines with :func:`run_async`. Sub-groups made with
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
-import sys
-from collections.abc import Callable, Coroutine
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from shoal._errors import (
-    ConfigError,
-    ShoalError,
-    StoreAuthError,
-    StoreUnavailable,
-    UnsupportedBackend,
+from shoal._errors import StoreUnavailable
+from shoal.cli._common import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_STORE_UNAVAILABLE,
+    ShoalGroup,
+    exit_code_for,
+    handle_errors,
+    report_error,
+    run_async,
 )
 from shoal.config import NodeConfig, load_config
-
-if __name__ == "__main__":
-    # ``python -m shoal.cli.main`` (how shoal.testing.procs starts nodes): this file
-    # runs as ``__main__``. Command modules import helpers from ``shoal.cli.main``;
-    # without this alias that import would load a second copy of this file, whose
-    # command registration re-imports the half-initialised command module
-    # (ImportError: cannot import name 'state_group' ... circular import).
-    sys.modules.setdefault("shoal.cli.main", sys.modules[__name__])
 
 __all__ = [
     "EXIT_BAD_INPUT",
@@ -68,67 +62,6 @@ __all__ = [
     "report_error",
     "run_async",
 ]
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_BAD_INPUT = 2
-EXIT_STORE_UNAVAILABLE = 3
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def exit_code_for(exc: BaseException) -> int:
-    """The documented exit code for an error."""
-    if isinstance(exc, ConfigError | UnsupportedBackend | StoreAuthError):
-        return EXIT_BAD_INPUT
-    if isinstance(exc, StoreUnavailable):
-        return EXIT_STORE_UNAVAILABLE
-    return EXIT_FAILURE
-
-
-def report_error(exc: BaseException) -> None:
-    """Print ``exc`` as ``error: ...`` lines (one per line of its message) on stderr."""
-    lines = [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-    for line in lines:
-        click.echo(f"error: {line}", err=True)
-
-
-class ShoalGroup(click.Group):
-    """A click group that reports :class:`~shoal.ShoalError` as ``error:`` lines
-    with a documented exit code, for every command below it."""
-
-    group_class = type  # sub-groups made with .group() are ShoalGroups too
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ShoalError as exc:
-            report_error(exc)
-            ctx.exit(exit_code_for(exc))
-
-    def main(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("prog_name", "shoal")
-        return super().main(*args, **kwargs)
-
-
-def handle_errors(func: Callable[P, T]) -> Callable[P, T]:
-    """The same error handling for a command used outside :data:`main`."""
-
-    @functools.wraps(func)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return func(*args, **kwargs)
-        except ShoalError as exc:
-            report_error(exc)
-            raise click.exceptions.Exit(exit_code_for(exc)) from None
-
-    return wrapper
-
-
-def run_async(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine from a command (a fresh event loop per call)."""
-    return asyncio.run(coro)
 
 
 def _version() -> str:

@@ -26,7 +26,7 @@ from shoal._errors import (
     InvalidDocument,
     InvalidSnapshot,
 )
-from shoal.cli.main import EXIT_BAD_INPUT, report_error, run_async
+from shoal.cli._common import EXIT_BAD_INPUT, report_error, run_async
 from shoal.config import NodeConfig, load_config
 from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES
 from shoal.runtime._state_snapshot import (
