@@ -58,6 +58,7 @@ BUILTIN: dict[str, str] = {
     "memory": "shoal.store.memory:BACKEND",
     "sqlite": "shoal.store.sqlite:BACKEND",
     "etcd": "shoal.store.etcd:BACKEND",
+    "postgres": "shoal.store.postgres:BACKEND",
 }
 
 
