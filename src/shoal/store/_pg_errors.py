@@ -26,11 +26,11 @@ _SSL_TEXT = ("certificate verify failed", "server certificate", "ssl", "root cer
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # libpq repeats "connection to server at ... failed: FATAL: why" per address
-    line = lines[-1] if lines else text
+    # libpq: "connection failed: connection to server at "h", port p failed: FATAL:  why"
+    line = lines[0] if lines else text
     if "failed: " in line:
-        line = line.split("failed: ", 1)[1]
-    return line.replace("FATAL:  ", "").replace("FATAL: ", "")
+        line = line.rsplit("failed: ", 1)[1] or line
+    return " ".join(line.replace("FATAL:", "").split())
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -65,7 +65,7 @@ def translate(exc: BaseException, where: str, *, timeout: float | None = None) -
         )
     if state == "42501":
         return StoreAuthError(
-            f"{where}: permission denied: {reason}; grant the user CREATE on the database "
+            f"{where}: {reason}; grant the user CREATE on the database "
             "(or create the schema for it) and USAGE, SELECT, INSERT, UPDATE, DELETE on its tables"
         )
     if state == "3D000" or ("does not exist" in low and "database" in low):

@@ -492,7 +492,7 @@ class PostgresStore:
             except Exception as exc:  # watches wait; retried after a pause
                 if not failing:
                     reason = translate(exc, self._where) if not isinstance(exc, ShoalError) else exc
-                    log.warning("%s: watch poll failed: %s", self._where, reason)
+                    log.warning("watch poll failed: %s", reason)
                 failing = True
                 await self._close_listener()
                 await asyncio.sleep(0.2)
@@ -522,7 +522,7 @@ class PostgresStore:
                 raise
             except Exception as exc:  # retried next tick
                 if not failing:
-                    log.warning("%s: lease expiry sweep failed: %s", self._where, exc)
+                    log.warning("lease expiry sweep failed: %s", exc)
                 failing = True
 
 
