@@ -1,4 +1,5 @@
-"""Real OS processes (``shoal run examples/basic_app.py:app``) on sqlite and a real etcd:
+"""Real OS processes (``shoal run examples/basic_app.py:app``) on sqlite, a real etcd and a
+real PostgreSQL:
 crash with and without the reaper, pause longer than the TTL, duplicate name, SIGTERM.
 
 Nodes use the ``local`` preset (TTL 2 s, keep-alive every 0.667 s) and a long
@@ -26,6 +27,7 @@ from shoal._errors import NameTaken
 from shoal.config import StoreSection, parse_config
 from shoal.runtime.thread import NodeThread
 from shoal.store.factory import open_store
+from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import REPO, NodeProcess, ProcCluster
 
 TTL = 2.0
@@ -33,10 +35,15 @@ INTERVAL = TTL / 3
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd), "postgres"])
 def store_config(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     if request.param == "sqlite":
         return {"backend": "sqlite", "sqlite": {"path": str(tmp_path / "shoal.db")}}
+    if request.param == "postgres":
+        pg: PgServer = request.getfixturevalue("pg_server")
+        postgres = {"host": pg.host, "port": pg.port, "user": pg.user, "dbname": "postgres",
+                    "password": pg.password, "schema": f"procs_{uuid.uuid4().hex[:8]}"}  # fmt: skip
+        return {"backend": "postgres", "postgres": postgres}
     endpoints = request.getfixturevalue("etcd_endpoints")
     prefix = f"/procs-{uuid.uuid4().hex[:8]}"
     return {"backend": "etcd", "etcd": {"endpoints": endpoints, "prefix": prefix}}

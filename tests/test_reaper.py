@@ -93,7 +93,7 @@ def parents() -> Iterator[list[Parent]]:
         parent.cleanup()
 
 
-@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd)])
+@pytest.fixture(params=["sqlite", pytest.param("etcd", marks=pytest.mark.etcd), "postgres"])
 async def store_and_info(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[tuple[Store, dict[str, Any]]]:
@@ -102,6 +102,14 @@ async def store_and_info(
         path = tmp_path / "shoal.db"
         store = await SqliteStore.open(path)
         info: dict[str, Any] = {"backend": "sqlite", "path": str(path)}
+    elif request.param == "postgres":
+        from shoal.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+        schema = f"reaper_{uuid.uuid4().hex[:8]}"
+        store = await PostgresStore.open(dsn, schema=schema)
+        info = {"backend": "postgres", "dsn": dsn, "conninfo": {}, "schema": schema,
+                "timeout": 2.0}  # fmt: skip
     else:
         from shoal.store.etcd import EtcdStore
 
