@@ -61,6 +61,7 @@ from shoal.store.protocol import (
     TxnOp,
     TxnResult,
     check_compare,
+    check_txn_ops,
 )
 
 __all__ = ["POSTGRES_EXTRA_HINT", "PostgresStore", "describe"]
@@ -74,18 +75,6 @@ _FALLBACK_POLL = 1.0  # read the log at least this often even without a notifica
 def _kv(row: Sequence[Any]) -> KeyValue:
     key, value, create, mod, version, lease = row
     return KeyValue(bytes(key).decode(), bytes(value), create, mod, version, lease)
-
-
-def _check_ops(ops: Sequence[TxnOp]) -> None:
-    """Like etcd, refuse a branch that writes one key twice."""
-    puts = [op.key for op in ops if isinstance(op, Put)]
-    if len(set(puts)) < len(puts):
-        raise ValueError("duplicate key given in txn request")
-    for op in ops:
-        if isinstance(op, Delete) and any(
-            k == op.key or (op.prefix and k.startswith(op.key)) for k in puts
-        ):
-            raise ValueError(f"txn both puts and deletes {op.key!r}")
 
 
 class _Tx:
@@ -315,8 +304,8 @@ class PostgresStore:
         on_failure: Sequence[TxnOp] = (),
     ) -> TxnResult:
         """Compares and the chosen branch in one database transaction."""
-        _check_ops(on_success)
-        _check_ops(on_failure)
+        check_txn_ops(on_success)
+        check_txn_ops(on_failure)
         keys = sorted({span(c.key, False)[0] for c in compares})
 
         async def body(tx: _Tx) -> tuple[bool, tuple[OpResult, ...]]:
