@@ -271,3 +271,23 @@ def test_demo_on_etcd_quits_on_command(tmp_path: Path, etcd_endpoints: list[str]
         assert not [p for p in pids if pid_alive(p)]
     finally:
         run.cleanup()
+
+
+def test_demo_on_postgres_quits_on_command(tmp_path: Path, pg_dsn: str) -> None:
+    run = DemoRun(tmp_path, extra=("--store", "postgres", "--dsn", pg_dsn))
+    try:
+        run.wait_for(r"all 11 duties owned and placed")
+        assert "on postgres host=" in run.output() and " schema shoal_demo_" in run.output()
+        assert "password" not in run.output()
+        view = status_json("--config", str(run.config("demo-1")))
+        assert view["node_count"] == 3
+        check_placement(view, ["demo-1", "demo-2", "demo-3"])
+        pids = run.pids()
+        run.send("quit")
+        assert run.proc.wait(60) == 0, run.output()[-3000:]
+        deadline = time.monotonic() + 5
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [p for p in pids if pid_alive(p)]
+    finally:
+        run.cleanup()

@@ -138,7 +138,7 @@ class DemoNode:
 
 def node_configs(
     count: int, ports: list[int], workdir: Path, *, store: str, endpoints: list[str],
-    interval: float = 1.0,
+    dsn: str = "", interval: float = 1.0,
 ) -> list[dict[str, Any]]:
     """The demo's node configurations. With several nodes the last one may not
     lead, has the rule engine disabled and only the ``ingest`` role."""
@@ -146,6 +146,8 @@ def node_configs(
     if store == "sqlite":
         store_cfg: dict[str, Any] = {"backend": "sqlite",
                                      "sqlite": {"path": str(workdir / "shoal.db")}}
+    elif store == "postgres":
+        store_cfg = {"backend": "postgres", "postgres": _postgres_section(dsn)}
     else:
         prefix = f"/shoal-demo/{uuid.uuid4().hex[:8]}"
         store_cfg = {"backend": "etcd", "etcd": {"endpoints": endpoints, "prefix": prefix}}
@@ -166,6 +168,25 @@ def node_configs(
             "http": {"host": "127.0.0.1", "port": ports[i], "token": token},
         })
     return out
+
+
+def _postgres_section(dsn: str) -> dict[str, Any]:
+    """``store.postgres`` for a DSN: its password moves to the (masked) password key
+    and the demo gets a schema of its own."""
+    from shoal.store.postgres import parse_dsn
+
+    try:
+        fields = parse_dsn(dsn)
+    except ValueError as exc:
+        raise ConfigError(f"--dsn: {exc}") from None
+    password = fields.pop("password", None)
+    quoted = (f"{k}='{v.replace(chr(92), chr(92) * 2).replace(chr(39), chr(92) + chr(39))}'"
+              for k, v in fields.items())
+    section: dict[str, Any] = {"dsn": " ".join(quoted),
+                               "schema": f"shoal_demo_{uuid.uuid4().hex[:8]}"}
+    if password is not None:
+        section["password"] = password
+    return section
 
 
 def free_ports(count: int, base: int | None) -> list[int]:

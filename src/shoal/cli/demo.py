@@ -132,8 +132,12 @@ class Demo:
 
     def _banner(self) -> None:
         cfg = self.nodes[0].config["store"]
-        where = (f"sqlite file {cfg['sqlite']['path']}" if self.store == "sqlite" else
-                 f"etcd {','.join(cfg['etcd']['endpoints'])} prefix {cfg['etcd']['prefix']}")
+        if self.store == "sqlite":
+            where = f"sqlite file {cfg['sqlite']['path']}"
+        elif self.store == "postgres":
+            where = f"postgres {cfg['postgres']['dsn']} schema {cfg['postgres']['schema']}"
+        else:
+            where = f"etcd {','.join(cfg['etcd']['endpoints'])} prefix {cfg['etcd']['prefix']}"
         click.echo(f"\nShoal demo: {len(self.nodes)} nodes of shoal.demo_app on {where}\n")
         for n in self.nodes:
             notes = [] if n.config["node"]["can_lead"] else ["cannot lead"]
@@ -329,10 +333,14 @@ class Demo:
 @click.command("demo")
 @click.option("--nodes", "count", type=click.IntRange(1, 9), default=3, show_default=True,
               help="How many node processes to start.")
-@click.option("--store", type=click.Choice(["sqlite", "etcd"]), default="sqlite",
-              show_default=True, help="sqlite: a file in the demo's directory; etcd: --endpoints.")
+@click.option("--store", type=click.Choice(["sqlite", "etcd", "postgres"]), default="sqlite",
+              show_default=True,
+              help="sqlite: a file in the demo's directory; etcd: --endpoints; postgres: --dsn.")
 @click.option("--endpoints", default=None, metavar="URL[,URL...]",
               help="etcd client URLs for --store etcd (start some with `shoal etcd start`).")
+@click.option("--dsn", default=None, metavar="DSN",
+              help="PostgreSQL connection string or URI for --store postgres (the demo uses "
+                   "a schema of its own in that database).")
 @click.option("--base-port", type=click.IntRange(1, 65000), default=None,
               help="Node i serves its dashboard on BASE_PORT+i-1 (default: free ports).")
 @click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
@@ -342,7 +350,7 @@ class Demo:
               help="Stop by itself after this many seconds (0: run until quit or Ctrl-C).")
 @click.option("--interval", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between the sample duties' writes.")
-def demo(count: int, store: str, endpoints: str | None, base_port: int | None,
+def demo(count: int, store: str, endpoints: str | None, dsn: str | None, base_port: int | None,
          workdir: Path | None, duration: float, interval: float) -> None:
     """Run a cluster of sample-service nodes on this machine, each with a live
     dashboard; kill and restart nodes and watch their duties fail over.
@@ -357,22 +365,28 @@ def demo(count: int, store: str, endpoints: str | None, base_port: int | None,
     if store == "etcd" and not urls:
         raise ConfigError("--store etcd needs --endpoints http://HOST:PORT[,...] "
                           "(start a local etcd with `shoal etcd start`)")
-    if store == "sqlite" and urls:
+    if store != "etcd" and urls:
         raise ConfigError("--endpoints is only for --store etcd")
-    if store == "etcd":
+    if store == "postgres" and not dsn:
+        raise ConfigError("--store postgres needs --dsn, e.g. "
+                          "--dsn 'host=127.0.0.1 dbname=app user=shoal password=...'")
+    if store != "postgres" and dsn:
+        raise ConfigError("--dsn is only for --store postgres")
+    driver = {"etcd": "etcd3aio", "postgres": "psycopg"}.get(store)
+    if driver is not None:
         import importlib.util
 
         from shoal.store.registry import get_backend
 
-        if importlib.util.find_spec("etcd3aio") is None:
-            raise ConfigError(f"--store etcd: {get_backend('etcd').install_hint}")
+        if importlib.util.find_spec(driver) is None:
+            raise ConfigError(f"--store {store}: {get_backend(store).install_hint}")
     temp = workdir is None
     directory = Path(tempfile.mkdtemp(prefix="shoal-demo-")) if workdir is None else workdir
     directory.mkdir(parents=True, exist_ok=True)
     try:
         ports = free_ports(count, base_port)
         configs = node_configs(count, ports, directory, store=store, endpoints=urls,
-                               interval=interval)
+                               dsn=dsn or "", interval=interval)
         nodes = [DemoNode(i + 1, cfg, directory) for i, cfg in enumerate(configs)]
         code = Demo(nodes, directory, store, duration).run()
     finally:
