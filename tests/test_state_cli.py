@@ -1,5 +1,5 @@
 """`shoal state get` / `shoal state set`: backup, restore, dry run, bad files, and the
-sqlite -> etcd migration."""
+sqlite -> etcd and sqlite -> postgres -> etcd migrations."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from shoal.runtime.app import App
 from shoal.runtime.node import Node
 from shoal.runtime.settings import NodeSettings
 from shoal.store.sqlite import SqliteStore
+from shoal.testing.pg_server import PgServer
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -366,3 +367,36 @@ def test_migrate_a_sqlite_cluster_to_an_empty_etcd_prefix(
     from_etcd = json.loads(get_ok("-c", str(etcd)))
     assert from_etcd["source"]["backend"] == "etcd"
     assert documents(json.dumps(from_etcd)) == DOCS
+
+
+# -- migration: sqlite -> postgres -> etcd -> sqlite ---------------------------------------------
+def postgres_config(tmp_path: Path, pg: PgServer, schema: str) -> Path:
+    path = tmp_path / "postgres.yaml"
+    path.write_text(json.dumps({"store": {"backend": "postgres", "postgres": {
+        "host": pg.host, "port": pg.port, "user": pg.user, "dbname": "postgres",
+        "password": pg.password, "schema": schema}}}))
+    return path
+
+
+@pytest.mark.etcd
+def test_migrate_sqlite_to_postgres_to_etcd_and_back_byte_identical(
+    tmp_path: Path, etcd_endpoints: list[str], pg_server: PgServer
+) -> None:
+    lite = sqlite_config(tmp_path, "a")
+    populate(tmp_path / "a.db", DOCS)
+    original = get_ok("-c", str(lite), "--documents-only")
+    pg = postgres_config(tmp_path, pg_server, f"migrate_{uuid.uuid4().hex[:8]}")
+    etcd = etcd_config(tmp_path, etcd_endpoints, f"/migrate-{uuid.uuid4().hex[:8]}")
+    back = sqlite_config(tmp_path, "back")
+    source = lite
+    for target in (pg, etcd, back):
+        backup = tmp_path / f"from-{source.stem}.json"
+        backup.write_text(get_ok("-c", str(source)))
+        res = cli("state", "set", str(backup), "-c", str(target))
+        assert res.exit_code == 0, res.output
+        assert get_ok("-c", str(target), "--documents-only") == original
+        source = target
+    from_pg = json.loads(get_ok("-c", str(pg)))
+    assert from_pg["source"]["backend"] == "postgres"
+    assert pg_server.password not in json.dumps(from_pg)
+    assert documents(json.dumps(from_pg)) == DOCS
