@@ -414,3 +414,26 @@ def test_cli_missing_database_exits_2(tmp_path: Path, pg_server: PgServer) -> No
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: store.postgres.dbname: ")
     assert 'database "nosuchdb" does not exist' in result.stderr
+
+
+async def test_cancelling_a_call_to_a_silent_server_returns_at_once(
+    own_pg: PgServer, stores: list[PostgresStore]
+) -> None:
+    """psycopg would send a cancel request and wait for the query (up to 10 s): a
+    duty cancelled because its lease is running out must stop at once (G1)."""
+    schema = _schema()
+    async with FaultProxy((own_pg.host, own_pg.port)) as proxy:
+        host, port = proxy.listen_address
+        store = await _open(stores, own_pg.dsn(), schema, host=host, port=port, timeout=30.0)
+        await store.put("k", b"v")
+        proxy.blackhole()  # a partition: no byte moves, nothing fails
+        for call in (store.get("k"), store.put("k", b"w")):
+            task = asyncio.ensure_future(call)
+            await asyncio.sleep(0.2)
+            assert not task.done()
+            task.cancel()
+            await asyncio.wait({task}, timeout=2.0)  # psycopg's own way: 5 s, then 5 s more
+            assert task.cancelled()
+        proxy.heal()
+        kv = await store.get("k")  # a new connection: the store still works
+    assert kv is not None and kv.value == b"v"  # the cancelled put never committed

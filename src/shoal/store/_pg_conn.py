@@ -14,6 +14,11 @@ translated (by :func:`shoal.store._pg_errors.translate`).
   connection: committed -> the result stands; aborted -> StoreUnavailable (nothing
   written); unknown or unreachable -> :class:`~shoal.OutcomeUnknown`. A write is
   never sent twice after its ``COMMIT`` left.
+* Cancelling a call closes its connection AT ONCE (the server then aborts what
+  ran on it). psycopg's own reaction to a cancelled query -- connect to the
+  server to send a cancel request, then wait for the query to end, up to 10 s
+  -- would hold up the cancellation of a duty for as long as the store is
+  unreachable, and a node must stop its duties before its lease expires (G1).
 """
 
 from __future__ import annotations
@@ -29,6 +34,31 @@ from shoal.store._pg_errors import is_connection_error, translate
 
 T = TypeVar("T")
 Conn = Any  # psycopg.AsyncConnection[Any] (psycopg is imported lazily)
+_conn_class: Any = None
+
+
+def _connection_class() -> Any:
+    """psycopg's AsyncConnection, except that a cancelled wait drops the connection."""
+    global _conn_class
+    if _conn_class is None:
+        import psycopg
+        from psycopg import waiting
+
+        class _Connection(psycopg.AsyncConnection[Any]):
+            async def wait(
+                self, gen: Any, interval: float = 0.1, timeout: float | None = None  # noqa: ASYNC109
+            ) -> Any:
+                try:
+                    return await waiting.wait_async(
+                        gen, self.pgconn.socket, interval=interval, timeout=timeout
+                    )
+                except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+                    if self.pgconn.transaction_status == psycopg.pq.TransactionStatus.ACTIVE:
+                        self.pgconn.finish()  # never wait for a cancel request to get through
+                    raise
+
+        _conn_class = _Connection
+    return _conn_class
 
 
 class Conns:
@@ -48,7 +78,8 @@ class Conns:
 
         try:
             async with asyncio.timeout(self.timeout):
-                return await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+                conn = await _connection_class().connect(self.conninfo, autocommit=True)
+                return conn
         except (psycopg.Error, OSError, TimeoutError) as exc:
             raise translate(exc, self.where, timeout=self.timeout) from None
 

@@ -2,9 +2,10 @@
 
     python -m shoal.testing.chaos --store etcd3 --nodes 5 --duration 120 --seed 1
 
-Starts the store (a sqlite file, or a 1- or 3-member etcd with one fault proxy per node
-and member in front of it), N nodes of :mod:`shoal.testing.chaos_app` (preset ``local``:
-TTL 2 s, with reapers), then injects a seeded schedule of faults, one after the other:
+Starts the store (a sqlite file, a 1- or 3-member etcd with one fault proxy per node
+and member in front of it, or a PostgreSQL server with one fault proxy per node), N
+nodes of :mod:`shoal.testing.chaos_app` (preset ``local``: TTL 2 s, with reapers), then
+injects a seeded schedule of faults, one after the other:
 
 * ``kill9``: ``kill -9`` of the owner of a random duty, restarted 0.3-1.5 s later;
 * ``pause``: SIGSTOP of the owner of a random duty for 2.5-4 s (longer than the TTL;
@@ -13,6 +14,7 @@ TTL 2 s, with reapers), then injects a seeded schedule of faults, one after the 
   node cut or blackholed; sqlite: the node's store link, see chaos_app);
 * ``member_kill`` (etcd3): ``kill -9`` of one etcd member, restarted 2-4 s later;
 * ``store_outage``: the whole store gone for 2.5-4 s (etcd: every member killed, or
+  every proxy cut; postgres: the server stopped (fast shutdown) and started again, or
   every proxy cut; sqlite: another process holds the write lock).
 
 The schedule starts with a minimum of each kind (QUOTA) in an order shuffled by the
@@ -21,7 +23,7 @@ passed. At the end it heals everything, waits the G3 bound, stops all writes, wr
 marker and waits for every node to apply it, reads the final state, stops the nodes
 (SIGTERM) and checks the history (:mod:`shoal.testing.chaos_report`). Exit status 1 on
 any violation or anomaly. Every process it started is ended by PID (nodes, reapers,
-etcd); every wait is bounded.
+etcd, postgres); every wait is bounded.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from shoal.testing.chaos_app import DUTIES, LEADER_DUTY, STOP_FILE
 from shoal.testing.chaos_report import ChaosResult, analyse, latest_applied
 from shoal.testing.etcd_server import EtcdCluster
 from shoal.testing.history import HistoryRecorder, load_history
+from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import NodeProcess
 from shoal.testing.proxy import FaultProxy
 
@@ -62,7 +65,7 @@ TTL = 2
 ETCD_TIMEOUT = 2.0
 BOUND_S = TTL + 0.5 + TTL / 2 + TTL / 3 + 1.0  # G3 after the last heal: ttl + expiry tick
 #   + grace (a non-preferred node takes a free duty) + rejoin backoff + watch/start slack
-STORES = ("sqlite", "etcd1", "etcd3")
+STORES = ("sqlite", "etcd1", "etcd3", "postgres")
 KINDS = ("kill9", "pause", "partition", "member_kill", "store_outage")
 QUOTA = {"kill9": 3, "pause": 2, "partition": 2, "member_kill": 1, "store_outage": 1}
 WEIGHT = {"kill9": 3, "pause": 2, "partition": 2, "member_kill": 1, "store_outage": 1}
@@ -111,6 +114,7 @@ class Chaos:
         self.rec = HistoryRecorder(history / "driver.jsonl", "driver")
         self.hub = _Hub()
         self.etcd: EtcdCluster | None = None
+        self.pg: PgServer | None = None
         self.proxies: dict[str, list[FaultProxy]] = {}
         self.procs: dict[str, NodeProcess] = {}
         self.all_procs: list[NodeProcess] = []
@@ -125,6 +129,16 @@ class Chaos:
         if self.kind == "sqlite":
             section = {"backend": "sqlite", "sqlite": {"path": str(self.db)}}
             self.env["SHOAL_CHAOS_LINK"] = "1"
+        elif self.kind == "postgres":
+            self.pg = PgServer()
+            self.pg.start()
+            section = {"backend": "postgres", "postgres": {
+                "host": self.pg.host, "port": self.pg.port, "user": self.pg.user,
+                "dbname": "postgres", "password": self.pg.password,
+                "schema": f"chaos_{self.seed}", "timeout": ETCD_TIMEOUT}}
+            for name in self.names:
+                target = (self.pg.host, self.pg.port)
+                self.proxies[name] = [self.hub.call(FaultProxy(target).start())]
         else:
             self.etcd = EtcdCluster(members=1 if self.kind == "etcd1" else 3, no_fsync=True)
             self.etcd.start()
@@ -143,7 +157,10 @@ class Chaos:
 
     def config(self, name: str) -> dict[str, Any]:
         store = json.loads(json.dumps(self.section))
-        if name in self.proxies:
+        if name in self.proxies and self.kind == "postgres":
+            host, port = self.proxies[name][0].listen_address
+            store["postgres"].update(host=host, port=port)
+        elif name in self.proxies:
             store["etcd"]["endpoints"] = [p.endpoint for p in self.proxies[name]]
         return {"cluster": "chaos", "node": {"name": name}, "store": store,
                 "timings": {"preset": "local"}, "reaper": {"enabled": True},
@@ -255,6 +272,9 @@ class Chaos:
             finally:
                 db.close()
             return
+        if self.pg is not None:
+            self._postgres_outage(every, down)
+            return
         assert self.etcd is not None
         mode = self.rng.choice(("kill_members", "cut_proxies"))
         self.rec.fault("store_outage", None, mode=mode, duties=every)
@@ -270,6 +290,23 @@ class Chaos:
             for i in range(self.etcd.members):
                 self.etcd.restart_member(i, wait=False)
             self.etcd.wait_healthy()
+        else:
+            for name in self.names:
+                self._link(name, "heal")
+
+    def _postgres_outage(self, every: list[str], down: float) -> None:
+        assert self.pg is not None
+        mode = self.rng.choice(("restart_server", "cut_proxies"))
+        self.rec.fault("store_outage", None, mode=mode, duties=every)
+        if mode == "restart_server":
+            self.pg.stop_server()
+        else:
+            for name in self.names:
+                self._link(name, "cut")
+        time.sleep(down)
+        self.rec.heal("store_outage", None)
+        if mode == "restart_server":
+            self.pg.start_server()
         else:
             for name in self.names:
                 self._link(name, "heal")
@@ -331,6 +368,8 @@ class Chaos:
         self.hub.close()
         if self.etcd is not None:
             self.etcd.stop()
+        if self.pg is not None:
+            self.pg.stop()
         self.rec.close()
 
 
