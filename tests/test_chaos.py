@@ -1,5 +1,5 @@
-"""Short seeded chaos runs (shoal.testing.chaos): real ``shoal run`` nodes on sqlite and on
-a 3-member etcd behind fault proxies; kill -9, SIGSTOP longer than the TTL, node-store
+"""Short seeded chaos runs (shoal.testing.chaos): real ``shoal run`` nodes on sqlite, on
+a 3-member etcd and on PostgreSQL behind fault proxies; kill -9, SIGSTOP longer than the TTL, node-store
 partitions, etcd member loss and whole-store outages; the recorded history must show no
 violation of G1-G5 (see docs/guarantees.md, "How we test this")."""
 
@@ -58,3 +58,10 @@ def test_chaos_on_sqlite(tmp_path: Path) -> None:
 def test_chaos_on_a_three_member_etcd(tmp_path: Path) -> None:
     result = run_chaos("etcd3", nodes=5, duration=35, seed=12, workdir=tmp_path)
     _check(result, ETCD_MINIMUM)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_chaos_on_postgres(tmp_path: Path) -> None:
+    result = run_chaos("postgres", nodes=5, duration=30, seed=14, workdir=tmp_path)
+    _check(result, SQLITE_MINIMUM)
