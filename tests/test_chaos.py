@@ -1,7 +1,7 @@
 """Short seeded chaos runs (shoal.testing.chaos): real ``shoal run`` nodes on sqlite, on
-a 3-member etcd and on PostgreSQL behind fault proxies; kill -9, SIGSTOP longer than the TTL, node-store
-partitions, etcd member loss and whole-store outages; the recorded history must show no
-violation of G1-G5 (see docs/guarantees.md, "How we test this")."""
+a 3-member etcd and on PostgreSQL behind fault proxies; kill -9, SIGSTOP longer than the
+TTL, node-store partitions, etcd member loss and whole-store outages; the recorded
+history must show no violation of G1-G5 (see docs/guarantees.md, "How we test this")."""
 
 from __future__ import annotations
 
