@@ -13,6 +13,7 @@ import pytest
 from shoal._errors import DutyLost, NameTaken
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
+from shoal.testing.clock import FixedRandom
 from shoal.testing.cluster import SimCluster
 
 TTL = 6
@@ -131,7 +132,8 @@ async def test_store_outage_then_rejoin(cluster_factory: Any) -> None:
     await c.run(TTL)
     assert a.phase in ("LOST", "JOINING") and not a.runners
     c.links["a"].heal()
-    await c.run(3.0)
+    # rejoin attempts wait a jittered back-off of at most retry_backoff_max
+    await c.run(a.settings.retry_backoff_max + 1.0)
     assert a.phase == "ACTIVE"
     assert len(a.runners) == 5 and a.counters["rejoins"] == 1
 
@@ -217,7 +219,10 @@ async def test_graceful_drain_hands_over_quickly(cluster_factory: Any) -> None:
     assert "a" not in c.nodes["b"].members
 
 
-async def test_crashing_duty_is_restarted_with_backoff(cluster_factory: Any) -> None:
+async def test_crashing_duty_is_restarted_with_backoff(
+    cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))
     calls: list[float] = []
     app = App("t")
 
@@ -230,7 +235,7 @@ async def test_crashing_duty_is_restarted_with_backoff(cluster_factory: Any) -> 
     a = await c.add("a", crash_backoff=1.0)
     await c.run(8.0)
     gaps = [round(b - a_, 1) for a_, b in itertools.pairwise(calls)]
-    assert gaps[:3] == [1.0, 2.0, 4.0]
+    assert gaps[:3] == [0.5, 1.0, 2.0]  # half of 1, 2, 4: the jitter draws 0.5
     assert a.runners["flaky"].crashes == len(calls)
     assert a.counters["crashes"] == len(calls)
 

@@ -215,7 +215,7 @@ async def test_store_outage_stale_reads_refused_writes_then_catch_up(cluster: Cl
     assert a.state.stale_for >= cluster.clock.monotonic() - cut_at
     assert a.state.get("cfg", "a0") is not None and a.state.get("cfg", "b0") is None
     link.heal()
-    await cluster.run(3.0)
+    await cluster.run(a.settings.retry_backoff_max + 1.0)  # a jittered rejoin back-off
     assert a.phase == "ACTIVE" and not a.state.stale and a.state.stale_for == 0.0
     await a.state.wait_for(during[-1])
     assert a.state.items("cfg") == b.state.items("cfg")  # nothing lost, nothing extra

@@ -14,6 +14,7 @@ from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.workers import WorkerContext
+from shoal.testing.clock import FixedRandom
 from shoal.testing.cluster import SimCluster
 
 TTL = 6
@@ -135,8 +136,9 @@ def test_per_node_override_is_resolved_from_config() -> None:
 
 
 async def test_a_crashing_worker_is_restarted_with_backoff_and_counted(
-    cluster_factory: Any,
+    cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))
     calls: list[float] = []
     app = App("t")
 
@@ -160,7 +162,7 @@ async def test_a_crashing_worker_is_restarted_with_backoff_and_counted(
     await c.run(8.0)
     watcher.cancel()
     gaps = [round(b - a, 1) for a, b in itertools.pairwise(calls)]
-    assert gaps[:3] == [1.0, 2.0, 4.0]
+    assert gaps[:3] == [0.5, 1.0, 2.0]  # half of 1, 2, 4: the jitter draws 0.5
     status = node.workers_status()[POOL]
     assert status == {"running": 2, "restarts": len(calls)}
     assert node.counters["crashes"] == len(calls)
@@ -190,7 +192,7 @@ async def test_lost_node_stops_workers_and_restarts_them_on_rejoin(cluster_facto
     assert c.nodes["i1"].phase == "LOST"
     assert "i1" not in journal.live()
     c.links["i1"].heal()
-    await c.run(4.0)
+    await c.run(c.nodes["i1"].settings.retry_backoff_max + 1.0)  # a jittered rejoin back-off
     assert c.nodes["i1"].phase == "ACTIVE"
     assert journal.live()["i1"] == {0, 1, 2, 3}
     assert await c.record("i1") == {POOL: 4}

@@ -1,6 +1,8 @@
 """Shoal's error tree. Every error Shoal raises is one of these::
 
     ShoalError
+    ├── InvalidArgument         (also ValueError) a call got a bad argument value
+    ├── InvalidArgumentType     (also TypeError) a call got an argument of a bad type
     ├── ConfigError             bad configuration: names the key, the bad value and the fix
     ├── StoreError              anything the store layer reports
     │   ├── StoreUnavailable    the store cannot be reached now (retryable)
@@ -29,6 +31,15 @@ from __future__ import annotations
 
 class ShoalError(Exception):
     """Base class of every error Shoal raises."""
+
+
+class InvalidArgument(ShoalError, ValueError):
+    """A call got an argument it cannot use (a programming error). The message
+    names the argument, the bad value and what is allowed."""
+
+
+class InvalidArgumentType(ShoalError, TypeError):
+    """A call got an argument of a type it cannot use (a programming error)."""
 
 
 class ConfigError(ShoalError):

@@ -5,6 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from typing import Any, Protocol
+
+from shoal._clock import Clock
+
+
+class Waitable(Protocol):
+    """An event-like object: ``asyncio.Event`` or a duty's ``StopSignal``."""
+
+    def is_set(self) -> bool: ...
+
+    async def wait(self) -> Any: ...
 
 
 async def cancel_and_wait(tasks: Iterable[asyncio.Task[None] | None]) -> None:
@@ -15,3 +26,19 @@ async def cancel_and_wait(tasks: Iterable[asyncio.Task[None] | None]) -> None:
     for task in pending:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def event_or_tick(event: Waitable, clock: Clock, seconds: float) -> bool:
+    """Wait until ``event`` is set or ``seconds`` pass on ``clock``, whichever
+    comes first. Returns ``event.is_set()``: True when woken by the event (or
+    it was set already). Both waits are owned by a task group, so neither
+    outlives the call, also when the caller is cancelled."""
+    if event.is_set():
+        return True
+    async with asyncio.TaskGroup() as group:
+        waiter = group.create_task(event.wait())
+        sleeper = group.create_task(clock.sleep(seconds))
+        await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        sleeper.cancel()
+    return event.is_set()

@@ -3,7 +3,7 @@
 Loads the prefix with one ``range`` and then follows a ``watch`` from the
 next revision, so it never misses or repeats a change. When the watch is
 told its revision was compacted it reloads in full. Store errors are
-retried with backoff, resuming from the last applied revision.
+retried with jittered backoff (:mod:`shoal._retry`), resuming from the last applied revision.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from contextlib import aclosing
 
 from shoal._clock import Clock
 from shoal._errors import Compacted, NotRunning, StoreError
+from shoal._retry import Backoff
 from shoal._tasks import cancel_and_wait
 from shoal.store.protocol import Event, EventType, KeyValue, Store
 
@@ -79,7 +80,7 @@ class Mirror:
         self.revision = ev.revision
 
     async def _run(self) -> None:
-        backoff = 0.05
+        backoff = Backoff(0.05, self._backoff_max, clock=self._clock)
         need_reload = True
         while True:
             try:
@@ -91,7 +92,7 @@ class Mirror:
                     async for ev in it:
                         self._apply(ev)
                         self._notify([ev])
-                        backoff = 0.05
+                        backoff.reset()
                 return
             except Compacted:
                 log.info("mirror %s: history compacted, reloading", self.prefix)
@@ -99,10 +100,9 @@ class Mirror:
             except NotRunning:
                 return
             except StoreError as exc:
-                log.debug("mirror %s: %s; retrying in %.2fs", self.prefix, exc, backoff)
+                log.debug("mirror %s: %s; retrying", self.prefix, exc)
             self.connected = False
-            await self._clock.sleep(backoff)
-            backoff = min(backoff * 2, self._backoff_max)
+            await backoff.sleep()
 
     async def aclose(self) -> None:
         await cancel_and_wait([self._task])

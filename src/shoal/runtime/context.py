@@ -10,6 +10,7 @@ from typing import Any
 
 from shoal._clock import Clock
 from shoal._errors import DutyLost
+from shoal._tasks import event_or_tick
 from shoal.primitives.ownership import guard
 from shoal.store.protocol import Compare, Put, Store, TxnOp, TxnResult
 
@@ -117,16 +118,7 @@ class DutyContext:
 
     async def sleep(self, seconds: float) -> bool:
         """Sleep ``seconds``; return False early if the duty is stopping."""
-        if self.stopping.is_set():
-            return False
-        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
-        stopper = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
-        return not self.stopping.is_set()
+        return not await event_or_tick(self.stopping, self.clock, seconds)
 
     # -- for sync duties running in a thread --------------------------------
     def put_sync(self, key: str, value: bytes, timeout: float = 30.0) -> int:

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import NameTaken, NotRunning, StoreError
-from shoal._tasks import cancel_and_wait
+from shoal._retry import Backoff
+from shoal._tasks import cancel_and_wait, event_or_tick
 from shoal.core import node_state as fsm
 from shoal.core.placement import DutySpec, NodeInfo, Placement, place
 from shoal.primitives import membership, ownership
@@ -284,7 +285,7 @@ class Node:
         self.pools.stop_now(f"lease lost: {reason}")
 
     async def _life(self) -> None:
-        backoff = 0.1
+        backoff = Backoff(0.1, max(0.1, self.settings.retry_backoff_max), clock=self.clock)
         while not self._closing:
             session = self.session
             assert session is not None
@@ -295,15 +296,14 @@ class Node:
             with contextlib.suppress(StoreError, NotRunning):
                 await session.aclose()  # best effort: free the old records at once
             while not self._closing:
-                await self.clock.sleep(backoff)
+                await backoff.sleep()
                 try:
                     await self._join()
                     self.counters["rejoins"] += 1
-                    backoff = 0.1
+                    backoff.reset()
                     break
                 except (StoreError, NameTaken) as exc:
                     log.warning("node %s: rejoin failed: %s", self.name, exc)
-                    backoff = min(backoff * 2, self.settings.retry_backoff_max)
 
     # -- watching ---------------------------------------------------------------
     def _nodes_changed(self, events: list[Event] | None) -> None:
@@ -364,13 +364,7 @@ class Node:
         tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
         last_pass = float("-inf")
         while not self._closing:
-            waiter = asyncio.ensure_future(self._wake.wait())
-            sleeper = asyncio.ensure_future(self.clock.sleep(tick))
-            try:
-                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                sleeper.cancel()
+            await event_or_tick(self._wake, self.clock, tick)
             for _ in range(3):  # let the watches apply what is already queued (coalesce)
                 await asyncio.sleep(0)
             if self.clock.monotonic() - last_pass < 0.05:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal._clock import Clock
+from shoal._retry import Backoff
 from shoal.runtime.context import DutyContext
 
 log = logging.getLogger("shoal.duties")
@@ -22,7 +23,8 @@ class DutyRunner:
     sync functions run in a thread and are asked to stop via
     ``ctx.stopping`` (a thread cannot be cancelled: fencing protects writes
     of a sync duty that does not stop in time). A function that raises is
-    restarted after ``backoff`` seconds (doubling up to ``backoff_max``) and
+    restarted after a random wait of up to ``backoff`` seconds (the bound
+    doubling up to ``backoff_max``; full jitter, :mod:`shoal._retry`) and
     the crash is counted and reported; one that returns is ``completed``.
     """
 
@@ -69,7 +71,8 @@ class DutyRunner:
             self.status = "running"
             await self.ctx.stopping.wait()
             return
-        delay = self.backoff
+        base = max(self.backoff, 0.001)
+        backoff = Backoff(base, max(base, self.backoff_max), clock=self.clock)
         while not self.ctx.stopping.is_set():
             self.status = "running"
             try:
@@ -83,14 +86,13 @@ class DutyRunner:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self.status = "crashed"
                 log.error(
-                    "duty %s crashed (%d so far): %s; restarting in %.1fs",
-                    self.ctx.name, self.crashes, self.last_error, delay, exc_info=exc,
+                    "duty %s crashed (%d so far): %s; restarting within %.1fs",
+                    self.ctx.name, self.crashes, self.last_error, backoff.ceiling(), exc_info=exc,
                 )
                 if self.on_crash is not None:
                     self.on_crash(self.ctx.name, exc)
-                if not await self.ctx.sleep(delay):
+                if not await backoff.sleep(self.ctx.stopping):
                     return
-                delay = min(delay * 2, self.backoff_max)
 
     async def stop(self, reason: str, timeout: float = 0.0) -> None:  # noqa: ASYNC109
         """Signal stop; wait up to ``timeout`` for a clean exit, then cancel."""

@@ -32,7 +32,7 @@ from typing import Any, NoReturn
 
 from shoal._clock import Clock
 from shoal._errors import ConfigError, StoreError
-from shoal._tasks import cancel_and_wait
+from shoal._tasks import cancel_and_wait, event_or_tick
 from shoal.core.placement import DutySpec, NodeInfo, is_disabled
 from shoal.primitives.membership import NODES
 from shoal.runtime.app import PoolDecl
@@ -256,13 +256,7 @@ class WorkerPools:
         stops and crashes, and every ``publish_interval`` (a restarted copy is
         noticed by polling); at most one write per interval."""
         while True:
-            waiter = asyncio.ensure_future(self._dirty.wait())
-            sleeper = asyncio.ensure_future(self.clock.sleep(self.publish_interval))
-            try:
-                await asyncio.wait({waiter, sleeper}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                sleeper.cancel()
+            await event_or_tick(self._dirty, self.clock, self.publish_interval)
             self._dirty.clear()
             counts = self.counts()
             if counts == self._published:

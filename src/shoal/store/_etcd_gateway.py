@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shoal._errors import StoreUnavailable
+from shoal._retry import Backoff
 
 __all__ = ["reaper_prepare", "reaper_revoke"]
 
@@ -56,6 +57,7 @@ def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
             return json.loads(resp.read() or b"{}")
 
     deadline = time.monotonic() + 2 * timeout
+    backoff = Backoff(0.05, 0.5)  # only its delays: the reaper is synchronous
     errors: dict[str, str] = {}
     while True:
         for endpoint in endpoints:
@@ -78,4 +80,4 @@ def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
         if time.monotonic() >= deadline:
             tried = "; ".join(f"{e}: {m}" for e, m in errors.items())
             raise StoreUnavailable(tried or "no endpoints")
-        time.sleep(0.1)
+        time.sleep(min(backoff.next_delay(), max(0.0, deadline - time.monotonic())))

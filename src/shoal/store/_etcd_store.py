@@ -35,6 +35,7 @@ from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
+from shoal._retry import Backoff
 from shoal._errors import (
     Compacted,
     ConfigError,
@@ -176,6 +177,7 @@ class EtcdStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         last: BaseException | None = None
+        backoff = Backoff(0.05, 0.5)
         while True:
             left = deadline - loop.time()
             if left <= 0:
@@ -205,7 +207,7 @@ class EtcdStore:
                 if not is_transient(exc) and not isinstance(err, StoreUnavailable):
                     raise err from None
                 last = exc
-            await asyncio.sleep(min(0.1, max(0.0, deadline - loop.time())))
+            await backoff.sleep(limit=deadline - loop.time())
         reason = short_reason(last) if last is not None else "no response"
         if reason.startswith("TLS"):
             hint = "check store.etcd.tls (ca, cert, key, skip_verify)"
@@ -262,6 +264,7 @@ class EtcdStore:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         reauthed = False
+        backoff: Backoff | None = None  # made on the first retry only (hot path)
         while True:
             token = self._token
             try:
@@ -285,7 +288,10 @@ class EtcdStore:
                     await self._reauth(token)  # the request was refused: safe to resend
                     continue
                 if never_sent(exc) and deadline - loop.time() > 0.1:
-                    await asyncio.sleep(0.1)  # reconnecting: wait for a member, then send
+                    # reconnecting: wait for a member, then send
+                    # (grpc needs ~0.1 s to settle after a member went away: the floor)
+                    backoff = backoff or Backoff(0.1, 0.25, floor=0.1)
+                    await backoff.sleep(limit=deadline - loop.time() - 0.1)
                     continue
                 raise err from exc
 
@@ -427,7 +433,7 @@ class EtcdStore:
             return resp
 
         async def retrying(limit: float) -> Any:  # idempotent: retried until the deadline
-            delay = 0.05
+            backoff = Backoff(0.05, 0.5)
             async with asyncio.timeout(limit):
                 while True:
                     try:
@@ -435,8 +441,7 @@ class EtcdStore:
                     except Exception as exc:
                         if not is_transient(exc):
                             raise
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.5)
+                    await backoff.sleep()
 
         resp = await self._call("keepalive", retrying, lease=lease)
         ttl = int(resp.TTL)

@@ -13,7 +13,7 @@ remembers what it has *delivered* and resumes exactly there:
   that compacted already, the watch falls back to the server's "now" (the ``created``
   response's ``header.revision + 1``);
 * ``compact_revision > 0`` raises :class:`~shoal.Compacted`; transient errors reconnect
-  with backoff through the round-robin channel (so through another member); a stale
+  with jittered backoff through the round-robin channel (so through another member); a stale
   auth token re-authenticates once; closing the store ends the iteration.
 """
 
@@ -29,6 +29,7 @@ from typing import Any
 from etcd3aio import _protobuf as pb
 
 from shoal._errors import Compacted, StoreAuthError, StoreError
+from shoal._retry import Backoff
 from shoal.store._etcd_errors import NeedReauth, is_transient, translate
 from shoal.store.protocol import Event
 
@@ -58,7 +59,7 @@ async def watch(
     resume = start_revision  # 0: the server's current revision + 1
     skip = 0
     delivered = False
-    backoff = _BACKOFF_START
+    backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
     reauthed = False
     while not ctx.closed():  # a closed store ends the watch, as in the other backends
         create = pb.WatchCreateRequest(key=key, range_end=range_end, start_revision=resume)
@@ -89,7 +90,7 @@ async def watch(
                     )
                     if resume == 0:
                         resume = int(resp.header.revision) + 1
-                    backoff = _BACKOFF_START
+                    backoff.reset()
                     reauthed = False
                 for ev in resp.events:
                     rev = int(ev.kv.mod_revision)
@@ -129,12 +130,11 @@ async def watch(
                     err if not isinstance(err, NeedReauth) else StoreAuthError(str(err))
                 ) from exc
             _log.warning(
-                "etcd watch interrupted (%s); reconnecting from revision %d in %.2fs",
+                "etcd watch interrupted (%s); reconnecting from revision %d within %.2fs",
                 err,
                 resume,
-                backoff,
+                backoff.ceiling(),
             )
         finally:
             call.cancel()
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, _BACKOFF_MAX)
+        await backoff.sleep()

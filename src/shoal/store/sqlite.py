@@ -42,6 +42,7 @@ from pydantic import field_validator
 
 from shoal._clock import SYSTEM_CLOCK, Clock
 from shoal._errors import Compacted, ConfigError, LeaseNotFound, NotRunning, StoreUnavailable
+from shoal._retry import Backoff
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -242,6 +243,7 @@ class SqliteStore:
         # call its busy handler for it: two processes opening the file at once
         # would see "database is locked". Retry until the lock timeout.
         deadline = time.monotonic() + self._timeout
+        backoff = Backoff(0.01, 0.1)  # only its delays: this runs in a worker thread
         while True:
             try:
                 self._x("PRAGMA journal_mode=WAL")
@@ -249,7 +251,7 @@ class SqliteStore:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(0.02)
+                time.sleep(backoff.next_delay())
         self._x("PRAGMA synchronous=FULL")
         self._x("BEGIN IMMEDIATE")
         for statement in _SCHEMA:

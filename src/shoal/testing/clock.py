@@ -93,3 +93,15 @@ class FakeClock:
         self._now = now
         for hook in list(self._hooks):
             hook(now)
+
+
+class FixedRandom:
+    """A random source whose ``random()`` always returns ``value``: pins the
+    retry jitter (``monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))``
+    makes every back-off wait exactly half its ceiling)."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
