@@ -21,11 +21,8 @@ from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.control import DRAIN
 from shoal.runtime.node import Node
-from shoal.runtime.settings import NodeSettings
 from shoal.sessions import SessionManager, generate_secret
-from shoal.store.memory import MemoryStore
-from shoal.testing.clock import FakeClock
-from shoal.testing.faulty import FaultyStore
+from shoal.testing.cluster import SimCluster
 from shoal.testing.procs import ProcCluster
 
 TTL = 6
@@ -46,34 +43,9 @@ def make_app() -> App:
     return app
 
 
-class Cluster:
+class Cluster(SimCluster):
     def __init__(self) -> None:
-        self.clock = FakeClock()
-        self.store = MemoryStore(self.clock)
-        self.app = make_app()
-        self.nodes: dict[str, Node] = {}
-        self.links: dict[str, FaultyStore] = {}
-
-    def node(self, name: str) -> Node:
-        link = FaultyStore(self.store)
-        settings = NodeSettings(name=name, ttl=TTL, safety_margin=1.0, drain_timeout=1.0,
-                                rebalance_delay=1.0, roles=("api",), zone="z1")
-        node = Node(self.app, settings, store=link, clock=self.clock)
-        self.nodes[name] = node
-        self.links[name] = link
-        return node
-
-    async def add(self, name: str) -> Node:
-        node = self.node(name)
-        await node.start()
-        return node
-
-    async def run(self, seconds: float) -> None:
-        await self.clock.run_for(seconds, step=0.1)
-
-    async def aclose(self) -> None:
-        for node in self.nodes.values():
-            await node.aclose()
+        super().__init__(make_app(), ttl=TTL, rebalance_delay=1.0, roles=("api",), zone="z1")
 
 
 @pytest.fixture
@@ -311,13 +283,13 @@ async def test_drain_a_remote_node_through_a_control_key(cluster: Cluster) -> No
         resp = await http.post("/nodes/b/drain", headers=AUTH)
         assert resp.status_code == 202
         assert resp.json() == {"node": "b", "status": "requested", "via": "control"}
-        key = cluster.store._data[DRAIN + "b"]
+        key = cluster.store.snapshot()[DRAIN + "b"]
         assert key.lease == b.session.lease  # type: ignore[union-attr]
         assert json.loads(key.value)["by"] == "a"
         await cluster.run(3.0)
         assert b.draining and not b.runners and not a.draining
         assert set(a.members) == {"a"} and {o.node for o in a.owners.values()} == {"a"}
-        assert DRAIN + "b" not in cluster.store._data  # gone with b's lease
+        assert DRAIN + "b" not in cluster.store.snapshot()  # gone with b's lease
         # a new node with the same name is not drained by the old request
         await b.aclose()
         b2 = await cluster.add("b")

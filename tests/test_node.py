@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -22,22 +21,14 @@ TTL = 6
 class Cluster(SimCluster):
     """The shared fake-clock harness (shoal.testing.cluster) with this file's TTL."""
 
-    def __init__(self, app: App) -> None:
-        super().__init__(app, ttl=TTL)
+    def __init__(self, app: App | None = None, **defaults: Any) -> None:
+        super().__init__(app, **{"ttl": TTL, **defaults})
 
 
 @pytest.fixture
-async def cluster_factory() -> AsyncIterator[Callable[[App], Cluster]]:
-    made: list[Cluster] = []
-
-    def make(app: App) -> Cluster:
-        c = Cluster(app)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.aclose()
+def sim_cluster_class() -> type[SimCluster]:
+    """``cluster_factory`` (shoal.testing.pytest_plugin) builds this file's Cluster."""
+    return Cluster
 
 
 def managers_app(n: int = 12) -> App:

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -24,25 +23,17 @@ PARTS = 64
 
 
 class Cluster(SimCluster):
-    def __init__(self, app: App) -> None:
-        super().__init__(app, ttl=TTL, grace=GRACE)
+    def __init__(self, app: App | None = None, **defaults: Any) -> None:
+        super().__init__(app, **{"ttl": TTL, "grace": GRACE, **defaults})
 
     def partition_owners(self) -> dict[str, str]:
         return {d: n for d, n in self.owners().items() if d.startswith("ingest/")}
 
 
 @pytest.fixture
-async def cluster_factory() -> AsyncIterator[Callable[[App], Cluster]]:
-    made: list[Cluster] = []
-
-    def make(app: App) -> Cluster:
-        c = Cluster(app)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.aclose()
+def sim_cluster_class() -> type[SimCluster]:
+    """``cluster_factory`` (shoal.testing.pytest_plugin) builds this file's Cluster."""
+    return Cluster
 
 
 SEEN: dict[str, tuple[int | None, Any]] = {}

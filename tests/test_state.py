@@ -31,40 +31,21 @@ from shoal.runtime.state import Change, CheckDoc, DeleteDoc, PutDoc, ReplicatedS
 from shoal.store.memory import MemoryStore
 from shoal.store.protocol import Event, EventType, KeyValue, Store
 from shoal.testing.clock import FakeClock
+from shoal.testing.cluster import SimCluster
 from shoal.testing.faulty import FaultyStore
 
 TTL = 6
 pytestmark = pytest.mark.timeout(60)
 
 
-class Cluster:
+class Cluster(SimCluster):
     """Nodes on one memory store, each behind its own FaultyStore link."""
 
     def __init__(self, app: App | None = None) -> None:
-        self.clock = FakeClock()
-        self.store = MemoryStore(self.clock)
-        self.app = app or App("t")
-        self.nodes: dict[str, Node] = {}
-        self.links: dict[str, FaultyStore] = {}
-
-    async def add(self, name: str) -> Node:
-        link = FaultyStore(self.store)
-        settings = NodeSettings(name=name, ttl=TTL, safety_margin=1.0, drain_timeout=1.0)
-        node = Node(self.app, settings, store=link, clock=self.clock)
-        await node.start()
-        self.nodes[name] = node
-        self.links[name] = link
-        return node
-
-    async def run(self, seconds: float) -> None:
-        await self.clock.run_for(seconds, step=0.1)
+        super().__init__(app, ttl=TTL)
 
     def state_keys(self) -> dict[str, bytes]:
-        return {k: kv.value for k, kv in self.store._data.items() if k.startswith("state/")}
-
-    async def aclose(self) -> None:
-        for node in self.nodes.values():
-            await node.aclose()
+        return {k: kv.value for k, kv in self.store.snapshot("state/").items()}
 
 
 @pytest.fixture
@@ -326,7 +307,7 @@ async def test_fenced_write_from_a_superseded_duty_is_refused() -> None:
         with pytest.raises(DutyLost, match="guard on duties/job no longer holds"):
             await old_state.put("jobs", "out", "stale", guard=old.guard())
         assert c.links[old.node].calls["txn"] == txns + 1  # refused by the store itself
-        assert c.store._data["state/jobs/out"].value == json.dumps(new.node).encode()
+        assert c.store.snapshot()["state/jobs/out"].value == json.dumps(new.node).encode()
         await c.run(0.1)
         assert all(n.state.get("jobs", "out").value == new.node for n in c.nodes.values())  # type: ignore[union-attr]
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -22,8 +21,8 @@ POOL = "ingest-worker"
 
 
 class Cluster(SimCluster):
-    def __init__(self, app: App) -> None:
-        super().__init__(app, ttl=TTL)
+    def __init__(self, app: App | None = None, **defaults: Any) -> None:
+        super().__init__(app, **{"ttl": TTL, **defaults})
 
     async def record(self, name: str) -> dict[str, Any]:  # the workers part of it
         workers: dict[str, Any] = (await super().record(name))["workers"]
@@ -31,17 +30,9 @@ class Cluster(SimCluster):
 
 
 @pytest.fixture
-async def cluster_factory() -> AsyncIterator[Callable[[App], Cluster]]:
-    made: list[Cluster] = []
-
-    def make(app: App) -> Cluster:
-        c = Cluster(app)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        await c.aclose()
+def sim_cluster_class() -> type[SimCluster]:
+    """``cluster_factory`` (shoal.testing.pytest_plugin) builds this file's Cluster."""
+    return Cluster
 
 
 class Journal:

