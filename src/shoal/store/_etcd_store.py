@@ -35,7 +35,6 @@ from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
-from shoal._retry import Backoff
 from shoal._errors import (
     Compacted,
     ConfigError,
@@ -46,6 +45,7 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
+from shoal._retry import Backoff
 from shoal.store import _etcd_conn as conn
 from shoal.store._etcd_codec import Codec, range_end
 from shoal.store._etcd_errors import (
