@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from shoal._errors import NotRunning, OutcomeUnknown, ShoalError, StoreUnavailable
+from shoal._retry import Backoff
 from shoal.store._pg_errors import is_connection_error, translate
 
 T = TypeVar("T")
@@ -177,11 +178,12 @@ class Conns:
         """Return when transaction ``xid`` committed; raise otherwise (see module doc)."""
         deadline = time.monotonic() + self.timeout
         status: str | None = None
+        backoff = Backoff(0.02, 0.2)
         while time.monotonic() < deadline:
             try:
                 conn = await self.connect()
             except ShoalError:
-                await asyncio.sleep(0.05)
+                await backoff.sleep(limit=deadline - time.monotonic())
                 continue
             try:
                 async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
@@ -201,7 +203,8 @@ class Conns:
                 ) from None
             if status is None:
                 break
-            await asyncio.sleep(0.02)  # "in progress": the server is still finishing it
+            # "in progress": the server is still finishing it
+            await backoff.sleep(limit=deadline - time.monotonic())
         raise OutcomeUnknown(
             f"{self.where}: the connection failed during commit and the outcome could not be "
             "read back; re-read the keys before retrying"

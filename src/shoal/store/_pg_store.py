@@ -44,6 +44,7 @@ from shoal._errors import (
     ShoalError,
     UnsupportedBackend,
 )
+from shoal._retry import Backoff
 from shoal.store._pg_conn import Conn, Conns
 from shoal.store._pg_errors import translate
 from shoal.store._pg_sql import SCHEMA_VERSION, Sql, span
@@ -471,11 +472,13 @@ class PostgresStore:
     async def _poll_loop(self) -> None:
         failing = False
         wait = True
+        backoff = Backoff(0.05, 0.5)
         while not self._closed:
             try:
                 await self._poll_once(wait)
                 wait = True
                 failing = False
+                backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # watches wait; retried after a pause
@@ -484,7 +487,7 @@ class PostgresStore:
                     log.warning("watch poll failed: %s", reason)
                 failing = True
                 await self._close_listener()
-                await asyncio.sleep(0.2)
+                await backoff.sleep()
 
     async def _sweep_once(self) -> bool:
         """Delete expired leases and their keys, if this client wins the sweep lock."""
