@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from shoal._errors import NotRunning
 from shoal.testing.history import (
     HistoryRecorder,
     Record,
@@ -306,7 +307,7 @@ def test_recorder_writes_json_lines_that_load_back_merged_and_ordered(tmp_path: 
     b.write_refused(KEY, "w", reason="DutyLost", unknown=True)
     b.heal("kill9")
     b.close()
-    with pytest.raises(ValueError, match="closed"):
+    with pytest.raises(NotRunning, match="closed"):
         b.record("read")
     recs = load_history([tmp_path / "h"])
     assert [(x.t, x.node, x.kind) for x in recs] == [

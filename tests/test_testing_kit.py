@@ -29,7 +29,7 @@ def test_the_kit_exports_what_its_docstrings_promise() -> None:
     assert StoreConformance.__module__ == "shoal.testing.conformance"
     assert StoreHarness.__module__ == "shoal.testing.conformance"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        _ = shoal.testing.Nope  # type: ignore[attr-defined]
+        _ = shoal.testing.Nope
 
 
 def test_importing_the_kit_does_not_import_pytest() -> None:

@@ -3,7 +3,10 @@
     ShoalError
     ├── InvalidArgument         (also ValueError) a call got a bad argument value
     ├── InvalidArgumentType     (also TypeError) a call got an argument of a bad type
+    ├── WrongState              (also RuntimeError) a call that does not fit now (started twice)
+    ├── StartTimeout            (also TimeoutError) a node or process was not up in time
     ├── ConfigError             bad configuration: names the key, the bad value and the fix
+    │   └── AppImportError      the APP spec (MODULE:APP) cannot be imported
     ├── StoreError              anything the store layer reports
     │   ├── StoreUnavailable    the store cannot be reached now (retryable)
     │   │   └── OutcomeUnknown  a write was sent but its result is unknown (re-read first)
@@ -14,16 +17,27 @@
     │   └── UnsupportedBackend  the backend cannot do what was asked (at construction)
     ├── NameTaken               a live node already holds this node's name (G6)
     ├── NotRunning              the node/primitive is closed or not started
+    ├── NodeNotLive             a control request names a node that is not live
+    ├── NodeApiError            a node's HTTP API could not be reached or gave no usable answer
+    ├── ProcessError            a helper process (etcd, PostgreSQL, a test node) failed
+    │   ├── EtcdServerError     the etcd binary is missing or a member did not start
+    │   └── PgServerError       PostgreSQL's binaries are missing or the server did not start
     ├── InvalidSession          a session token was refused (.reason says why)
     ├── DutyLost                the duty's ownership ended (fencing/lease loss)
     └── StateError              a replicated-state request was refused (nothing written)
-        ├── InvalidDocument     bad namespace/key name or a value that is not JSON
+        ├── InvalidDocument     (also ValueError) bad namespace/key name or a non-JSON value
         │   └── DocumentTooLarge  the encoded document (or transaction) is over the limit
         ├── Conflict            expect_revision did not match: names the current revision
         └── InvalidSnapshot     a backup file is malformed, truncated, tampered or foreign
 
 Backends translate their library's exceptions into this tree at exactly one
-boundary; nothing above the store ever sees a grpc or sqlite3 exception.
+boundary; nothing above the store ever sees a grpc, psycopg or sqlite3 exception.
+
+Two kinds of exception outside the tree exist on purpose. Validators of the
+configuration models raise plain ``ValueError``, because that is what pydantic
+turns into a validation error; the loader reports them as :class:`ConfigError`.
+And a few private exceptions carry control flow inside one module and are
+always caught there (they never reach a caller).
 """
 
 from __future__ import annotations
@@ -42,8 +56,20 @@ class InvalidArgumentType(ShoalError, TypeError):
     """A call got an argument of a type it cannot use (a programming error)."""
 
 
+class WrongState(ShoalError, RuntimeError):
+    """The call does not fit the object's state now (e.g. started twice)."""
+
+
+class StartTimeout(ShoalError, TimeoutError):
+    """A node or helper process did not join / become ready within the time given."""
+
+
 class ConfigError(ShoalError):
     """The configuration is invalid. The message names the key, the value and the fix."""
+
+
+class AppImportError(ConfigError):
+    """The application spec (``MODULE:APP``) cannot be imported or is not an App."""
 
 
 class StoreError(ShoalError):
@@ -103,6 +129,26 @@ class NameTaken(ShoalError):
 
 class NotRunning(ShoalError):
     """The object was closed or not started."""
+
+
+class NodeNotLive(ShoalError):
+    """The node named in a control request is not a live member of the cluster."""
+
+
+class NodeApiError(ShoalError):
+    """A node's HTTP API could not be reached or gave no usable answer."""
+
+
+class ProcessError(ShoalError):
+    """A helper process (etcd, PostgreSQL, a node under test) failed to start or behave."""
+
+
+class EtcdServerError(ProcessError):
+    """The etcd binary is missing, or a member did not start / become healthy."""
+
+
+class PgServerError(ProcessError):
+    """PostgreSQL's binaries are missing, or the server did not start."""
 
 
 class DutyLost(ShoalError):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from shoal._clock import Clock, SystemClock
-from shoal._errors import Conflict
+from shoal._errors import Conflict, InvalidArgument
 
 if TYPE_CHECKING:
     from shoal.sessions import Session
@@ -71,7 +71,7 @@ def revocation_key(*, subject: str | None = None, session_id: str | None = None)
     """The key, in namespace :data:`NAMESPACE`, of the revocation document of
     a subject (all its sessions up to a time) or of one session. Give exactly one."""
     if (subject is None) == (session_id is None):
-        raise ValueError("revocation_key takes exactly one of subject= or session_id=")
+        raise InvalidArgument("revocation_key takes exactly one of subject= or session_id=")
     if subject is not None:
         part = _escape(subject)
         if len(part) > _MAX_PART:

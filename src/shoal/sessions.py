@@ -33,7 +33,7 @@ from itsdangerous import BadData, BadPayload, BadSignature, URLSafeSerializer
 from pydantic import SecretStr
 
 from shoal._clock import Clock, SystemClock
-from shoal._errors import ConfigError, InvalidSession
+from shoal._errors import ConfigError, InvalidArgument, InvalidArgumentType, InvalidSession
 from shoal._revocation import (
     NAMESPACE,
     RevocationState,
@@ -84,7 +84,12 @@ class Refusal(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Session:
-    """A verified session. Times are wall-clock seconds since the epoch."""
+    """A verified login session (``shoal.Session``): what
+    :meth:`SessionManager.verify` returns for a user's token. Times are
+    wall-clock seconds since the epoch.
+
+    Not to be confused with the node's lease session,
+    :class:`shoal.primitives.session.LeaseSession` (a store lease kept alive)."""
 
     subject: str
     session_id: str
@@ -175,7 +180,7 @@ class SessionManager:
         """A new token for ``subject`` with ``data`` (JSON-serialisable), valid
         ``ttl`` seconds (default: the manager's), signed with the current secret."""
         if not isinstance(subject, str) or not subject:
-            raise ValueError("session subject must be a non-empty string")
+            raise InvalidArgument("session subject must be a non-empty string")
         lifetime = self._ttl if ttl is None else _check_ttl(ttl)
         now = self._clock.time()
         payload: dict[str, Any] = {
@@ -190,10 +195,12 @@ class SessionManager:
         try:
             body = self._current.dumps(payload)
         except (TypeError, ValueError) as exc:
-            raise TypeError(f"session data must be JSON-serialisable: {exc}") from None
+            raise InvalidArgumentType(f"session data must be JSON-serialisable: {exc}") from None
         token = f"{self._kid}.{body}"
         if len(token) > MAX_TOKEN_LENGTH:
-            raise ValueError(f"session token too long ({len(token)} > {MAX_TOKEN_LENGTH} bytes)")
+            raise InvalidArgument(
+                f"session token too long ({len(token)} > {MAX_TOKEN_LENGTH} bytes)"
+            )
         return token
 
     def verify(self, token: str) -> Session:
@@ -229,7 +236,7 @@ class SessionManager:
 
 def _check_ttl(ttl: float) -> float:
     if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl < float("inf"):
-        raise ValueError(f"session ttl must be a positive number of seconds, got {ttl!r}")
+        raise InvalidArgument(f"session ttl must be a positive number of seconds, got {ttl!r}")
     return float(ttl)
 
 

@@ -35,17 +35,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from shoal._errors import ShoalError
+from shoal._errors import EtcdServerError, InvalidArgument
 
 __all__ = ["EtcdCluster", "EtcdServerError", "find_etcd_binary"]
 
 _ENV_BIN = "SHOAL_ETCD_BIN"
 _ELF_MAGIC = b"\x7fELF"
 _HOST = "127.0.0.1"
-
-
-class EtcdServerError(ShoalError):
-    """The etcd binary is missing, or a member did not start / become healthy."""
 
 
 def _is_real_binary(path: Path) -> bool:
@@ -163,17 +159,17 @@ class EtcdCluster:
         peer_ports: Sequence[int] | None = None,
     ) -> None:
         if members < 1:
-            raise ValueError("members must be >= 1")
+            raise InvalidArgument("members must be >= 1")
         for what, ports in (("client_ports", client_ports), ("peer_ports", peer_ports)):
             if ports is not None and len(ports) != members:
-                raise ValueError(f"{what} needs one port per member ({members})")
+                raise InvalidArgument(f"{what} needs one port per member ({members})")
         self._fixed_ports = (
             (list(client_ports or []), list(peer_ports or []))
             if client_ports is not None or peer_ports is not None
             else None
         )
         if client_cert_auth and not tls:
-            raise ValueError("client_cert_auth needs tls=True")
+            raise InvalidArgument("client_cert_auth needs tls=True")
         self.members = members
         self.tls = tls
         self.auth = auth
@@ -481,7 +477,8 @@ class EtcdCluster:
     def _enable_auth(self) -> None:
         """Create user ``root`` (role root) and enable auth, over the gRPC Auth API."""
         import grpc
-        from etcd3aio import _protobuf as pb  # type: ignore[import-untyped,unused-ignore]
+
+        from shoal.store import _etcd_pb as pb
 
         assert self.username is not None and self.password is not None
         target = f"{_HOST}:{self._members[0].client_port}"

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shoal._errors import NameTaken, StoreUnavailable
+from shoal._errors import AppImportError, NameTaken, StoreUnavailable
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig
@@ -43,10 +43,6 @@ if TYPE_CHECKING:
 __all__ = ["AppImportError", "import_app", "run"]
 
 EXIT_BAD_INPUT = 2
-
-
-class AppImportError(Exception):
-    """``MODULE:APP`` does not name an importable App."""
 
 
 def import_app(spec: str) -> App:

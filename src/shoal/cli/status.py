@@ -23,7 +23,7 @@ from typing import Any
 
 import click
 
-from shoal._errors import ConfigError, ShoalError, StoreUnavailable
+from shoal._errors import ConfigError, NodeApiError, StoreUnavailable
 from shoal.config import NodeConfig, load_config
 from shoal.store.protocol import Store
 
@@ -38,10 +38,6 @@ __all__ = [
     "render",
     "status",
 ]
-
-
-class NodeApiError(ShoalError):
-    """A node's HTTP API could not be reached or gave no usable answer."""
 
 
 def cluster_url(url: str) -> str:

@@ -45,6 +45,8 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
+from shoal._errors import InvalidArgument
+
 
 class Phase(StrEnum):
     JOINING = "joining"
@@ -74,7 +76,9 @@ class NodeState:
 
     def __post_init__(self) -> None:
         if not 0 < self.safety_margin < self.ttl:
-            raise ValueError(f"need 0 < safety_margin < ttl, got {self.safety_margin}, {self.ttl}")
+            raise InvalidArgument(
+                f"need 0 < safety_margin < ttl, got {self.safety_margin}, {self.ttl}"
+            )
 
     @property
     def placing(self) -> bool:

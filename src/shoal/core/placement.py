@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from hashlib import blake2b
 
+from shoal._errors import InvalidArgument
+
 __all__ = [
     "DutySpec",
     "NodeInfo",
@@ -72,7 +74,7 @@ class NodeInfo:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.weight) or self.weight < 0:
-            raise ValueError(
+            raise InvalidArgument(
                 f"node {self.name!r}: weight must be finite and >= 0, got {self.weight!r}"
             )
 
@@ -159,7 +161,7 @@ class _Ranker:
 
 def _unique(names: Iterable[str], what: str) -> None:
     if dupes := sorted(n for n, count in Counter(names).items() if count > 1):
-        raise ValueError(f"duplicate {what} names: {dupes}")
+        raise InvalidArgument(f"duplicate {what} names: {dupes}")
 
 
 def rank(duty_name: str, nodes: Sequence[NodeInfo]) -> list[str]:
@@ -177,11 +179,11 @@ def _colocated_order(by_name: Mapping[str, DutySpec]) -> list[DutySpec]:
         while name not in depth:
             if name in path:
                 cycle = " -> ".join([*path[path.index(name) :], name])
-                raise ValueError(f"with_duty cycle: {cycle}")
+                raise InvalidArgument(f"with_duty cycle: {cycle}")
             path.append(name)
             target = by_name[name].with_duty
             if target is None or target not in by_name:
-                raise ValueError(f"duty {name!r} has with_duty={target!r}: no such duty")
+                raise InvalidArgument(f"duty {name!r} has with_duty={target!r}: no such duty")
             name = target
         for offset, item in enumerate(reversed(path), start=1):
             depth[item] = depth[name] + offset

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from shoal._errors import InvalidArgument
 from shoal.http.session_middleware import current_session
 
 __all__ = [
@@ -140,18 +141,18 @@ class BodyLimit:
 def parse_json(body: bytes) -> Any:
     """The JSON value of a body; ValueError (with a reason) when it is not JSON."""
     if not body.strip():
-        raise ValueError("the request body is empty; send a JSON value")
+        raise InvalidArgument("the request body is empty; send a JSON value")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
-        raise ValueError("the request body is not UTF-8") from None
+        raise InvalidArgument("the request body is not UTF-8") from None
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        raise ValueError("the JSON value is nested too deeply") from None
+        raise InvalidArgument("the JSON value is nested too deeply") from None
     except json.JSONDecodeError as exc:
-        raise ValueError(f"the request body is not JSON: {exc}") from None
+        raise InvalidArgument(f"the request body is not JSON: {exc}") from None
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise InvalidArgument(f"{name} is not valid JSON")

@@ -1,11 +1,13 @@
-"""Session: one lease per node, kept alive, with a LOCAL deadline.
+"""LeaseSession: one lease per node, kept alive, with a LOCAL deadline.
+
+(Not to be confused with :class:`shoal.Session`, a user's login token.)
 
 The store can only say "dead" after the TTL; the node must stop acting as
 owner *before* that. So the session keeps its own deadline::
 
     deadline = send time of the last acknowledged keep-alive + TTL - safety margin
 
-and fires :attr:`Session.lost` the moment the deadline passes, whether the
+and fires :attr:`LeaseSession.lost` the moment the deadline passes, whether the
 keep-alive calls fail, hang or are never answered (guarantee G1). Keep-alives
 are sent every ``interval`` (default TTL/3) and retried quickly after a
 failure; ``suspended`` is true while they fail but the deadline still holds.
@@ -24,14 +26,14 @@ import logging
 from collections.abc import Callable
 
 from shoal._clock import Clock
-from shoal._errors import LeaseNotFound, NotRunning, StoreError
+from shoal._errors import InvalidArgument, LeaseNotFound, NotRunning, StoreError
 from shoal._tasks import cancel_and_wait
 from shoal.store.protocol import Store
 
 log = logging.getLogger("shoal.session")
 
 
-class Session:
+class LeaseSession:
     """A node's lease. Create with :meth:`open`; check :attr:`lost`."""
 
     def __init__(
@@ -45,7 +47,7 @@ class Session:
         on_event: Callable[[str, float], None] | None = None,
     ) -> None:
         if ttl < 1:
-            raise ValueError(f"session ttl must be >= 1 s, got {ttl}")
+            raise InvalidArgument(f"session ttl must be >= 1 s, got {ttl}")
         self._store = store
         self._clock = clock
         self.ttl = ttl
@@ -74,7 +76,7 @@ class Session:
         interval: float | None = None,
         safety_margin: float = 0.5,
         on_event: Callable[[str, float], None] | None = None,
-    ) -> Session:
+    ) -> LeaseSession:
         """Grant a lease and start keeping it alive. Raises StoreError."""
         session = cls(
             store, clock, ttl=ttl, interval=interval, safety_margin=safety_margin,

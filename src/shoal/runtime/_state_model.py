@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shoal._errors import DocumentTooLarge, InvalidDocument
+from shoal._errors import DocumentTooLarge, InvalidArgument, InvalidDocument
 
 PREFIX = "state/"
 DEFAULT_MAX_DOC_BYTES = 1 << 20  # 1 MiB per document
@@ -182,7 +182,7 @@ def encode_value(value: Any, what: str, limit: int) -> bytes:
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise InvalidArgument(f"{name} is not valid JSON")
 
 
 def decode_value(data: bytes) -> Any:

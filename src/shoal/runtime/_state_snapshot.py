@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal._errors import InvalidDocument, InvalidSnapshot, StateError
+from shoal._errors import InvalidArgument, InvalidDocument, InvalidSnapshot, StateError
 from shoal.runtime._state_model import (
     PREFIX,
     canonical,
@@ -139,13 +139,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise ValueError(f"field {k!r} appears twice in one object")
+            raise InvalidArgument(f"field {k!r} appears twice in one object")
         out[k] = v
     return out
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
+    raise InvalidArgument(f"{name} is not valid JSON")
 
 
 def parse(data: bytes, name: str, *, max_doc_bytes: int) -> Snapshot:

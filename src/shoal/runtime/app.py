@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shoal._errors import ConfigError
+from shoal._errors import ConfigError, InvalidArgument
 
 LEADER = "leader"
 MAX_PARTITIONS = 100_000
@@ -86,15 +86,15 @@ def _check_partitions(
     name: str, partitions: int, for_each: str | None, with_duty: str | None
 ) -> None:
     if isinstance(partitions, bool) or not isinstance(partitions, int):
-        raise ValueError(f"duty {name!r}: partitions must be an int, got {partitions!r}")
+        raise InvalidArgument(f"duty {name!r}: partitions must be an int, got {partitions!r}")
     if not 1 <= partitions <= MAX_PARTITIONS:
-        raise ValueError(
+        raise InvalidArgument(
             f"duty {name!r}: partitions must be between 1 and {MAX_PARTITIONS}, got {partitions}"
         )
     if for_each is not None:
-        raise ValueError(f"duty {name!r}: use partitions= or for_each=, not both")
+        raise InvalidArgument(f"duty {name!r}: use partitions= or for_each=, not both")
     if with_duty is not None:
-        raise ValueError(
+        raise InvalidArgument(
             f"duty {name!r}: partitions are placed independently; with_duty= is not supported"
         )
 
@@ -145,15 +145,17 @@ class App:
         if partitions is not None:
             _check_partitions(name, partitions, for_each, with_duty)
         if for_each is None and _placeholders(name):
-            raise ValueError(f"duty {name!r} has a placeholder but no for_each=")
+            raise InvalidArgument(f"duty {name!r} has a placeholder but no for_each=")
         if for_each is not None and not _placeholders(name):
-            raise ValueError(f"duty {name!r} uses for_each={for_each!r} but has no {{placeholder}}")
+            raise InvalidArgument(
+                f"duty {name!r} uses for_each={for_each!r} but has no {{placeholder}}"
+            )
         if not _NAME.match(name.replace("{", "a").replace("}", "a")):
-            raise ValueError(f"invalid duty name {name!r}: use letters, digits and ._:/-")
+            raise InvalidArgument(f"invalid duty name {name!r}: use letters, digits and ._:/-")
         if name == LEADER:
-            raise ValueError("'leader' is reserved; use app.leader_duty(...) for leader work")
+            raise InvalidArgument("'leader' is reserved; use app.leader_duty(...) for leader work")
         if name in self._decls or name in self._pools:
-            raise ValueError(f"duty {name!r} is declared twice")
+            raise InvalidArgument(f"duty {name!r} is declared twice")
 
         def register(fn: F) -> F:
             self._decls[name] = DutyDecl(
@@ -175,15 +177,19 @@ class App:
         and ``ctx.sleep``; a copy that raises is restarted with backoff. A node
         may override the count: ``duties: {NAME: {per_node: 2}}``."""
         if not _NAME.match(name) or "{" in name:
-            raise ValueError(f"invalid worker pool name {name!r}: use letters, digits and ._:/-")
+            raise InvalidArgument(
+                f"invalid worker pool name {name!r}: use letters, digits and ._:/-"
+            )
         if name == LEADER:
-            raise ValueError("'leader' is reserved")
+            raise InvalidArgument("'leader' is reserved")
         if isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1:
-            raise ValueError(
+            raise InvalidArgument(
                 f"worker pool {name!r}: per_node must be an int >= 1, got {per_node!r}"
             )
         if name in self._decls or name in self._pools:
-            raise ValueError(f"{name!r} is declared twice (duty and worker pool names are shared)")
+            raise InvalidArgument(
+                f"{name!r} is declared twice (duty and worker pool names are shared)"
+            )
 
         def register(fn: F) -> F:
             self._pools[name] = PoolDecl(name, fn, per_node, frozenset(roles))

@@ -24,7 +24,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from shoal._errors import LeaseNotFound, NotRunning, ShoalError
+from shoal._errors import LeaseNotFound, NodeNotLive, NotRunning
 from shoal.primitives.membership import NODES
 from shoal.primitives.mirror import Mirror
 from shoal.store.protocol import Compare, Op, Put, Store
@@ -39,10 +39,6 @@ __all__ = [
 log = logging.getLogger("shoal.control")
 DRAIN = "control/drain/"
 _draining: set[asyncio.Task[None]] = set()  # strong references to running drains
-
-
-class NodeNotLive(ShoalError):
-    """The node named in a control request is not a live member of the cluster."""
 
 
 def drain_key(name: str) -> str:

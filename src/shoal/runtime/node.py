@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import NameTaken, NotRunning, StoreError
+from shoal._errors import InvalidArgument, NameTaken, NotRunning, StoreError
 from shoal._retry import Backoff
 from shoal._tasks import cancel_and_wait, event_or_tick
 from shoal.core import node_state as fsm
@@ -29,7 +29,7 @@ from shoal.primitives import membership, ownership
 from shoal.primitives.membership import NODES, Member
 from shoal.primitives.mirror import Mirror
 from shoal.primitives.ownership import DUTIES, Owner
-from shoal.primitives.session import Session
+from shoal.primitives.session import LeaseSession
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.control import watch_control
@@ -81,7 +81,7 @@ class Node:
         )
         self._started = False
         self._started_at = 0.0
-        self.session: Session | None = None
+        self.session: LeaseSession | None = None
         self.members: dict[str, Member] = {}
         self.runners: dict[str, DutyRunner] = {}
         self._stopping: set[DutyRunner] = set()  # being stopped gracefully (release, drain)
@@ -242,7 +242,7 @@ class Node:
 
     async def _join(self) -> None:
         s = self.settings
-        session = await Session.open(
+        session = await LeaseSession.open(
             self.store, self.clock, ttl=s.ttl, interval=s.keepalive_interval,
             safety_margin=s.safety_margin, on_event=self._session_event,
         )
@@ -437,7 +437,7 @@ class Node:
         self.counters["crashes"] += 1
         self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
 
-    async def _acquire(self, duty: Duty, session: Session) -> bool:
+    async def _acquire(self, duty: Duty, session: LeaseSession) -> bool:
         """Try to take ``duty``; False when another node had it already."""
         if duty.name in self.owners:  # taken while this pass was running
             return True
@@ -569,11 +569,11 @@ def _ordered(duties: list[Duty]) -> list[Duty]:
         if d.name in seen:
             return
         if d.name in path:
-            raise ValueError(f"with_duty cycle: {' -> '.join((*path, d.name))}")
+            raise InvalidArgument(f"with_duty cycle: {' -> '.join((*path, d.name))}")
         if d.with_duty is not None:
             anchor = by_name.get(d.with_duty)
             if anchor is None:
-                raise ValueError(f"duty {d.name!r} follows unknown duty {d.with_duty!r}")
+                raise InvalidArgument(f"duty {d.name!r} follows unknown duty {d.with_duty!r}")
             visit(anchor, (*path, d.name))
         seen.add(d.name)
         out.append(d)

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
-from shoal._errors import NotRunning
+from shoal._errors import NotRunning, StartTimeout, WrongState
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig
@@ -58,14 +58,14 @@ class NodeThread:
     def start(self, timeout: float | None = None) -> NodeThread:
         """Start the thread and block until the node joined; re-raise its start error."""
         if self._thread is not None:
-            raise RuntimeError("NodeThread.start() was already called")
+            raise WrongState("NodeThread.start() was already called")
         self._thread = threading.Thread(
             target=self._main, name=f"shoal-node-{self.config.node.name}", daemon=True
         )
         self._thread.start()
         if not self._ready.wait(timeout):
             self.stop(timeout=5.0)
-            raise TimeoutError(f"node did not join within {timeout} s")
+            raise StartTimeout(f"node did not join within {timeout} s")
         if self._error is not None:
             self._thread.join()
             raise self._error

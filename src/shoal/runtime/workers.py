@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from shoal._clock import Clock
-from shoal._errors import ConfigError, StoreError
+from shoal._errors import ConfigError, InvalidArgumentType, StoreError
 from shoal._tasks import cancel_and_wait, event_or_tick
 from shoal.core.placement import DutySpec, NodeInfo, is_disabled
 from shoal.primitives.membership import NODES
@@ -114,7 +114,7 @@ class WorkerContext(DutyContext):
         self.worker_index = worker_index
 
     def _no_token(self) -> NoReturn:
-        raise TypeError(
+        raise InvalidArgumentType(
             f"worker pool {self.name!r}: copies have no fencing token; write with ctx.store "
             "(or use a partitioned duty for fenced writes)"
         )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from etcd3aio import _protobuf as pb
-
+from shoal._errors import InvalidArgumentType
+from shoal.store import _etcd_pb as pb
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -77,7 +77,7 @@ class Codec:
         target, field = _TARGETS[c.target]
         if (c.target is Target.VALUE) != isinstance(c.operand, bytes | bytearray):
             kind = "bytes" if c.target is Target.VALUE else "int"
-            raise TypeError(f"compare on {c.target.value} needs a {kind} operand")
+            raise InvalidArgumentType(f"compare on {c.target.value} needs a {kind} operand")
         operand = bytes(c.operand) if isinstance(c.operand, bytes | bytearray) else c.operand
         return pb.Compare(
             result=_OPS[c.op], target=target, key=self.full(c.key), **{field: operand}
@@ -93,7 +93,7 @@ class Codec:
             return pb.RequestOp(request_delete_range=pb.DeleteRangeRequest(key=full, range_end=end))
         if isinstance(op, Get):
             return pb.RequestOp(request_range=pb.RangeRequest(key=full, range_end=end))
-        raise TypeError(f"not a txn op: {op!r}")
+        raise InvalidArgumentType(f"not a txn op: {op!r}")
 
     def result(self, op: TxnOp, resp: Any) -> OpResult:
         if isinstance(op, Put):

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc.aio
-from etcd3aio import _protobuf as pb
 from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
@@ -47,6 +46,7 @@ from shoal._errors import (
 )
 from shoal._retry import Backoff
 from shoal.store import _etcd_conn as conn
+from shoal.store import _etcd_pb as pb
 from shoal.store._etcd_codec import Codec, range_end
 from shoal.store._etcd_errors import (
     NeedReauth,

@@ -26,10 +26,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from etcd3aio import _protobuf as pb
-
 from shoal._errors import Compacted, StoreAuthError, StoreError
 from shoal._retry import Backoff
+from shoal.store import _etcd_pb as pb
 from shoal.store._etcd_errors import NeedReauth, is_transient, translate
 from shoal.store.protocol import Event
 

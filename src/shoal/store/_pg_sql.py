@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from shoal._errors import ConfigError
+from shoal._errors import ConfigError, InvalidArgument
 
 SCHEMA_VERSION = 1
 # The advisory-lock class id of Shoal (arbitrary, constant): (class, hashtext(schema)).
@@ -161,7 +161,7 @@ def span(key: str, prefix: bool) -> tuple[bytes, bytes | None]:
     lo = key.encode()
     if not prefix:
         if not lo:
-            raise ValueError("key is empty")
+            raise InvalidArgument("key is empty")
         return lo, lo + b"\x00"
     hi = lo.rstrip(b"\xff")
     if not hi:

@@ -39,6 +39,7 @@ from shoal._clock import Clock
 from shoal._errors import (
     Compacted,
     ConfigError,
+    InvalidArgument,
     LeaseNotFound,
     NotRunning,
     ShoalError,
@@ -329,7 +330,7 @@ class PostgresStore:
     async def grant(self, ttl: int) -> Lease:
         """A new lease of ``ttl`` seconds, expiring by the server's clock."""
         if ttl < 1:
-            raise ValueError(f"lease TTL must be >= 1 second, got {ttl}")
+            raise InvalidArgument(f"lease TTL must be >= 1 second, got {ttl}")
         self._check_open()
         lease = secrets.randbits(62) + 1
 
@@ -421,7 +422,7 @@ class PostgresStore:
             if revision <= point:
                 raise Compacted(point)
             if revision > tx.rev:
-                raise ValueError(f"cannot compact to future revision {revision} > {tx.rev}")
+                raise InvalidArgument(f"cannot compact to future revision {revision} > {tx.rev}")
             await self._compact_to(tx.conn, revision)
 
         await self._must_write(body)

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import Compacted, LeaseNotFound, NotRunning
+from shoal._errors import Compacted, InvalidArgument, LeaseNotFound, NotRunning
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -197,7 +197,7 @@ class MemoryStore:
     async def grant(self, ttl: int) -> Lease:
         self._check()
         if ttl < 1:
-            raise ValueError(f"lease TTL must be >= 1 second, got {ttl}")
+            raise InvalidArgument(f"lease TTL must be >= 1 second, got {ttl}")
         lease = _Lease(next(self._ids), ttl, self._clock.monotonic() + ttl)
         self._leases[lease.id] = lease
         self._ensure_ticker()
@@ -232,7 +232,7 @@ class MemoryStore:
     async def compact(self, revision: int) -> None:
         self._check()
         if revision > self._rev:
-            raise ValueError(f"cannot compact to future revision {revision} > {self._rev}")
+            raise InvalidArgument(f"cannot compact to future revision {revision} > {self._rev}")
         if revision <= self._compact_rev:
             raise Compacted(self._compact_rev)
         self._compact_rev = revision

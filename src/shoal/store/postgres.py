@@ -30,6 +30,7 @@ from pydantic import (
     model_validator,
 )
 
+from shoal._errors import InvalidArgument
 from shoal.store._pg_sql import check_schema_name
 from shoal.store.protocol import Features, Store
 from shoal.store.registry import Backend, Section
@@ -69,7 +70,7 @@ def parse_dsn(dsn: str) -> dict[str, str]:
             if parts.port:
                 out["port"] = str(parts.port)
         except ValueError:
-            raise ValueError(f"bad value {dsn!r} — the port is not 1-65535") from None
+            raise InvalidArgument(f"bad value {dsn!r} — the port is not 1-65535") from None
         if parts.username:
             out["user"] = unquote(parts.username)
         if parts.password is not None:
@@ -84,7 +85,7 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     out = {}
     for item in dsn.split():
         if "=" not in item:
-            raise ValueError(
+            raise InvalidArgument(
                 f"bad value {dsn!r} — use 'host=H port=P dbname=D user=U' or "
                 "postgresql://USER@HOST:PORT/DB"
             )

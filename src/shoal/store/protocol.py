@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from shoal._errors import InvalidTransaction
+from shoal._errors import InvalidArgumentType, InvalidTransaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,7 +313,9 @@ def check_compare(compare: Compare, kv: KeyValue | None) -> bool:
         actual = kv.lease
     operand = compare.operand
     if isinstance(actual, bytes) != isinstance(operand, bytes):
-        raise TypeError(f"compare on {compare.target.value} needs a {type(actual).__name__}")
+        raise InvalidArgumentType(
+            f"compare on {compare.target.value} needs a {type(actual).__name__}"
+        )
     if compare.op is Op.EQUAL:
         return actual == operand
     if compare.op is Op.NOT_EQUAL:

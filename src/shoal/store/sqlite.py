@@ -41,7 +41,14 @@ from typing import Any, TypeVar
 from pydantic import field_validator
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import Compacted, ConfigError, LeaseNotFound, NotRunning, StoreUnavailable
+from shoal._errors import (
+    Compacted,
+    ConfigError,
+    InvalidArgument,
+    LeaseNotFound,
+    NotRunning,
+    StoreUnavailable,
+)
 from shoal._retry import Backoff
 from shoal.store.protocol import (
     Compare,
@@ -97,7 +104,7 @@ def _span(key: str, prefix: bool) -> tuple[str, tuple[bytes, ...]]:
     lo = key.encode()
     if not prefix:
         if not lo:
-            raise ValueError("key is empty")
+            raise InvalidArgument("key is empty")
         return "key = ?", (lo,)
     hi = lo.rstrip(b"\xff")
     if not hi:
@@ -444,7 +451,7 @@ class SqliteStore:
     async def grant(self, ttl: int) -> Lease:
         """A new lease of ``ttl`` seconds (>= 1). Waits for the write lock."""
         if ttl < 1:
-            raise ValueError(f"lease TTL must be >= 1 second, got {ttl}")
+            raise InvalidArgument(f"lease TTL must be >= 1 second, got {ttl}")
 
         def body() -> int:
             lease = secrets.randbits(62) + 1
@@ -540,7 +547,7 @@ class SqliteStore:
             if revision <= compact:
                 raise Compacted(compact)
             if revision > self._rev:
-                raise ValueError(f"cannot compact to future revision {revision} > {self._rev}")
+                raise InvalidArgument(f"cannot compact to future revision {revision} > {self._rev}")
             self._compact_to(revision)
 
         await self._write(body)

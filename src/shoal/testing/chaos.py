@@ -44,6 +44,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shoal._errors import InvalidArgument, ProcessError
 from shoal.config import StoreSection
 from shoal.primitives.ownership import DUTIES as OWNERS
 from shoal.primitives.ownership import Owner
@@ -107,7 +108,7 @@ class _Hub:
 class Chaos:
     def __init__(self, store: str, nodes: int, seed: int, workdir: Path, history: Path) -> None:
         if store not in STORES:
-            raise ValueError(f"store must be one of {STORES}, got {store!r}")
+            raise InvalidArgument(f"store must be one of {STORES}, got {store!r}")
         self.kind, self.seed, self.workdir, self.history = store, seed, workdir, history
         self.rng = random.Random(seed * 7919 + 1)
         self.names = [f"n{i}" for i in range(1, nodes + 1)]
@@ -182,7 +183,7 @@ class Chaos:
                 proc.wait_for(r"joined cluster", timeout=60)
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"node {name} did not rejoin:\n{proc.output()[-2000:]}")
+        raise ProcessError(f"node {name} did not rejoin:\n{proc.output()[-2000:]}")
 
     # -- choosing targets ---------------------------------------------------------------
     def owner_of_random_duty(self) -> str:
@@ -213,7 +214,7 @@ class Chaos:
             proc.sigcont()  # it holds the write lock: a pause would stall every node
             time.sleep(0.03)
         else:
-            raise RuntimeError(f"could not pause {target} outside the sqlite write lock")
+            raise ProcessError(f"could not pause {target} outside the sqlite write lock")
         self.rec.fault("pause", target)
         time.sleep(self.rng.uniform(2.5, 4.0))
         self.rec.heal("pause", target)
@@ -381,7 +382,7 @@ def run_chaos(store: str = "etcd3", nodes: int = 5, duration: float = 120.0, see
     history = Path(history_dir or workdir / "history")
     history.mkdir(parents=True, exist_ok=True)
     if any(history.iterdir()):
-        raise ValueError(f"history directory {history} is not empty (a previous run?)")
+        raise InvalidArgument(f"history directory {history} is not empty (a previous run?)")
     command = (f"python -m shoal.testing.chaos --store {store} --nodes {nodes} "
                f"--duration {duration:g} --seed {seed}")  # fmt: skip
     log(f"{command}\nworkdir {workdir}; history {history}")

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal._clock import Clock
-from shoal._errors import Conflict, DutyLost, OutcomeUnknown, StoreError
+from shoal._errors import Conflict, DutyLost, OutcomeUnknown, ProcessError, StoreError
 from shoal.config import NodeConfig, StoreSection
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
@@ -142,7 +142,7 @@ def node_state(ctx: DutyContext) -> ReplicatedState:
     for obj in gc.get_objects():
         if isinstance(obj, ReplicatedState) and obj.store is ctx.store:
             return obj
-    raise RuntimeError("chaos_app: cannot find the node's replicated state")
+    raise ProcessError("chaos_app: cannot find the node's replicated state")
 
 
 async def _state_write(

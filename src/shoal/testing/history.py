@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
+from shoal._errors import InvalidArgument, NotRunning
+
 __all__ = ["DEATH_FAULTS", "FailoverStats", "HistoryRecorder", "Record", "Report", "Violation"]
 __all__ += ["check", "load_history", "normalize", "outage_windows", "percentile"]
 
@@ -80,7 +82,7 @@ class HistoryRecorder:
 
     def record(self, kind: str, **fields: Any) -> dict[str, Any]:
         if self._fd is None:
-            raise ValueError(f"history recorder {self.path} is closed")
+            raise NotRunning(f"history recorder {self.path} is closed")
         rec = {"t": self._clock(), "mono": self._monotonic(), "node": self.node, "kind": kind}
         rec.update((k, normalize(v)) for k, v in fields.items() if v is not None)
         os.write(self._fd, (json.dumps(rec, separators=(",", ":")) + "\n").encode())
@@ -128,7 +130,7 @@ def load_history(paths: Iterable[str | Path]) -> list[Record]:
                     records.append(Record.from_dict(json.loads(line), len(records)))
             except (ValueError, KeyError, TypeError) as exc:
                 if number < len(lines) or line.rstrip().endswith("}"):
-                    raise ValueError(f"{path}:{number}: bad history record: {exc}") from exc
+                    raise InvalidArgument(f"{path}:{number}: bad history record: {exc}") from exc
     return sorted(records, key=lambda r: (r.t, r.seq))
 
 

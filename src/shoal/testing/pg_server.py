@@ -34,15 +34,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+from shoal._errors import PgServerError
+
 __all__ = ["PgServer", "PgServerError", "find_pg_bin"]
 
 _ENV_BIN = "SHOAL_PG_BIN"
 _HOST = "127.0.0.1"
 _RUN_AS = "shoal-pg"
-
-
-class PgServerError(RuntimeError):
-    """PostgreSQL's binaries are missing, or the server did not start."""
 
 
 def find_pg_bin() -> Path:

@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from shoal._errors import ProcessError, StartTimeout
 from shoal._procfs import children as _children
 from shoal._procfs import is_reaper as _is_reaper
 
@@ -119,12 +120,12 @@ class NodeProcess:
             if match:
                 return match
             if time.monotonic() > deadline:
-                raise TimeoutError(
+                raise StartTimeout(
                     f"{self.label}: no {pattern!r} within {timeout:g} s; output tail:\n"
                     + self.output()[-3000:]
                 )
             if not self.alive and not regex.search(self.output(), since):
-                raise RuntimeError(
+                raise ProcessError(
                     f"{self.label} exited ({self.returncode}) before {pattern!r}; output:\n"
                     + self.output()[-3000:]
                 )

@@ -39,6 +39,8 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
+from shoal._errors import InvalidArgument, WrongState
+
 __all__ = ["FaultProxy", "Mode", "ProxyThread", "parse_target"]
 
 _CHUNK = 65536
@@ -60,7 +62,9 @@ def parse_target(target: str | tuple[str, int]) -> tuple[str, int]:
     text = target.split("://", 1)[-1].split("/", 1)[0]
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit():
-        raise ValueError(f"proxy target must be host:port or a URL with a port, got {target!r}")
+        raise InvalidArgument(
+            f"proxy target must be host:port or a URL with a port, got {target!r}"
+        )
     return host.strip("[]"), int(port)
 
 
@@ -123,7 +127,7 @@ class FaultProxy:
     # -- lifecycle ----------------------------------------------------------------------
     async def start(self) -> FaultProxy:
         if self._server is not None:
-            raise RuntimeError("proxy already started")
+            raise WrongState("proxy already started")
         self._server = await asyncio.start_server(self._handle, self._host, self._port)
         self._port = int(self._server.sockets[0].getsockname()[1])
         return self
@@ -156,7 +160,7 @@ class FaultProxy:
     @property
     def listen_address(self) -> tuple[str, int]:
         if self._server is None and self._port == 0:
-            raise RuntimeError("proxy not started")
+            raise WrongState("proxy not started")
         return self._host, self._port
 
     @property
@@ -193,7 +197,7 @@ class FaultProxy:
     def delay(self, seconds: float) -> None:
         """Deliver every chunk ``seconds`` after it was read (each direction)."""
         if seconds < 0:
-            raise ValueError(f"delay must be >= 0, got {seconds!r}")
+            raise InvalidArgument(f"delay must be >= 0, got {seconds!r}")
         self._delay = float(seconds)
 
     def heal(self) -> None:
@@ -305,7 +309,7 @@ class ProxyThread:
 
     def start(self) -> ProxyThread:
         if self._loop is not None:
-            raise RuntimeError("proxy thread already started")
+            raise WrongState("proxy thread already started")
         loop = asyncio.new_event_loop()
         self._loop = loop
         self._thread = threading.Thread(
@@ -344,7 +348,7 @@ class ProxyThread:
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float = 15.0) -> T:
         if self._loop is None:
             coro.close()
-            raise RuntimeError("proxy thread not started")
+            raise WrongState("proxy thread not started")
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
     def _apply(self, action: Callable[[], None]) -> None:
