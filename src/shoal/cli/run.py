@@ -254,18 +254,18 @@ async def _lifetime(node: Node, config: NodeConfig, stop: asyncio.Event, signals
     events = node.subscribe()
 
     async def report() -> None:
-        async for ev in events:
-            click.echo(_status(node, ev))
+        with contextlib.suppress(OSError):  # stdout closed: stop reporting, keep running
+            async for ev in events:
+                click.echo(_status(node, ev))
 
-    reporter = asyncio.create_task(report())
-    await stopper
-    click.echo(f"{signals[0]}: draining")
-    try:
-        await node.aclose()  # the HTTP API keeps answering (/ready: 503) while draining
-    finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+    async with asyncio.TaskGroup() as group:  # owns the reporter: it ends with the node
+        reporter = group.create_task(report())
+        await stopper
+        click.echo(f"{signals[0]}: draining")
+        try:
+            await node.aclose()  # the HTTP API keeps answering (/ready: 503) while draining
+        finally:
+            reporter.cancel()
     click.echo(f"node {node.name} stopped")
     return 0
 

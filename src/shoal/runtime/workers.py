@@ -234,7 +234,9 @@ class WorkerPools:
         """Ask every copy to stop; wait up to ``timeout`` (in parallel), then cancel."""
         copies, self.copies = self.copies, {}
         runners = [r for rs in copies.values() for r in rs]
-        await asyncio.gather(*(r.stop(reason, timeout) for r in runners))
+        async with asyncio.TaskGroup() as group:  # owns one stop per copy
+            for runner in runners:
+                group.create_task(runner.stop(reason, timeout))
         if copies:
             self._dirty.set()
 
