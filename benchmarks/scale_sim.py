@@ -54,7 +54,7 @@ async def run(nodes: int, duties: int) -> dict[str, Any]:
         return node
 
     def owned() -> int:
-        return sum(1 for k in store._data if k.startswith("duties/"))
+        return len(store.snapshot("duties/"))
 
     def converged() -> bool:
         want = cluster[0].placement().wanted

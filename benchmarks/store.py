@@ -41,9 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from etcd3aio import Etcd3Client
-from etcd3aio import _protobuf as pb
 from etcd3aio.kv import KVService
 
+from shoal.store import _etcd_pb as pb
 from shoal.store.etcd import EtcdStore
 from shoal.store.memory import MemoryStore
 from shoal.store.protocol import Compare, Op, Put, Store
