@@ -125,7 +125,7 @@ async def test_cluster_view_lists_nodes_leader_duties_and_store(cluster: Cluster
     assert store["connected"] is True and store["stale"] is False and store["stale_seconds"] == 0
     assert store["revision"] == a.state.revision and store["documents"] == 1
     assert store["namespaces"] == {"cfg": 1}
-    assert json.loads(json.dumps(cluster_view(b)))["node"] == "b"  # shoal status --json
+    assert json.loads(json.dumps(cluster_view(b.status())))["node"] == "b"  # shoal status --json
 
 
 # -- replicated state -------------------------------------------------------------------------

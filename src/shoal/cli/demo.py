@@ -36,6 +36,7 @@ import click
 from shoal._errors import ConfigError
 from shoal.cli._demo_procs import DemoNode, free_ports, node_configs, pdeathsig, stdin_lines
 from shoal.cli.status import NodeApiError, fetch_view, render
+from shoal.core.node_state import Phase
 
 __all__ = ["Demo", "demo", "node_configs"]
 
@@ -221,7 +222,7 @@ class Demo:
                 view = fetch_view(node.url, timeout=1.0)
             except NodeApiError:
                 continue
-            if view.get("phase") == "ACTIVE" and not view.get("draining"):
+            if view.get("phase") == Phase.ACTIVE and not view.get("draining"):
                 return view
             fallback = fallback or view
         return fallback

@@ -25,6 +25,7 @@ import click
 from shoal._errors import ConfigError, ShoalError
 from shoal.cli.status import NodeApiError, api_request, fetch_view, open_store_bounded
 from shoal.config import NodeConfig, load_config
+from shoal.core.node_state import Phase
 
 __all__ = ["node_group"]
 
@@ -78,7 +79,7 @@ async def _present_in_store(config: NodeConfig, name: str) -> bool:
 
 def _present_via_http(url: str, name: str) -> bool:
     view = fetch_view(url)
-    if view.get("node") == name and view.get("phase") == "STOPPED":
+    if view.get("node") == name and view.get("phase") == Phase.STOPPED:
         return False
     return any(n.get("name") == name for n in view.get("nodes", []))
 

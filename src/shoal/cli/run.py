@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import logging
@@ -174,9 +173,10 @@ def _status(node: Node, ev: ClusterEvent | None) -> str:
         what = f"{ev.kind} {ev.name or '-'}" + (f" ({ev.detail})" if ev.detail else "")
     now = time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-    members = ",".join(sorted(node.members)) or "-"
-    runs = ",".join(sorted(node.runners)) or "-"
-    return (f"{stamp} {what} | {node.phase} | leader {node.leader or '-'} | "
+    status = node.status()
+    members = ",".join(sorted(status.members)) or "-"
+    runs = ",".join(status.running) or "-"
+    return (f"{stamp} {what} | {status.phase} | leader {status.leader or '-'} | "
             f"members {members} | runs {runs}")
 
 
@@ -224,7 +224,7 @@ async def _serve(app: App, config: NodeConfig, http_port: int | None = None) -> 
         click.echo(f"dashboard and HTTP API: {http.url}")
         if not node.settings.address and config.http.host not in ("0.0.0.0", "::", ""):
             # announce where this node's API answers (shoal status finds nodes by it)
-            node.settings = dataclasses.replace(node.settings, address=http.url.rstrip("/"))
+            node.announce(http.url.rstrip("/"))
     try:
         return await _lifetime(node, config, stop, signals)
     finally:

@@ -105,7 +105,9 @@ async def discover_urls(config: NodeConfig) -> list[str]:
 
 
 async def store_view(config: NodeConfig) -> dict[str, Any]:
-    """A smaller cluster view read from the store (no node answered over HTTP)."""
+    """A smaller cluster view read from the store (no node answered over HTTP),
+    built by the same :func:`~shoal.http._view.cluster_json` as ``/cluster``."""
+    from shoal.http._view import cluster_json
     from shoal.primitives.ownership import DUTIES, Owner
 
     async with open_store_bounded(config) as store:
@@ -113,25 +115,15 @@ async def store_view(config: NodeConfig) -> dict[str, Any]:
         owned = await store.range(DUTIES)
         revision = await store.revision()
         lease_left = {m.name: await store.lease_ttl(m.lease) for m in members if m.lease}
-    owners = sorted((Owner.decode(kv.key[len(DUTIES):], kv) for kv in owned.kvs),
-                    key=lambda o: o.duty)
-    leader = next((o.node for o in owners if o.duty == "leader"), None)
-    return {
-        "source": "store", "node": None, "phase": None, "leader": leader,
-        "node_count": len(members),
-        "nodes": [{
-            "name": m.name, "roles": list(m.roles), "zone": m.zone, "weight": m.weight,
-            "can_lead": m.can_lead, "version": m.version, "address": m.address,
-            "started_at": m.started_at, "draining": m.draining, "disabled": list(m.disabled),
-            "leader": m.name == leader, "self": False,
-            "duties": sorted(o.duty for o in owners if o.node == m.name),
-            "workers": dict(m.workers), "lease_remaining": lease_left.get(m.name),
-        } for m in members],
-        "duties": [{"name": o.duty, "owner": o.node, "token": o.token, "since": o.since}
-                   for o in owners],
-        "store": {"connected": True, "revision": revision, "stale": False},
-        "time": time.time(),
-    }
+    owners = {o.duty: o for o in (Owner.decode(kv.key[len(DUTIES):], kv) for kv in owned.kvs)}
+    view: dict[str, Any] = {"source": "store", "node": None, "phase": None}
+    view.update(cluster_json(
+        {m.name: m for m in members}, owners,
+        extra={m.name: {"lease_remaining": lease_left.get(m.name)} for m in members},
+    ))
+    view["store"] = {"connected": True, "revision": revision, "stale": False}
+    view["time"] = time.time()
+    return view
 
 
 def get_view(

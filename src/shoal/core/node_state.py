@@ -18,8 +18,9 @@ ACTIVE, SUSPENDED  Drain                      (same)     StopPlacing*, ReleaseAl
 JOINING, LOST      Drain                      (same)     (none; draining = True)
 LOST               StoreBack                  JOINING    Rejoin(old_lease), ReportPhase
 other phases       DeadlinePassed             (same)     StopAllDuties (idempotent safety net)
-not STOPPED        Closed                     STOPPED    StopAllDuties, StopPlacing*,
-                                                         RevokeLease (if a lease), ReportPhase
+not STOPPED        Closed(orphan)             STOPPED    StopAllDuties, StopPlacing*,
+                                                         RevokeLease (if a lease and not
+                                                         orphan), ReportPhase
 any                anything else, Tick        (same)     (none)
 =================  =========================  =========  ====================================
 
@@ -49,11 +50,13 @@ from shoal._errors import InvalidArgument
 
 
 class Phase(StrEnum):
-    JOINING = "joining"
-    ACTIVE = "active"
-    SUSPENDED = "suspended"
-    LOST = "lost"
-    STOPPED = "stopped"
+    """A node's phase. The value is the name, as shown in JSON, metrics and logs."""
+
+    JOINING = "JOINING"
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+    LOST = "LOST"
+    STOPPED = "STOPPED"
 
 
 _LIVE = (Phase.ACTIVE, Phase.SUSPENDED)
@@ -129,7 +132,10 @@ class Drain:
 
 @dataclass(frozen=True, slots=True)
 class Closed:
-    """The node is shutting down."""
+    """The node is shutting down. ``orphan``: leave the lease to expire by its TTL (a
+    simulated crash) instead of revoking it."""
+
+    orphan: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +143,9 @@ class Tick:
     """Nothing happened, but time passed: only the deadline check runs."""
 
 
-_LeaseEvent: TypeAlias = Joined | KeepaliveOk | KeepaliveFailed | DeadlinePassed | LeaseGone
+SessionEvent: TypeAlias = KeepaliveOk | KeepaliveFailed | LeaseGone
+"""What a lease session reports (:mod:`shoal.primitives.session`)."""
+_LeaseEvent: TypeAlias = Joined | SessionEvent | DeadlinePassed
 Event: TypeAlias = _LeaseEvent | StoreBack | Drain | Closed | Tick
 
 
@@ -150,7 +158,8 @@ class StopAllDuties:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseAllDuties:
-    """Graceful hand-over: stop each owned duty, then delete its owner key."""
+    """Graceful hand-over: stop each owned duty (bounded by the drain timeout); the
+    owner keys go with the lease (``RevokeLease`` when the node closes)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,7 +246,8 @@ def _apply(
     if phase is Phase.STOPPED:
         return state, None, []
     if isinstance(event, Closed):
-        revoke: list[Action] = [] if state.lease is None else [RevokeLease(state.lease)]
+        lease = None if event.orphan else state.lease
+        revoke: list[Action] = [] if lease is None else [RevokeLease(lease)]
         stopped = replace(state, phase=Phase.STOPPED, since=now, lease_deadline=None)
         return stopped, "closed", revoke
     if isinstance(event, Drain) and not state.draining:

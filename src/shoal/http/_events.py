@@ -15,7 +15,6 @@ reconnect after 2 s when the stream drops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.http._view import cluster_view
 
 if TYPE_CHECKING:
+    from shoal.runtime.fanout import Subscription
     from shoal.runtime.node import ClusterEvent, Node
 
 __all__ = ["EventFeed", "sse_message"]
@@ -36,7 +36,9 @@ def sse_message(event: str, data: Any, msg_id: int) -> bytes:
 
 
 class EventFeed:
-    """Counts open streams (at most ``max_streams``) and makes each one."""
+    """Counts open streams (at most ``max_streams``) and makes each one. A slow
+    client loses the oldest queued events (the fan-out policy of
+    :mod:`shoal.runtime.fanout`); the next ``view`` catches it up."""
 
     def __init__(self, node: Node, *, refresh: float = 2.0, max_streams: int = 100) -> None:
         self.node = node
@@ -44,7 +46,7 @@ class EventFeed:
         self.max_streams = max_streams
         self.open = 0
         self.closed = False
-        self._queues: set[asyncio.Queue[ClusterEvent | None]] = set()
+        self._subs: set[Subscription[ClusterEvent]] = set()
 
     def full(self) -> bool:
         return self.closed or self.open >= self.max_streams
@@ -52,56 +54,42 @@ class EventFeed:
     def close(self) -> None:
         """End every open stream now (before the server shuts down); refuse new ones."""
         self.closed = True
-        for queue in self._queues:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait(None)
+        for sub in list(self._subs):
+            sub.close()
+
+    def _view(self, name: str, msg_id: int) -> bytes:
+        return sse_message(name, cluster_view(self.node.status()), msg_id)
 
     async def stream(self) -> AsyncIterator[bytes]:
         """The messages of one stream, until the client goes away."""
         self.open += 1
-        queue: asyncio.Queue[ClusterEvent | None] = asyncio.Queue(maxsize=1000)
-        self._queues.add(queue)
-        events = self.node.subscribe()
-
-        started = asyncio.Event()
-
-        async def pump() -> None:
-            started.set()  # the generator below starts in this same step (no leak on cancel)
-            async for ev in events:
-                if queue.full():  # a slow client: drop the oldest, the next view catches up
-                    queue.get_nowait()
-                queue.put_nowait(ev)
-
-        pumper = asyncio.create_task(pump(), name="shoal-sse-pump")
+        sub = self.node.subscribe(maxsize=1000)
+        self._subs.add(sub)
         msg_id = 0
         try:
-            await started.wait()
-            yield b"retry: 2000\n\n" + sse_message("snapshot", cluster_view(self.node), msg_id)
+            yield b"retry: 2000\n\n" + self._view("snapshot", msg_id)
             while True:
                 try:
                     async with asyncio.timeout(self.refresh):
-                        ev = await queue.get()
+                        ev = await sub.get()
                 except TimeoutError:
                     msg_id += 1
-                    yield sse_message("view", cluster_view(self.node), msg_id)
+                    yield self._view("view", msg_id)
                     continue
+                if ev is None or self.closed:  # the feed or the node closed
+                    return
                 chunks = []
-                while ev is not None:  # None: the feed was closed
+                while ev is not None:  # everything queued goes out in one write
                     msg_id += 1
                     chunks.append(sse_message("cluster", _event(ev), msg_id))
-                    ev = None if queue.empty() else queue.get_nowait()
-                if self.closed:
-                    return
+                    ev = sub.get_nowait()
                 msg_id += 1
-                chunks.append(sse_message("view", cluster_view(self.node), msg_id))
+                chunks.append(self._view("view", msg_id))
                 yield b"".join(chunks)
         finally:
             self.open -= 1
-            self._queues.discard(queue)
-            pumper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pumper
+            self._subs.discard(sub)
+            sub.close()
 
 
 def _event(ev: ClusterEvent) -> dict[str, Any]:

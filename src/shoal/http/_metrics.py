@@ -1,4 +1,10 @@
-"""Prometheus text exposition (format 0.0.4) of one node, written by hand.
+"""Prometheus metrics of one node, through ``prometheus_client``.
+
+:class:`NodeCollector` is a custom collector: every scrape it takes ONE
+:class:`~shoal.runtime.status.NodeStatus` snapshot and turns it into metric
+families, so the values of one scrape are consistent with each other. Each HTTP app
+has its own :class:`~prometheus_client.CollectorRegistry` (:func:`node_registry`),
+never the global one, so several nodes in one process do not collide.
 
 Every series carries ``node="<name>"``. The list (and what each means) is in
 docs/http.md; :data:`METRICS` is the source of truth for names and help.
@@ -6,20 +12,21 @@ docs/http.md; :data:`METRICS` is the source of truth for names and help.
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
-from shoal.http._view import local_workers
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from shoal.runtime.node import Node
+from shoal.core.node_state import Phase
+from shoal.runtime.status import NodeStatus
 
-__all__ = ["CONTENT_TYPE", "METRICS", "PHASES", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "METRICS", "NodeCollector", "node_registry", "render_metrics"]
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-PHASES = ("JOINING", "ACTIVE", "SUSPENDED", "LOST", "STOPPED")
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
-# name -> (type, help)
+# name -> (type, help); counters are named with their ``_total`` suffix
 METRICS: dict[str, tuple[str, str]] = {
     "shoal_info": ("gauge", "Always 1; labels carry the Shoal version."),
     "shoal_nodes": ("gauge", "Live nodes in the cluster as this node sees them."),
@@ -27,7 +34,9 @@ METRICS: dict[str, tuple[str, str]] = {
     "shoal_phase": ("gauge", "1 for this node's current phase, 0 for the others."),
     "shoal_draining": ("gauge", "1 while this node is draining."),
     "shoal_duties_owned": ("gauge", "Duties running on this node."),
-    "shoal_duties_unowned": ("gauge", "Declared duties that no node owns right now."),
+    "shoal_duties_unowned": (
+        "gauge", "Declared duties that no node owns right now (absent while unknown)."
+    ),
     "shoal_duties_acquired_total": ("counter", "Duties this node acquired."),
     "shoal_duties_released_total": ("counter", "Duties this node released (handed over)."),
     "shoal_failovers_total": (
@@ -35,6 +44,9 @@ METRICS: dict[str, tuple[str, str]] = {
     ),
     "shoal_duty_crashes_total": ("counter", "Crashes of duty and worker functions on this node."),
     "shoal_rejoins_total": ("counter", "Times this node rejoined after losing its lease."),
+    "shoal_events_dropped_total": (
+        "counter", "Node events dropped because a subscriber fell behind."
+    ),
     "shoal_keepalive_latency_seconds": (
         "gauge", "Round-trip time of the last acknowledged lease keep-alive."
     ),
@@ -50,70 +62,76 @@ METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class _Families:
+    """Metric families of one scrape, each created once from :data:`METRICS`."""
 
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
-class _Writer:
-    def __init__(self, node_name: str) -> None:
-        self.lines: list[str] = []
-        self.node = node_name
-        self._declared: set[str] = set()
+    def __init__(self, node: str) -> None:
+        self.node = node
+        self.made: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
 
     def add(self, name: str, value: float, **labels: str) -> None:
-        if name not in self._declared:
+        family = self.made.get(name)
+        if family is None:
             kind, text = METRICS[name]
-            self.lines.append(f"# HELP {name} {text}")
-            self.lines.append(f"# TYPE {name} {kind}")
-            self._declared.add(name)
-        pairs = {"node": self.node, **labels}
-        body = ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items())
-        self.lines.append(f"{name}{{{body}}} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+            names = ["node", *labels]
+            family = (
+                CounterMetricFamily(name, text, labels=names) if kind == "counter"
+                else GaugeMetricFamily(name, text, labels=names)
+            )
+            self.made[name] = family
+        family.add_metric([self.node, *labels.values()], float(value))
 
 
-def render_metrics(node: Node, version: str = "") -> str:
-    """The node's metrics in the Prometheus text format."""
-    w = _Writer(node.name)
-    w.add("shoal_info", 1, version=version)
-    w.add("shoal_nodes", len(node.members))
-    w.add("shoal_is_leader", node.leader == node.name)
-    phase = node.phase
-    for p in PHASES:
-        w.add("shoal_phase", p == phase, phase=p)
-    w.add("shoal_draining", node.draining)
-    owners = node.owners
-    w.add("shoal_duties_owned", len(node.runners))
-    w.add("shoal_duties_unowned", sum(1 for d in node.duties if d.name not in owners))
-    counters = node.counters
-    w.add("shoal_duties_acquired_total", counters.get("acquired", 0))
-    w.add("shoal_duties_released_total", counters.get("released", 0))
-    w.add("shoal_failovers_total", counters.get("lost", 0))
-    w.add("shoal_duty_crashes_total", counters.get("crashes", 0))
-    w.add("shoal_rejoins_total", counters.get("rejoins", 0))
-    session = node.session
-    w.add("shoal_keepalive_latency_seconds", session.last_ack_latency if session else 0.0)
-    w.add("shoal_lease_remaining_seconds", session.remaining() if session else 0.0)
-    state = node.state
-    w.add("shoal_store_up", not state.stale)
-    w.add("shoal_state_revision", state.revision)
-    w.add("shoal_state_stale_seconds", state.stale_for)
-    w.add("shoal_state_documents", state.size)
-    for pool, status in sorted(local_workers(node).items()):
-        w.add("shoal_workers_running", status.get("running", 0), pool=pool)
-        w.add("shoal_worker_restarts_total", status.get("restarts", 0), pool=pool)
-    return w.text()
+class NodeCollector(Collector):
+    """Turns one :class:`NodeStatus` per scrape into Shoal's metric families."""
+
+    def __init__(self, status: Callable[[], NodeStatus], version: str = "") -> None:
+        self._status = status
+        self._version = version
+
+    def describe(self) -> list[Metric]:
+        return []  # families are only known at scrape time (no auto-describe)
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._status()
+        f = _Families(s.name)
+        f.add("shoal_info", 1, version=self._version)
+        f.add("shoal_nodes", len(s.members))
+        f.add("shoal_is_leader", s.is_leader)
+        for phase in Phase:
+            f.add("shoal_phase", phase is s.phase, phase=str(phase))
+        f.add("shoal_draining", s.draining)
+        f.add("shoal_duties_owned", len(s.local))
+        if s.unowned is not None:
+            f.add("shoal_duties_unowned", s.unowned)
+        c = s.counters
+        f.add("shoal_duties_acquired_total", c.acquired)
+        f.add("shoal_duties_released_total", c.released)
+        f.add("shoal_failovers_total", c.lost)
+        f.add("shoal_duty_crashes_total", c.crashes)
+        f.add("shoal_rejoins_total", c.rejoins)
+        f.add("shoal_events_dropped_total", c.events_dropped)
+        session = s.session
+        f.add("shoal_keepalive_latency_seconds", session.keepalive_latency if session else 0.0)
+        f.add("shoal_lease_remaining_seconds", session.remaining if session else 0.0)
+        store = s.store
+        f.add("shoal_store_up", not store.stale)
+        f.add("shoal_state_revision", store.revision)
+        f.add("shoal_state_stale_seconds", store.stale_seconds)
+        f.add("shoal_state_documents", store.documents)
+        for pool, counts in sorted(s.workers.items()):
+            f.add("shoal_workers_running", counts.get("running", 0), pool=pool)
+            f.add("shoal_worker_restarts_total", counts.get("restarts", 0), pool=pool)
+        yield from f.made.values()
+
+
+def node_registry(status: Callable[[], NodeStatus], version: str = "") -> CollectorRegistry:
+    """A registry of its own holding one :class:`NodeCollector`."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(status, version))
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry) -> bytes:
+    """The registry's metrics in the Prometheus text format 0.0.4."""
+    return generate_latest(registry)

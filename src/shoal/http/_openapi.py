@@ -110,6 +110,7 @@ _SCHEMAS: dict[str, Any] = {
             "ready_reason": {"type": "string"},
             "leader": _NULLABLE_STR,
             "node_count": {"type": "integer"},
+            "owners_known": {"type": "boolean"},
             "nodes": {"type": "array", "items": _ref("Node")},
             "duties": {"type": "array", "items": _ref("Duty")},
             "local_duties": {"type": "array", "items": {"type": "object"}},

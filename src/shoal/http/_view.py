@@ -1,163 +1,140 @@
-"""What one node knows about the cluster, as plain JSON-ready data.
+"""The cluster as plain JSON-ready data, built from a :class:`NodeStatus` snapshot.
 
-:func:`cluster_view` is shared by ``GET /cluster``, the dashboard's live feed
-and ``shoal status --json``; :func:`readiness` by ``GET /ready``. Both only
-read the node's in-memory view (no I/O), so they are cheap to call often.
+:func:`cluster_json` is the ONE builder of the nodes and duties part of a cluster
+view: :func:`cluster_view` (``GET /cluster``, the dashboard's live feed, ``shoal
+status --json``) adds this node's own facts to it, and ``shoal status`` uses it for
+the smaller view it reads from the store when no node answers. :func:`readiness`
+serves ``GET /ready``. Nothing here does I/O or touches the node itself.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
-if TYPE_CHECKING:
-    from shoal.runtime.node import Node
+from shoal.core.node_state import Phase
+from shoal.primitives.membership import Member
+from shoal.primitives.ownership import Owner
+from shoal.runtime.app import LEADER
+from shoal.runtime.status import MAX_NAMESPACES, NodeStatus, SessionStatus
 
-__all__ = ["MAX_NAMESPACES", "cluster_view", "local_workers", "readiness"]
-
-MAX_NAMESPACES = 100  # namespaces listed by name in the view (all are counted)
+__all__ = ["MAX_NAMESPACES", "cluster_json", "cluster_view", "readiness"]
 
 
-def readiness(node: Node) -> tuple[bool, str, str]:
+def readiness(status: NodeStatus) -> tuple[bool, str, str]:
     """(ready, reason code, message). Ready = joined (ACTIVE), the replicated
     state is in sync (not stale) and the node is not draining."""
-    phase = node.phase
-    if node.draining:
-        return False, "draining", f"node {node.name} is draining (handing its duties over)"
-    if phase != "ACTIVE":
-        return False, "not_joined", f"node {node.name} is {phase}, not ACTIVE"
-    state = node.state
-    if state.stale:
+    name, phase = status.name, status.phase
+    if status.draining:
+        return False, "draining", f"node {name} is draining (handing its duties over)"
+    if phase is not Phase.ACTIVE:
+        return False, "not_joined", f"node {name} is {phase}, not ACTIVE"
+    if status.store.stale:
         return False, "stale", (
-            f"replicated state is stale for {state.stale_for:.1f} s (store unreachable "
-            "or not loaded yet)"
+            f"replicated state is stale for {status.store.stale_seconds:.1f} s (store "
+            "unreachable or not loaded yet)"
         )
-    return True, "ready", f"node {node.name} is ACTIVE and in sync"
+    return True, "ready", f"node {name} is ACTIVE and in sync"
 
 
-def _session(node: Node) -> dict[str, Any] | None:
-    session = node.session
+def session_json(session: SessionStatus | None) -> dict[str, Any] | None:
     if session is None:
         return None
-    now = node.clock.monotonic()
     return {
         "lease": f"{session.lease:x}",
         "ttl": session.ttl,
         "alive": session.alive,
         "suspended": session.suspended,
-        "last_ack_age": round(max(0.0, now - session.last_ack_at), 3),
-        "keepalive_latency": round(session.last_ack_latency, 6),
-        "remaining": round(session.remaining(), 3),
+        "last_ack_age": round(session.last_ack_age, 3),
+        "keepalive_latency": round(session.keepalive_latency, 6),
+        "remaining": round(session.remaining, 3),
     }
 
 
-def local_workers(node: Node) -> dict[str, dict[str, int]]:
-    status = getattr(node, "workers_status", None)
-    if status is None:
-        return {}
-    try:
-        result = status()
-    except Exception:  # a pool being rebuilt must not break the view
-        return {}
-    return {str(k): dict(v) for k, v in dict(result).items()}
-
-
-def _nodes(node: Node, leader: str | None, owned: dict[str, list[str]]) -> list[dict[str, Any]]:
-    out = []
-    for name, m in sorted(node.members.items()):
-        entry: dict[str, Any] = {
-            "name": name,
-            "roles": list(m.roles),
-            "zone": m.zone,
-            "weight": m.weight,
-            "can_lead": m.can_lead,
-            "version": m.version,
-            "address": m.address,
-            "started_at": m.started_at,
-            "draining": m.draining,
-            "disabled": list(m.disabled),
-            "leader": name == leader,
-            "self": name == node.name,
-            "duties": sorted(owned.get(name, [])),
-            "workers": dict(m.workers),
-        }
-        if name == node.name:
-            entry["session"] = _session(node)
-        out.append(entry)
-    return out
-
-
-def _duties(node: Node) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
-    owners = node.owners
-    declared = {d.name for d in node.duties}
+def cluster_json(
+    members: Mapping[str, Member],
+    owners: Mapping[str, Owner] | None,
+    *,
+    declared: tuple[str, ...] | None = None,
+    me: str | None = None,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """``leader``, ``node_count``, ``owners_known``, ``nodes`` and ``duties`` of a
+    cluster view. ``owners`` None means unknown: no leader, every duty's owner null.
+    ``declared`` (a node's view): list those duties too, each marked ``declared``.
+    ``me`` marks this node (``self``); ``extra`` adds fields to a node's entry."""
+    known = owners is not None
+    owners = owners or {}
+    leader_owner = owners.get(LEADER)
+    leader = leader_owner.node if leader_owner is not None else None
     owned: dict[str, list[str]] = {}
-    rows = []
-    for name in sorted(declared | set(owners)):
+    duties = []
+    for name in sorted(set(declared or ()) | set(owners)):
         owner = owners.get(name)
         if owner is not None:
             owned.setdefault(owner.node, []).append(name)
-        rows.append({
+        row: dict[str, Any] = {
             "name": name,
             "owner": owner.node if owner else None,
             "token": owner.token if owner else None,
             "since": owner.since if owner else None,
-            "declared": name in declared,
-        })
-    return rows, owned
-
-
-def _local(node: Node) -> list[dict[str, Any]]:
-    return [
-        {
-            "name": name,
-            "status": r.status,
-            "crashes": r.crashes,
-            "last_error": r.last_error,
-            "started_at": r.started_at,
-            "token": r.token,
         }
-        for name, r in sorted(node.runners.items())
-    ]
-
-
-def _store(node: Node) -> dict[str, Any]:
-    state = node.state
-    names = state.namespaces()
+        if declared is not None:
+            row["declared"] = name in declared
+        duties.append(row)
+    nodes = []
+    for name, m in sorted(members.items()):
+        entry: dict[str, Any] = {
+            "name": name, "roles": list(m.roles), "zone": m.zone, "weight": m.weight,
+            "can_lead": m.can_lead, "version": m.version, "address": m.address,
+            "started_at": m.started_at, "draining": m.draining, "disabled": list(m.disabled),
+            "leader": name == leader, "self": name == me,
+            "duties": sorted(owned.get(name, [])), "workers": dict(m.workers),
+        }
+        entry.update((extra or {}).get(name, {}))
+        nodes.append(entry)
     return {
-        "connected": not state.stale,
-        "revision": state.revision,
-        "stale": state.stale,
-        "stale_seconds": round(state.stale_for, 3),
-        "documents": state.size,
-        "namespace_count": len(names),
-        "namespaces": {ns: len(state.items(ns)) for ns in names[:MAX_NAMESPACES]},
+        "leader": leader, "node_count": len(members), "owners_known": known,
+        "nodes": nodes, "duties": duties,
     }
 
 
-def cluster_view(node: Node) -> dict[str, Any]:
-    """The cluster as ``node`` sees it (JSON-ready; documented in docs/http.md).
+def cluster_view(status: NodeStatus) -> dict[str, Any]:
+    """The cluster as one node sees it (JSON-ready; documented in docs/http.md).
 
     Keys: ``node`` (this node's name), ``phase``, ``draining``, ``ready``,
-    ``ready_reason``, ``leader``, ``node_count``, ``nodes`` (one dict per
-    live member; this node's also has ``session``), ``duties`` (every declared
-    or owned duty: owner, token, since), ``local_duties`` (runners on this
-    node), ``workers`` (this node's pools), ``store`` (connected, revision,
-    stale, stale_seconds, documents, namespaces), ``counters``, ``time``."""
-    leader = node.leader
-    duties, owned = _duties(node)
-    ready, reason, _ = readiness(node)
-    return {
-        "node": node.name,
-        "phase": node.phase,
-        "draining": node.draining,
+    ``ready_reason``, ``leader``, ``node_count``, ``owners_known`` (false while the
+    node is not ACTIVE: then ``leader`` and every owner are null), ``nodes`` (one
+    dict per live member; this node's also has ``session``), ``duties`` (every
+    declared or owned duty: owner, token, since), ``local_duties`` (runners on this
+    node), ``workers`` (this node's pools), ``store`` (connected, revision, stale,
+    stale_seconds, documents, namespaces), ``counters``, ``time``."""
+    ready, reason, _ = readiness(status)
+    store = status.store
+    view: dict[str, Any] = {
+        "node": status.name,
+        "phase": str(status.phase),
+        "draining": status.draining,
         "ready": ready,
         "ready_reason": reason,
-        "leader": leader,
-        "node_count": len(node.members),
-        "nodes": _nodes(node, leader, owned),
-        "duties": duties,
-        "local_duties": _local(node),
-        "workers": local_workers(node),
-        "store": _store(node),
-        "counters": dict(node.counters),
-        "time": node.clock.time(),
     }
+    view.update(cluster_json(
+        status.members, status.owners, declared=status.declared, me=status.name,
+        extra={status.name: {"session": session_json(status.session)}},
+    ))
+    view.update({
+        "local_duties": [
+            {"name": r.name, "status": r.status, "crashes": r.crashes,
+             "last_error": r.last_error, "started_at": r.started_at, "token": r.token}
+            for r in status.local
+        ],
+        "workers": {pool: dict(counts) for pool, counts in status.workers.items()},
+        "store": {
+            "connected": store.connected, "revision": store.revision, "stale": store.stale,
+            "stale_seconds": round(store.stale_seconds, 3), "documents": store.documents,
+            "namespace_count": store.namespace_count, "namespaces": dict(store.namespaces),
+        },
+        "counters": status.counters.as_dict(),
+        "time": status.time,
+    })
+    return view

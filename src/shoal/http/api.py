@@ -33,7 +33,6 @@ from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
     JSONResponse,
-    PlainTextResponse,
     Response,
     StreamingResponse,
 )
@@ -49,6 +48,7 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
+from shoal.core.node_state import Phase
 from shoal.http._common import (
     DEFAULT_MAX_BODY,
     BodyLimit,
@@ -60,7 +60,7 @@ from shoal.http._common import (
     too_large,
 )
 from shoal.http._events import EventFeed
-from shoal.http._metrics import CONTENT_TYPE, render_metrics
+from shoal.http._metrics import CONTENT_TYPE, node_registry, render_metrics
 from shoal.http._openapi import NODE_NAME_RULE, openapi_document
 from shoal.http._view import cluster_view, readiness
 from shoal.http.session_middleware import SessionMiddleware
@@ -168,6 +168,7 @@ class _Api:
         self.feed = feed
         self.write_wait = write_wait
         self.version = VERSION
+        self.registry = node_registry(node.status, VERSION)  # this app's own registry
         self.page = resources.files("shoal.http").joinpath("dashboard.html").read_text("utf-8")
         self.page_headers = {
             "Content-Security-Policy": _csp(self.page), "Cache-Control": "no-cache",
@@ -182,16 +183,16 @@ class _Api:
         return JSONResponse({"status": "ok", "node": self.node.name, "phase": self.node.phase})
 
     async def ready(self, request: Request) -> Response:
-        ok, reason, message = readiness(self.node)
+        ok, reason, message = readiness(self.node.status())
         body = {"ready": ok, "node": self.node.name, "phase": self.node.phase,
                 "reason": reason, "message": message}
         return JSONResponse(body, status_code=200 if ok else 503)
 
     async def cluster(self, request: Request) -> Response:
-        return JSONResponse(cluster_view(self.node))
+        return JSONResponse(cluster_view(self.node.status()))
 
     async def metrics(self, request: Request) -> Response:
-        return PlainTextResponse(render_metrics(self.node, self.version), media_type=CONTENT_TYPE)
+        return Response(render_metrics(self.registry), media_type=CONTENT_TYPE)
 
     async def events(self, request: Request) -> Response:
         if self.feed.full():
@@ -293,7 +294,7 @@ class _Api:
             raise _BadRequest("invalid_name", f"bad node name {name!r}")
         node = self.node
         if name == node.name:
-            if node.phase == "STOPPED" and not node.draining:
+            if node.phase is Phase.STOPPED and not node.draining:
                 raise NotRunning(f"node {name} is stopped")
             started = drain_in_background(node)
             status = "draining" if started else "already_draining"

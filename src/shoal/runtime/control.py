@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from shoal._errors import LeaseNotFound, NodeNotLive, NotRunning
+from shoal.core.node_state import Phase
 from shoal.primitives.membership import NODES
 from shoal.primitives.mirror import Mirror
 from shoal.store.protocol import Compare, Op, Put, Store
@@ -83,7 +84,7 @@ def drain_in_background(node: Node) -> bool:
     """Start ``node.drain()`` in its own task (kept referenced until it ends).
 
     False when the node is already draining or stopped (nothing started)."""
-    if node.draining or node.phase == "STOPPED":
+    if node.draining or node.phase is Phase.STOPPED:
         return False
     task = asyncio.create_task(node.drain(), name=f"shoal-drain-{node.name}")
     _draining.add(task)
@@ -112,7 +113,7 @@ async def watch_control(node: Node) -> None:
             await seen.wait()
             seen.clear()
             request = _requested(node, mirror.items)
-            if request is None or node.draining or node.phase == "STOPPED":
+            if request is None or node.draining or node.phase is Phase.STOPPED:
                 continue
             log.warning(
                 "node %s: drain requested by %s%s", node.name, request.get("by") or "?",

@@ -3,11 +3,17 @@
     async with shoal.Node(app, settings, store=store) as node:
         print(node.leader, sorted(node.members))
 
-Phases (see :mod:`shoal.core.node_state` for the full transition table):
-JOINING -> ACTIVE <-> SUSPENDED -> LOST -> JOINING ..., STOPPED at the end.
-While SUSPENDED (keep-alives failing, local deadline not passed) duties keep
-running; at the deadline the node turns LOST and cancels every duty before
-the store could expire its lease (G1), then rejoins with backoff.
+The node state machine (:mod:`shoal.core.node_state`) is in charge: every lease
+event (from the :class:`~shoal.primitives.session.Session`, the deadline timer, the
+store probe, ``drain`` and ``aclose``) goes through :meth:`Node._feed`, and the node
+carries out EVERY action the machine returns (:meth:`Node._do`). Phases:
+JOINING -> ACTIVE <-> SUSPENDED -> LOST -> JOINING ..., STOPPED at the end. While
+SUSPENDED duties keep running; at the local deadline (G1, computed only by the
+machine) the node turns LOST and cancels every duty before the store could expire
+its lease, then probes the store and rejoins with backoff.
+
+Placement, acquiring and releasing live in :mod:`shoal.runtime.reconcile`; every
+surface reads the immutable :meth:`Node.status` snapshot.
 """
 
 from __future__ import annotations
@@ -15,36 +21,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import InvalidArgument, NameTaken, NotRunning, StoreError
+from shoal._errors import NameTaken, NotRunning, StoreError
 from shoal._retry import Backoff
-from shoal._tasks import cancel_and_wait, event_or_tick
+from shoal._tasks import cancel_and_wait
 from shoal.core import node_state as fsm
-from shoal.core.placement import DutySpec, NodeInfo, Placement, place
-from shoal.primitives import membership, ownership
+from shoal.core.node_state import Phase
+from shoal.core.placement import Placement
+from shoal.primitives import membership
 from shoal.primitives.membership import NODES, Member
 from shoal.primitives.mirror import Mirror
 from shoal.primitives.ownership import DUTIES, Owner
 from shoal.primitives.session import LeaseSession
 from shoal.runtime.app import LEADER, App, Duty
-from shoal.runtime.context import DutyContext
 from shoal.runtime.control import watch_control
-from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
-from shoal.runtime.runner import DutyRunner
+from shoal.runtime.fanout import Fanout, Subscription
+from shoal.runtime.reconcile import Reconciler, Tally, order_duties
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
+from shoal.runtime.status import NodeStatus, build_status
 from shoal.runtime.workers import WorkerPools, check_partitions
-from shoal.store.protocol import Event, EventType, Store
+from shoal.store.protocol import Event, Store
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig
+    from shoal.runtime.runner import DutyRunner
 
 log = logging.getLogger("shoal.node")
 VERSION = "0.1.0"
+_LIVE = (Phase.ACTIVE, Phase.SUSPENDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,21 +69,15 @@ class Node:
     """One member of the cluster. Start with ``async with`` or :meth:`start`."""
 
     def __init__(
-        self,
-        app: App,
-        settings: NodeSettings,
-        *,
-        store: Store,
-        clock: Clock | None = None,
+        self, app: App, settings: NodeSettings, *, store: Store, clock: Clock | None = None,
         own_store: bool = False,
     ) -> None:
         self.app = app
-        self.settings = settings
+        self._settings = settings
         self.store = store
         self.clock = clock or SYSTEM_CLOCK
         self.name = settings.name
         self._own_store = own_store
-        self.duties: list[Duty] = []
         self._fsm = fsm.initial(
             self.clock.monotonic(), ttl=settings.ttl, safety_margin=settings.safety_margin
         )
@@ -83,47 +85,73 @@ class Node:
         self._started_at = 0.0
         self.session: LeaseSession | None = None
         self.members: dict[str, Member] = {}
-        self.runners: dict[str, DutyRunner] = {}
-        self._stopping: set[DutyRunner] = set()  # being stopped gracefully (release, drain)
-        self.counters = {"acquired": 0, "released": 0, "lost": 0, "crashes": 0, "rejoins": 0}
+        self._tally = Tally()
+        self._subscribers: Fanout[ClusterEvent] = Fanout(maxsize=10_000)
         self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
         self._owners = Mirror(store, DUTIES, self.clock, on_change=self._owners_changed)
         self.state = ReplicatedState.for_node(self)  # replicated documents (state/)
-        self._local: dict[str, tuple[int, Owner | None]] = {}
-        self._owner_map: dict[str, Owner] = {}
-        self._free_since: dict[str, float] = {}
-        self._stable_since = 0.0
-        self._member_sig: frozenset[tuple[str, bool]] = frozenset()
-        self._wake = asyncio.Event()
+        self._duties = Reconciler(
+            name=self.name, settings=settings, store=store, clock=self.clock, state=self.state,
+            tally=self._tally, emit=self._emit,
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscribers: set[asyncio.Queue[ClusterEvent]] = set()
+        self._actions: dict[asyncio.Task[None], str] = {}  # async actions of the machine
+        self._deadline: asyncio.Task[None] | None = None
+        self._lost = asyncio.Event()  # set while LOST: the probe loop runs
         self._leader: str | None = None
         self._closing = False
+        self._drain_limit: float | None = None
         self._drain_done: asyncio.Event | None = None
-        self._placement_cache: tuple[object, Placement] | None = None
         self.reaper: Any = None
         # worker pools (shoal.runtime.workers): per-node copies, not singletons
         self.pools = WorkerPools(
             app.pools, settings, store=store, clock=self.clock,
-            publish=self._publish_workers, on_crash=self._on_crash,
+            publish=self._publish_workers, on_crash=self._duties.on_crash,
         )
 
     @classmethod
     async def from_config(
-        cls, app: App, config: NodeConfig, *, clock: Clock | None = None
+        cls, app: App, config: NodeConfig, *, clock: Clock | None = None,
+        address: str | None = None,
     ) -> Node:
-        """A node for ``config`` with its own store connection (not started)."""
+        """A node for ``config`` with its own store connection (not started).
+        ``address`` overrides ``node.address`` (where this node's API answers)."""
         from shoal.store.factory import open_store
 
         store = await open_store(config, clock=clock)
         settings = NodeSettings.from_config(config, workers=[p.name for p in app.pools])
+        if address is not None:
+            settings = replace(settings, address=address)
         return cls(app, settings, store=store, clock=clock, own_store=True)
 
-    # -- public view ----------------------------------------------------------
+    # -- public view ----------------------------------------------------------------
+    @property
+    def settings(self) -> NodeSettings:
+        return self._settings
+
+    def announce(self, address: str) -> None:
+        """Set the address this node announces in its record (before :meth:`start`)."""
+        if self._started:
+            raise NotRunning("announce() must be called before start()")
+        self._settings = replace(self._settings, address=address)
+
+    @property
+    def duties(self) -> list[Duty]:
+        """The duties declared on this node (expanded at start)."""
+        return self._duties.duties
+
+    @property
+    def runners(self) -> dict[str, DutyRunner]:
+        """Duties running on this node now (read-only use)."""
+        return self._duties.runners
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return self.status().counters.as_dict()
+
     @property
     def leader(self) -> str | None:
-        local = LEADER in self._local
-        owner = self.owners.get(LEADER) if local else self._owner_map.get(LEADER)
+        owner = self._duties.owners.get(LEADER)
         return owner.node if owner else None
 
     @property
@@ -133,67 +161,114 @@ class Node:
     @property
     def owners(self) -> dict[str, Owner]:
         """Effective duty owners: what the store says, plus our own recent writes."""
-        if not self._local:
-            return dict(self._owner_map)
-        view = dict(self._owner_map)
-        for duty, (rev, owner) in list(self._local.items()):
-            if self._owners.revision >= rev:
-                del self._local[duty]
-            elif owner is None:
-                view.pop(duty, None)
-            else:
-                view[duty] = owner
-        return view
-
-    def subscribe(self) -> AsyncIterator[ClusterEvent]:
-        """Membership, leader, phase and duty events seen by this node."""
-        queue: asyncio.Queue[ClusterEvent] = asyncio.Queue(maxsize=10_000)
-        self._subscribers.add(queue)
-
-        async def gen() -> AsyncIterator[ClusterEvent]:
-            try:
-                while True:
-                    yield await queue.get()
-            finally:
-                self._subscribers.discard(queue)
-
-        return gen()
-
-    def _emit(self, kind: str, name: str | None, detail: str = "") -> None:
-        ev = ClusterEvent(kind, name, detail)
-        for q in self._subscribers:
-            with contextlib.suppress(asyncio.QueueFull):
-                q.put_nowait(ev)
+        return self._duties.owners.view()
 
     @property
-    def phase(self) -> str:
-        """JOINING, ACTIVE, SUSPENDED, LOST or STOPPED (see shoal.core.node_state)."""
-        if not self._started and self._fsm.phase is fsm.Phase.JOINING:
-            return "STOPPED"
-        return self._fsm.phase.name
+    def phase(self) -> Phase:
+        """The state machine's phase (STOPPED before :meth:`start`)."""
+        if not self._started and self._fsm.phase is Phase.JOINING:
+            return Phase.STOPPED
+        return self._fsm.phase
 
     @property
     def draining(self) -> bool:
         return self._fsm.draining
 
-    def _feed(self, event: fsm.Event) -> None:
-        """Run one event through the node state machine and carry out its actions.
+    def status(self) -> NodeStatus:
+        """An immutable snapshot of everything this node knows (no I/O)."""
+        return build_status(
+            self, self._fsm, self._duties, self._tally, self._subscribers.dropped
+        )
 
-        Joining, revoking and handing over are done by the coroutines that fed
-        the event; here only what must happen at once: stopping duties (G1),
-        waking placement, reporting the phase."""
+    def placement(self) -> Placement:
+        return self._duties.placement(self.members)
+
+    def subscribe(self, maxsize: int | None = None) -> Subscription[ClusterEvent]:
+        """Membership, leader, phase and duty events seen by this node (a slow reader
+        loses the oldest events; see :mod:`shoal.runtime.fanout`)."""
+        return self._subscribers.subscribe(maxsize)
+
+    def _emit(self, kind: str, name: str | None, detail: str = "") -> None:
+        self._subscribers.publish(ClusterEvent(kind, name, detail))
+
+    def link_down_since(self) -> float | None:
+        """Monotonic time of the last acknowledged keep-alive while the lease is in
+        doubt (not ACTIVE); None while ACTIVE or before the first join."""
+        session = self.session
+        if session is None or self._fsm.phase is Phase.ACTIVE:
+            return None
+        return session.last_ack_at
+
+    # -- the state machine in charge ----------------------------------------------------
+    def _feed(self, event: fsm.Event) -> None:
+        """Run one event through the node state machine and carry out its actions."""
         old = self._fsm.phase
         self._fsm, actions = fsm.step(self._fsm, event, self.clock.monotonic())
         for action in actions:
-            if isinstance(action, fsm.StopAllDuties):
-                self._stop_all(action.reason)
-            elif isinstance(action, fsm.StartPlacing):
-                self._wake.set()
-            elif isinstance(action, fsm.ReportPhase):
-                log.info("node %s: %s -> %s", self.name, old.name, action.phase.name)
-                self._emit("phase", self.name, action.phase.name)
+            self._do(action, old)
 
-    # -- lifecycle ------------------------------------------------------------
+    def _do(self, action: fsm.Action, old: Phase) -> None:
+        """Carry out one action: at once, or as a tracked task for store I/O."""
+        if isinstance(action, fsm.StopAllDuties):
+            self._duties.stop_all(action.reason)
+            self.pools.stop_now(f"lease lost: {action.reason}")
+        elif isinstance(action, fsm.StopPlacing):
+            self._duties.placing = False
+        elif isinstance(action, fsm.StartPlacing):
+            self._duties.placing = True
+            self._duties.wake.set()
+        elif isinstance(action, fsm.ArmDeadline):
+            self._arm_deadline(action.at)
+        elif isinstance(action, fsm.ReportPhase):
+            self._phase_changed(old, action.phase)
+        elif isinstance(action, fsm.ReleaseAllDuties):
+            self._spawn(self._release_all(), "release")
+        elif isinstance(action, fsm.Rejoin):
+            self._spawn(self._rejoin(action.old_lease), "rejoin")
+        elif isinstance(action, fsm.RevokeLease):
+            self._spawn(self._revoke(action.lease), "revoke")
+
+    def _spawn(self, coro: Any, kind: str) -> None:
+        task = asyncio.create_task(coro, name=f"shoal-{kind}-{self.name}")
+        self._actions[task] = kind
+        task.add_done_callback(lambda t: self._actions.pop(t, None))
+
+    async def _settle(self, kind: str) -> None:
+        """Wait until the ``kind`` actions started so far have finished."""
+        while pending := [t for t, k in self._actions.items() if k == kind]:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _phase_changed(self, old: Phase, new: Phase) -> None:
+        log.info("node %s: %s -> %s", self.name, old, new)
+        if new not in _LIVE:
+            self._cancel_deadline()
+        if new is Phase.LOST:
+            self._lost.set()
+        else:
+            self._lost.clear()
+        self._emit("phase", self.name, new)
+
+    def _arm_deadline(self, at: float) -> None:
+        self._cancel_deadline()
+        self._deadline = asyncio.create_task(
+            self._deadline_timer(at), name=f"shoal-deadline-{self.name}"
+        )
+
+    def _cancel_deadline(self) -> None:
+        timer, self._deadline = self._deadline, None
+        if timer is not None and timer is not asyncio.current_task():
+            timer.cancel()
+
+    async def _deadline_timer(self, at: float) -> None:
+        await self.clock.sleep(at - self.clock.monotonic())
+        self._deadline = None
+        self._feed(fsm.DeadlinePassed())
+
+    def _session_event(self, event: fsm.SessionEvent) -> None:
+        if not self._closing and self._fsm.phase is not Phase.STOPPED:
+            self._feed(event)
+
+    # -- lifecycle --------------------------------------------------------------------
     async def __aenter__(self) -> Node:
         await self.start()
         return self
@@ -204,14 +279,14 @@ class Node:
     async def start(self) -> None:
         """Join the cluster. Raises NameTaken (G6) or StoreError; on error
         nothing is left running."""
-        self.duties = _ordered(self.app.expand(self.settings.params))
+        self._duties.duties = order_duties(self.app.expand(self._settings.params))
         self._started = True
         self._started_at = self.clock.time()  # fixed: record updates keep it
         try:
-            if self.settings.reaper and self.reaper is None:
+            if self._settings.reaper and self.reaper is None:
                 from shoal.runtime.reaper import Reaper
 
-                self.reaper = Reaper.start(self.settings.reaper_store)
+                self.reaper = Reaper.start(self._settings.reaper_store)
             self._nodes.start()
             self._owners.start()
             self.state.start()
@@ -223,16 +298,26 @@ class Node:
         except BaseException:
             await self._shutdown_background()
             self._close_reaper()
-            self._feed(fsm.Closed())
+            self._feed(fsm.Closed(orphan=True))  # nothing was registered
             raise
         self._tasks = [
-            asyncio.create_task(self._life(), name=f"shoal-life-{self.name}"),
-            asyncio.create_task(self._reconcile_loop(), name=f"shoal-reconcile-{self.name}"),
+            asyncio.create_task(self._probe_loop(), name=f"shoal-probe-{self.name}"),
+            asyncio.create_task(
+                self._duties.run(self._lease_for_passes, lambda: self.members,
+                                 lambda: self._feed(fsm.Tick())),
+                name=f"shoal-reconcile-{self.name}",
+            ),
             asyncio.create_task(watch_control(self), name=f"shoal-control-{self.name}"),
         ]
 
+    def _lease_for_passes(self) -> int | None:
+        session = self.session
+        if self._closing or self.draining or self._fsm.phase not in _LIVE:
+            return None
+        return session.lease if session is not None and session.alive else None
+
     def _member(self) -> Member:
-        s = self.settings
+        s = self._settings
         return Member(
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
             version=VERSION, started_at=self._started_at, can_lead=s.can_lead,
@@ -241,71 +326,81 @@ class Node:
         )
 
     async def _join(self) -> None:
-        s = self.settings
+        """Grant a lease, register, then feed ``Joined`` (JOINING -> ACTIVE)."""
+        s = self._settings
         session = await LeaseSession.open(
             self.store, self.clock, ttl=s.ttl, interval=s.keepalive_interval,
-            safety_margin=s.safety_margin, on_event=self._session_event,
+            on_event=self._session_event,
         )
-        self._feed(fsm.StoreBack())  # LOST -> JOINING (no-op when already JOINING)
         try:
             await membership.register(self.store, self._member(), session.lease)
         except BaseException:
             await session.aclose()
             raise
+        if self._fsm.phase is not Phase.JOINING:  # closed meanwhile
+            await session.aclose()
+            return
         self.session = session
         if self.reaper is not None:
             self.reaper.watch_lease(session.lease)
-        self._feed(fsm.Joined(at=session.first_sent, lease=session.lease))
+        self._feed(fsm.Joined(at=session.granted_at, lease=session.lease))
         if not self.draining:
             self.pools.start()
-        self._wake.set()
+        self._duties.wake.set()
 
-    def _session_event(self, kind: str, at: float) -> None:
-        if self._closing or self._fsm.phase is fsm.Phase.STOPPED:
-            return
-        if kind == "ack":
-            self._feed(fsm.KeepaliveOk(at=at))
-        elif kind == "failed":
-            self._feed(fsm.KeepaliveFailed())
-        elif kind == "deadline":
-            self._feed(fsm.DeadlinePassed())
-        elif kind == "gone":
-            self._feed(fsm.LeaseGone())
-
-    def _stop_all(self, reason: str) -> None:
-        """Stop every duty NOW, synchronously (the lease may be gone: G1)."""
-        for name, runner in list(self.runners.items()):
-            runner.cancel_now(f"lease lost: {reason}")
-            self.counters["lost"] += 1
-            self._emit("stopped", name, f"lease lost: {reason}")
-        self.runners.clear()
-        for runner in list(self._stopping):  # a graceful stop in progress ends NOW too
-            runner.cancel_now(f"lease lost: {reason}")
-        self._local.clear()
-        self.pools.stop_now(f"lease lost: {reason}")
-
-    async def _life(self) -> None:
-        backoff = Backoff(0.1, max(0.1, self.settings.retry_backoff_max), clock=self.clock)
-        while not self._closing:
-            session = self.session
-            assert session is not None
-            await session.lost.wait()
-            if self._closing or self.draining:
-                return
-            self._feed(fsm.DeadlinePassed())  # idempotent safety net: duties are stopped
-            with contextlib.suppress(StoreError, NotRunning):
-                await session.aclose()  # best effort: free the old records at once
-            while not self._closing:
+    async def _probe_loop(self) -> None:
+        """While LOST: stop the old session, then probe the store with backoff and
+        feed ``StoreBack`` when it answers (the machine then says ``Rejoin``)."""
+        while True:
+            await self._lost.wait()
+            if self.session is not None:
+                await self.session.orphan()  # Rejoin revokes the old lease itself
+            backoff = self._backoff()
+            while self._lost.is_set():
                 await backoff.sleep()
                 try:
-                    await self._join()
-                    self.counters["rejoins"] += 1
-                    backoff.reset()
-                    break
-                except (StoreError, NameTaken) as exc:
-                    log.warning("node %s: rejoin failed: %s", self.name, exc)
+                    await self.store.revision()
+                except (StoreError, NotRunning) as exc:
+                    log.debug("node %s: store still unreachable: %s", self.name, exc)
+                    continue
+                self._feed(fsm.StoreBack())
 
-    # -- watching ---------------------------------------------------------------
+    def _backoff(self) -> Backoff:
+        return Backoff(0.1, max(0.1, self._settings.retry_backoff_max), clock=self.clock)
+
+    async def _rejoin(self, old_lease: int | None) -> None:
+        """The ``Rejoin`` action: revoke the old lease (best effort), then join with
+        backoff until it works or the node leaves JOINING."""
+        if old_lease is not None:
+            with contextlib.suppress(StoreError, NotRunning):
+                await self.store.revoke(old_lease)
+        backoff = self._backoff()
+        while not self._closing and self._fsm.phase is Phase.JOINING:
+            try:
+                await self._join()
+                self._tally.rejoins += 1
+                return
+            except (StoreError, NameTaken) as exc:
+                log.warning("node %s: rejoin failed: %s", self.name, exc)
+            await backoff.sleep()
+
+    async def _release_all(self) -> None:
+        """The ``ReleaseAllDuties`` action: stop duties and worker copies gracefully."""
+        limit = self._settings.drain_timeout if self._drain_limit is None else self._drain_limit
+        await asyncio.gather(
+            self._duties.release_all("drain", limit), self.pools.stop("drain", limit)
+        )
+
+    async def _revoke(self, lease: int) -> None:
+        """The ``RevokeLease`` action: the node record and owner keys vanish at once."""
+        session = self.session
+        if session is not None and session.lease == lease:
+            await session.aclose()  # best effort: a lost store lets the lease expire
+        else:
+            with contextlib.suppress(StoreError, NotRunning):
+                await self.store.revoke(lease)
+
+    # -- watching -----------------------------------------------------------------------
     def _nodes_changed(self, events: list[Event] | None) -> None:
         old = self.members
         new = {n: Member.decode(kv) for n, kv in self._nodes.items.items()}
@@ -317,159 +412,22 @@ class Node:
         for name in new.keys() & old.keys():
             if new[name] != old[name]:
                 self._emit("updated", name)
-        sig = frozenset((m.name, m.draining) for m in new.values())
-        if sig != self._member_sig:
-            self._member_sig = sig
-            self._stable_since = self.clock.monotonic()
-        self._wake.set()
+        self._duties.members_changed(new)
 
     def _owners_changed(self, events: list[Event] | None) -> None:
+        table = self._duties.owners
         if events is None:
-            self._owner_map = {n: Owner.decode(n, kv) for n, kv in self._owners.items.items()}
+            table.reload(self._owners.items)
         else:
-            for ev in events:
-                duty = ev.kv.key[len(DUTIES):]
-                if ev.type is EventType.PUT:
-                    self._owner_map[duty] = Owner.decode(duty, ev.kv)
-                else:
-                    self._owner_map.pop(duty, None)
+            table.apply(events)
+        table.confirm(self._owners.revision)
         leader = self.leader
         if leader != self._leader:
             self._leader = leader
             self._emit("leader", leader)
-        self._wake.set()
+        self._duties.wake.set()
 
-    # -- placing and running duties ----------------------------------------------
-    def placement(self) -> Placement:
-        live = [m for m in self.members.values() if not m.draining]
-        owners = {n: o.node for n, o in self.owners.items()}
-        sticky = tuple(sorted((d.name, owners.get(d.name, "")) for d in self.duties if d.sticky))
-        key = (frozenset(live), sticky)
-        if self._placement_cache is not None and self._placement_cache[0] == key:
-            return self._placement_cache[1]
-        nodes = [
-            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead, frozenset(m.disabled),
-                     m.zone)
-            for m in live
-        ]
-        specs = [
-            DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty, d.family)
-            for d in self.duties
-        ]
-        result = place(specs, nodes, owners, balanced=self.settings.balanced)
-        self._placement_cache = (key, result)
-        return result
-
-    async def _reconcile_loop(self) -> None:
-        tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
-        last_pass = float("-inf")
-        while not self._closing:
-            await event_or_tick(self._wake, self.clock, tick)
-            for _ in range(3):  # let the watches apply what is already queued (coalesce)
-                await asyncio.sleep(0)
-            if self.clock.monotonic() - last_pass < 0.05:
-                # a storm of changes (start-up, mass failover): batch them so a pass
-                # is not re-run per event; a lone event after a quiet spell is not delayed
-                await self.clock.sleep(0.002)
-            self._wake.clear()
-            if self._fsm.phase not in (fsm.Phase.ACTIVE, fsm.Phase.SUSPENDED) or self.draining:
-                continue
-            try:
-                await self.reconcile()
-            except StoreError as exc:
-                log.debug("node %s: reconcile failed: %s", self.name, exc)
-            last_pass = self.clock.monotonic()
-
-    async def reconcile(self) -> None:
-        """One pass: compute the plan and carry it out."""
-        session = self.session
-        if session is None or not session.alive:
-            return
-        owners = self.owners
-        now = self.clock.monotonic()
-        for duty in self.duties:
-            if duty.name in owners:
-                self._free_since.pop(duty.name, None)
-            else:
-                self._free_since.setdefault(duty.name, now)
-        view = View(
-            me=self.name, lease=session.lease, duties=self.duties, owners=owners,
-            placement=self.placement(), running={n: r.token for n, r in self.runners.items()},
-            now=now, free_since=self._free_since, stable_since=self._stable_since,
-            grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
-        )
-        by_name = {d.name: d for d in self.duties}
-        stale = False  # an acquire lost a race: our view is behind, wait for the watch
-        for action in plan(view):
-            if not session.alive or self._closing or self.draining:
-                return
-            if isinstance(action, Stop):
-                self._stop_now(action.duty, action.reason)
-            elif isinstance(action, Run):
-                self._run(by_name[action.duty], action.owner)
-            elif isinstance(action, Release):
-                await self._release(action.duty, action.token, action.reason)
-            elif isinstance(action, Acquire) and self._fsm.placing and not stale:
-                stale = not await self._acquire(by_name[action.duty], session)
-
-    def _stop_now(self, duty: str, reason: str) -> None:
-        runner = self.runners.pop(duty, None)
-        if runner is not None:
-            runner.cancel_now(reason)
-            self._emit("stopped", duty, reason)
-
-    def _run(self, duty: Duty, owner: Owner) -> None:
-        self._stop_now(duty.name, "token changed")
-        ctx = DutyContext(
-            name=duty.name, token=owner.token, node=self.name, store=self.store,
-            clock=self.clock, params=self.settings.params, item=duty.item,
-            loop=asyncio.get_running_loop(), partition=duty.partition, state=self.state,
-        )
-        runner = DutyRunner(
-            duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,
-            backoff_max=self.settings.crash_backoff_max, on_crash=self._on_crash,
-        )
-        self.runners[duty.name] = runner
-        runner.start()
-        self._emit("started", duty.name, f"token {owner.token}")
-
-    def _on_crash(self, duty: str, exc: BaseException) -> None:
-        self.counters["crashes"] += 1
-        self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
-
-    async def _acquire(self, duty: Duty, session: LeaseSession) -> bool:
-        """Try to take ``duty``; False when another node had it already."""
-        if duty.name in self.owners:  # taken while this pass was running
-            return True
-        token = await ownership.acquire(
-            self.store, duty.name, self.name, session.lease, self.clock.time()
-        )
-        if token is None:
-            return False
-        owner = Owner(duty.name, self.name, token, self.clock.time(), session.lease)
-        self._local[duty.name] = (token, owner)
-        self.counters["acquired"] += 1
-        self._free_since.pop(duty.name, None)
-        self._run(duty, owner)
-        self._wake.set()  # co-located duties may follow at once
-        return True
-
-    async def _release(self, duty: str, token: int, reason: str) -> None:
-        runner = self.runners.pop(duty, None)
-        if runner is not None:
-            self._stopping.add(runner)
-            try:
-                await runner.stop(reason, self.settings.drain_timeout)
-            finally:
-                self._stopping.discard(runner)
-            self._emit("stopped", duty, reason)
-        revision = await ownership.release(self.store, duty, token)
-        if revision:
-            self._local[duty] = (revision, None)
-            self.counters["released"] += 1
-        self._wake.set()
-
-    # -- worker pools (shoal.runtime.workers) -----------------------------------
+    # -- worker pools (shoal.runtime.workers) -------------------------------------------
     def workers_status(self) -> dict[str, dict[str, int]]:
         """Worker pools on this node: {pool: {"running": n, "restarts": k}}."""
         return self.pools.status()
@@ -481,44 +439,34 @@ class Node:
             return False
         return await membership.update(self.store, self._member(), session.lease) > 0
 
-    # -- leaving --------------------------------------------------------------
+    # -- leaving ------------------------------------------------------------------------
     async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109
-        """Hand every duty over and leave: stop duties (bounded by
-        ``drain_timeout`` each, in parallel), then revoke the lease so every
-        ownership key and the node record vanish in one revision (G3).
+        """Hand every duty over and leave: the machine's ``Drain`` stops placing and
+        releases every duty (bounded by ``drain_timeout`` each, in parallel), then
+        ``Closed`` revokes the lease so every ownership key and the node record vanish
+        in one revision (G3). The node is STOPPED afterwards.
 
         A second call (e.g. ``aclose()`` while an API-triggered drain runs)
         waits for the first one to finish."""
         if self._drain_done is not None:
             await self._drain_done.wait()
             return
-        if self.phase == "STOPPED":
+        if self.phase is Phase.STOPPED:
             return
         self._drain_done = asyncio.Event()
         try:
-            await self._drain(timeout)
+            self._drain_limit = timeout
+            self._feed(fsm.Drain())  # -> StopPlacing, ReleaseAllDuties (when live)
+            session = self.session
+            if session is not None and session.alive and self._fsm.phase in _LIVE:
+                with contextlib.suppress(StoreError):
+                    await membership.update(self.store, self._member(), session.lease)
+            await self._settle("release")
+            self._feed(fsm.Closed())  # -> StopAllDuties (none left), RevokeLease
+            await self._settle("revoke")
+            self._close_reaper()
         finally:
             self._drain_done.set()
-
-    async def _drain(self, timeout: float | None) -> None:  # noqa: ASYNC109
-        self._feed(fsm.Drain())
-        session = self.session
-        if session is not None and session.alive:
-            with contextlib.suppress(StoreError):
-                await membership.update(self.store, self._member(), session.lease)
-        limit = self.settings.drain_timeout if timeout is None else timeout
-        runners, self.runners = self.runners, {}
-        self._stopping.update(runners.values())
-        try:
-            await asyncio.gather(
-                *(r.stop("drain", limit) for r in runners.values()),
-                self.pools.stop("drain", limit),
-            )
-        finally:
-            self._stopping.difference_update(runners.values())
-        if session is not None:
-            await session.aclose()
-        self._close_reaper()
 
     def _close_reaper(self) -> None:
         """Let the reaper exit WITHOUT revoking (graceful stop, failed start)."""
@@ -530,14 +478,12 @@ class Node:
         """Stop as a crash would (for tests): duties cancelled, nothing released,
         the lease left to expire by its TTL."""
         self._closing = True
-        for runner in self.runners.values():
-            runner.cancel_now("abandoned")
-        self.runners.clear()
+        self._duties.abandon()
         if self.session is not None:
             await self.session.orphan()
         self._close_reaper()
         await self._shutdown_background()
-        self._feed(fsm.Closed())
+        self._feed(fsm.Closed(orphan=True))
 
     async def aclose(self) -> None:
         """Drain (if still running) and stop everything. Idempotent."""
@@ -546,41 +492,20 @@ class Node:
         await self.drain()
         self._closing = True
         await self._shutdown_background()
+        self._feed(fsm.Closed())
+        await self._settle("revoke")
         if self._own_store:
             await self.store.aclose()
-        self._feed(fsm.Closed())
 
     async def _shutdown_background(self) -> None:
-        await cancel_and_wait(self._tasks)
+        self._cancel_deadline()
+        await cancel_and_wait([*self._tasks, *self._actions])
         self._tasks = []
+        self._subscribers.close()
         await self.pools.aclose()
         await self._nodes.aclose()
         await self._owners.aclose()
         await self.state.aclose()
-
-
-def _ordered(duties: list[Duty]) -> list[Duty]:
-    """Co-located duties after the duty they follow (chains allowed)."""
-    by_name = {d.name: d for d in duties}
-    out: list[Duty] = []
-    seen: set[str] = set()
-
-    def visit(d: Duty, path: tuple[str, ...]) -> None:
-        if d.name in seen:
-            return
-        if d.name in path:
-            raise InvalidArgument(f"with_duty cycle: {' -> '.join((*path, d.name))}")
-        if d.with_duty is not None:
-            anchor = by_name.get(d.with_duty)
-            if anchor is None:
-                raise InvalidArgument(f"duty {d.name!r} follows unknown duty {d.with_duty!r}")
-            visit(anchor, (*path, d.name))
-        seen.add(d.name)
-        out.append(d)
-
-    for d in duties:
-        visit(d, ())
-    return out
 
 
 __all__ = ["ClusterEvent", "Node", "NodeSettings"]

@@ -122,13 +122,7 @@ class ReplicatedState:
     def for_node(cls, node: Node, **kwargs: Any) -> ReplicatedState:
         """The state of ``node``: stale also while its keep-alives fail."""
 
-        def link() -> float | None:
-            session = node.session
-            if session is None or (session.alive and not session.suspended):
-                return None
-            return session.last_ack_at
-
-        return cls(node.store, node.clock, link=link, **kwargs)
+        return cls(node.store, node.clock, link=node.link_down_since, **kwargs)
 
     # -- lifecycle --------------------------------------------------------------
     def start(self) -> None:

@@ -8,8 +8,9 @@ background (daemon) thread.
 
 :meth:`NodeThread.start` raises the node's start error in the caller
 (:class:`~shoal.NameTaken`, :class:`~shoal.StoreUnavailable`, ...). The
-read-only views (``leader``, ``members``, ``owners``) are computed on the
-node's loop, so they are consistent snapshots, never torn reads.
+read-only views (:meth:`NodeThread.status`, and ``leader``, ``members``,
+``owners``, ``running`` taken from it) read one ``NodeStatus`` snapshot taken on
+the node's loop, never a torn read.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 from shoal._errors import NotRunning, StartTimeout, WrongState
+from shoal.core.node_state import Phase
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig
@@ -30,10 +31,9 @@ if TYPE_CHECKING:
     from shoal.primitives.ownership import Owner
     from shoal.runtime.app import App
     from shoal.runtime.node import Node
+    from shoal.runtime.status import NodeStatus
 
 __all__ = ["NodeThread"]
-
-T = TypeVar("T")
 
 
 class NodeThread:
@@ -121,14 +121,16 @@ class NodeThread:
         finally:
             await node.aclose()
 
-    # -- read-only views (computed on the node's loop) --------------------------------
-    def _call(self, fn: Callable[[Node], T], timeout: float = 10.0) -> T:
+    # -- read-only views (one NodeStatus snapshot, taken on the node's loop) -------------
+    def status(self, timeout: float = 10.0) -> NodeStatus:
+        """The node's :class:`~shoal.runtime.status.NodeStatus`, taken on its loop
+        (a consistent snapshot, never a torn read). NotRunning when not running."""
         node, loop = self.node, self._loop
         if node is None or loop is None or loop.is_closed() or not self._ready.is_set():
             raise NotRunning("the node thread is not running")
 
-        async def run() -> T:
-            return fn(node)
+        async def run() -> NodeStatus:
+            return node.status()
 
         try:
             future = asyncio.run_coroutine_threadsafe(run(), loop)
@@ -140,23 +142,26 @@ class NodeThread:
             raise NotRunning("the node thread stopped") from None
 
     @property
-    def phase(self) -> str:
-        node = self.node
-        return node.phase if node is not None else "STOPPED"
+    def phase(self) -> Phase:
+        try:
+            return self.status().phase
+        except NotRunning:
+            return Phase.STOPPED
 
     @property
     def leader(self) -> str | None:
-        return self._call(lambda n: n.leader)
+        return self.status().leader
 
     @property
     def members(self) -> dict[str, Member]:
-        return self._call(lambda n: dict(n.members))
+        return dict(self.status().members)
 
     @property
     def owners(self) -> dict[str, Owner]:
-        return self._call(lambda n: dict(n.owners))
+        """Duty owners; empty while the node is not ACTIVE (owners unknown)."""
+        return dict(self.status().owners or {})
 
     @property
     def running(self) -> list[str]:
         """Duties running on this node now."""
-        return self._call(lambda n: sorted(n.runners))
+        return list(self.status().running)

@@ -1,0 +1,281 @@
+"""Reconciler: places this node's duties, acquires, runs and releases them.
+
+One pass (:meth:`Reconciler.reconcile`) builds a :class:`~shoal.runtime.plan.View`
+from the members, the :class:`~shoal.runtime.owners.OwnerTable` and the clock, and
+carries out the pure :func:`~shoal.runtime.plan.plan` in order. :meth:`Reconciler.run`
+repeats passes when woken (a membership or owner change, our own acquire) and at
+least every ``tick``.
+
+The node's state machine is in charge of WHEN: ``placing`` is switched by its
+``StartPlacing`` / ``StopPlacing`` actions (no acquire while off), its
+``StopAllDuties`` calls :meth:`stop_all` and its ``ReleaseAllDuties`` calls
+:meth:`release_all`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from shoal._clock import Clock
+from shoal._errors import InvalidArgument, StoreError
+from shoal._tasks import event_or_tick
+from shoal.core.placement import DutySpec, NodeInfo, Placement, place
+from shoal.primitives import ownership
+from shoal.primitives.membership import Member
+from shoal.primitives.ownership import Owner
+from shoal.runtime.app import Duty
+from shoal.runtime.context import DutyContext
+from shoal.runtime.owners import OwnerTable
+from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
+from shoal.runtime.runner import DutyRunner
+from shoal.runtime.settings import NodeSettings
+from shoal.runtime.state import ReplicatedState
+from shoal.store.protocol import Store
+
+log = logging.getLogger("shoal.node")
+
+__all__ = ["Reconciler", "Tally", "order_duties"]
+
+Emit = Callable[[str, str | None, str], None]
+
+
+@dataclass(slots=True)
+class Tally:
+    """Mutable totals the node reports (copied into ``NodeStatus.counters``)."""
+
+    acquired: int = 0
+    released: int = 0
+    lost: int = 0
+    crashes: int = 0
+    rejoins: int = 0
+
+
+class Reconciler:
+    """The duties of one node (see the module docstring)."""
+
+    def __init__(
+        self, *, name: str, settings: NodeSettings, store: Store, clock: Clock,
+        state: ReplicatedState, tally: Tally, emit: Emit,
+    ) -> None:
+        self.name = name
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self.state = state
+        self.tally = tally
+        self._emit = emit
+        self.duties: list[Duty] = []
+        self.runners: dict[str, DutyRunner] = {}
+        self.owners = OwnerTable()
+        self.placing = False  # switched by the state machine's Start/StopPlacing
+        self.wake = asyncio.Event()
+        self._stopping: set[DutyRunner] = set()  # being stopped gracefully
+        self._free_since: dict[str, float] = {}
+        self._stable_since = 0.0
+        self._member_sig: frozenset[tuple[str, bool]] = frozenset()
+        self._cache: tuple[object, Placement] | None = None
+
+    # -- inputs ---------------------------------------------------------------------
+    def members_changed(self, members: Mapping[str, Member]) -> None:
+        """Restart the stability timer when the set of (name, draining) changes."""
+        sig = frozenset((m.name, m.draining) for m in members.values())
+        if sig != self._member_sig:
+            self._member_sig = sig
+            self._stable_since = self.clock.monotonic()
+        self.wake.set()
+
+    def placement(self, members: Mapping[str, Member]) -> Placement:
+        """Where every duty should run (cached while members and sticky owners hold)."""
+        live = [m for m in members.values() if not m.draining]
+        owners = {n: o.node for n, o in self.owners.view().items()}
+        sticky = tuple(sorted((d.name, owners.get(d.name, "")) for d in self.duties if d.sticky))
+        key = (frozenset(live), sticky)
+        if self._cache is not None and self._cache[0] == key:
+            return self._cache[1]
+        nodes = [
+            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead, frozenset(m.disabled),
+                     m.zone)
+            for m in live
+        ]
+        specs = [
+            DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty, d.family)
+            for d in self.duties
+        ]
+        result = place(specs, nodes, owners, balanced=self.settings.balanced)
+        self._cache = (key, result)
+        return result
+
+    # -- the loop ---------------------------------------------------------------------
+    async def run(
+        self, lease: Callable[[], int | None], members: Callable[[], Mapping[str, Member]],
+        on_tick: Callable[[], None],
+    ) -> None:
+        """Run passes until cancelled. ``lease()``: the lease to act on, or None while
+        passes must not run; ``on_tick`` is called before each pass."""
+        tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
+        last_pass = float("-inf")
+        while True:
+            await event_or_tick(self.wake, self.clock, tick)
+            for _ in range(3):  # let the watches apply what is already queued (coalesce)
+                await asyncio.sleep(0)
+            if self.clock.monotonic() - last_pass < 0.05:
+                # a storm of changes (start-up, mass failover): batch them so a pass
+                # is not re-run per event; a lone event after a quiet spell is not delayed
+                await self.clock.sleep(0.002)
+            self.wake.clear()
+            on_tick()
+            if lease() is None:
+                continue
+            try:
+                await self.reconcile(lease, members())
+            except StoreError as exc:
+                log.debug("node %s: reconcile failed: %s", self.name, exc)
+            last_pass = self.clock.monotonic()
+
+    async def reconcile(
+        self, lease: Callable[[], int | None], members: Mapping[str, Member]
+    ) -> None:
+        """One pass: compute the plan and carry it out (stops early when ``lease()``
+        changes or turns None)."""
+        current = lease()
+        if current is None:
+            return
+        owners = self.owners.view()
+        now = self.clock.monotonic()
+        for duty in self.duties:
+            if duty.name in owners:
+                self._free_since.pop(duty.name, None)
+            else:
+                self._free_since.setdefault(duty.name, now)
+        view = View(
+            me=self.name, lease=current, duties=self.duties, owners=owners,
+            placement=self.placement(members),
+            running={n: r.token for n, r in self.runners.items()},
+            now=now, free_since=self._free_since, stable_since=self._stable_since,
+            grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
+        )
+        by_name = {d.name: d for d in self.duties}
+        stale = False  # an acquire lost a race: our view is behind, wait for the watch
+        for action in plan(view):
+            if lease() != current:
+                return
+            if isinstance(action, Stop):
+                self.stop_now(action.duty, action.reason)
+            elif isinstance(action, Run):
+                self._run(by_name[action.duty], action.owner)
+            elif isinstance(action, Release):
+                await self._release(action.duty, action.token, action.reason)
+            elif isinstance(action, Acquire) and self.placing and not stale:
+                stale = not await self._acquire(by_name[action.duty], current)
+
+    # -- duties -----------------------------------------------------------------------
+    def stop_now(self, duty: str, reason: str) -> None:
+        runner = self.runners.pop(duty, None)
+        if runner is not None:
+            runner.cancel_now(reason)
+            self._emit("stopped", duty, reason)
+
+    def stop_all(self, reason: str) -> None:
+        """Stop every duty NOW, synchronously (the lease may be gone: G1)."""
+        for name, runner in list(self.runners.items()):
+            runner.cancel_now(f"lease lost: {reason}")
+            self.tally.lost += 1
+            self._emit("stopped", name, f"lease lost: {reason}")
+        self.runners.clear()
+        for runner in list(self._stopping):  # a graceful stop in progress ends NOW too
+            runner.cancel_now(f"lease lost: {reason}")
+        self.owners.forget_pending()
+
+    def abandon(self) -> None:
+        """Cancel every duty as a crash would: nothing released, nothing counted."""
+        for runner in self.runners.values():
+            runner.cancel_now("abandoned")
+        self.runners.clear()
+
+    async def release_all(self, reason: str, timeout: float) -> None:  # noqa: ASYNC109
+        """Stop every duty gracefully, in parallel, each bounded by ``timeout``. The
+        owner keys stay: they go with the lease when the node revokes it."""
+        runners, self.runners = self.runners, {}
+        self._stopping.update(runners.values())
+        try:
+            await asyncio.gather(*(r.stop(reason, timeout) for r in runners.values()))
+        finally:
+            self._stopping.difference_update(runners.values())
+        for name in runners:
+            self._emit("stopped", name, reason)
+
+    def on_crash(self, duty: str, exc: BaseException) -> None:
+        self.tally.crashes += 1
+        self._emit("crashed", duty, f"{type(exc).__name__}: {exc}")
+
+    def _run(self, duty: Duty, owner: Owner) -> None:
+        self.stop_now(duty.name, "token changed")
+        ctx = DutyContext(
+            name=duty.name, token=owner.token, node=self.name, store=self.store,
+            clock=self.clock, params=self.settings.params, item=duty.item,
+            loop=asyncio.get_running_loop(), partition=duty.partition, state=self.state,
+        )
+        runner = DutyRunner(
+            duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,
+            backoff_max=self.settings.crash_backoff_max, on_crash=self.on_crash,
+        )
+        self.runners[duty.name] = runner
+        runner.start()
+        self._emit("started", duty.name, f"token {owner.token}")
+
+    async def _acquire(self, duty: Duty, lease: int) -> bool:
+        """Try to take ``duty``; False when another node had it already."""
+        if self.owners.get(duty.name) is not None:  # taken while this pass was running
+            return True
+        token = await ownership.acquire(self.store, duty.name, self.name, lease, self.clock.time())
+        if token is None:
+            return False
+        owner = Owner(duty.name, self.name, token, self.clock.time(), lease)
+        self.owners.wrote(duty.name, token, owner)
+        self.tally.acquired += 1
+        self._free_since.pop(duty.name, None)
+        self._run(duty, owner)
+        self.wake.set()  # co-located duties may follow at once
+        return True
+
+    async def _release(self, duty: str, token: int, reason: str) -> None:
+        runner = self.runners.pop(duty, None)
+        if runner is not None:
+            self._stopping.add(runner)
+            try:
+                await runner.stop(reason, self.settings.drain_timeout)
+            finally:
+                self._stopping.discard(runner)
+            self._emit("stopped", duty, reason)
+        revision = await ownership.release(self.store, duty, token)
+        if revision:
+            self.owners.wrote(duty, revision, None)
+            self.tally.released += 1
+        self.wake.set()
+
+
+def order_duties(duties: list[Duty]) -> list[Duty]:
+    """Co-located duties after the duty they follow (chains allowed)."""
+    by_name = {d.name: d for d in duties}
+    out: list[Duty] = []
+    seen: set[str] = set()
+
+    def visit(d: Duty, path: tuple[str, ...]) -> None:
+        if d.name in seen:
+            return
+        if d.name in path:
+            raise InvalidArgument(f"with_duty cycle: {' -> '.join((*path, d.name))}")
+        if d.with_duty is not None:
+            anchor = by_name.get(d.with_duty)
+            if anchor is None:
+                raise InvalidArgument(f"duty {d.name!r} follows unknown duty {d.with_duty!r}")
+            visit(anchor, (*path, d.name))
+        seen.add(d.name)
+        out.append(d)
+
+    for d in duties:
+        visit(d, ())
+    return out
