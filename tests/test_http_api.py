@@ -342,6 +342,45 @@ async def test_metrics_are_prometheus_text(cluster: Cluster) -> None:
     assert m['shoal_state_revision{node="a"}'] == a.state.revision
 
 
+async def test_metrics_parse_with_prometheus_client(cluster: Cluster) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    a, b = await cluster.add("a"), await cluster.add("b")
+    await cluster.run(3.0)
+    await a.state.put("cfg", "x", 1)
+    await a.state.put("cfg", "y", 2)
+    await cluster.run(0.5)  # the watch applies both writes
+    async with client(a) as http:
+        text = (await http.get("/metrics")).text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    one = {name: [(s.labels, s.value) for s in f.samples] for name, f in families.items()}
+    status = a.status()
+    assert families["shoal_duties_acquired"].type == "counter"
+    assert families["shoal_nodes"].type == "gauge"
+    assert one["shoal_nodes"] == [({"node": "a"}, 2.0)]
+    assert one["shoal_duties_owned"] == [({"node": "a"}, float(len(status.local)))]
+    assert one["shoal_duties_unowned"] == [({"node": "a"}, 0.0)]
+    assert one["shoal_duties_acquired"] == [({"node": "a"}, float(status.counters.acquired))]
+    assert status.counters.acquired == len(status.local) > 0
+    assert one["shoal_state_documents"] == [({"node": "a"}, 2.0)]
+    assert one["shoal_is_leader"] == [({"node": "a"}, 1.0 if status.is_leader else 0.0)]
+    phases = {s["phase"]: v for s, v in one["shoal_phase"]}
+    assert phases == {"JOINING": 0, "ACTIVE": 1, "SUSPENDED": 0, "LOST": 0, "STOPPED": 0}
+    assert one["shoal_info"][0][0]["version"]
+    remaining = one["shoal_lease_remaining_seconds"][0][1]
+    assert 0 < remaining <= TTL - 1.0
+    # a second app on the same node has its own registry (no global one): same output
+    from shoal.http._metrics import node_registry, render_metrics
+
+    assert render_metrics(node_registry(a.status, "v")) != b""
+    await b.aclose()
+    await cluster.run(1.0)
+    async with client(a) as http:
+        text = (await http.get("/metrics")).text
+    after = {f.name: f for f in text_string_to_metric_families(text)}
+    assert [s.value for s in after["shoal_nodes"].samples] == [1.0]
+
+
 async def read_sse(app: Any, until: Any, limit: float = 5.0) -> list[tuple[str, Any]]:
     """Call the ASGI app for GET /events; collect (event, data) until ``until(events)``."""
     scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
