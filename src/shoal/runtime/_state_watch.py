@@ -4,12 +4,11 @@ is disconnected) and the subscribers' inboxes."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import Callable
 
 from shoal._clock import Clock
 from shoal.primitives.mirror import Mirror
-from shoal.runtime._state_model import PREFIX, Change
+from shoal.runtime._state_model import PREFIX
 from shoal.store.protocol import Store
 
 QUEUE_LIMIT = 10_000  # a subscriber further behind gets one "reload" instead
@@ -46,19 +45,3 @@ class StateMirror(Mirror):
         if gen == self._gen:
             self.down_since = None
             self.up.set()
-
-
-class Subscriber:
-    def __init__(self, namespace: str | None) -> None:
-        self.namespace = namespace
-        self.queue: deque[Change | None] = deque()  # None = closed
-        self.wake = asyncio.Event()
-
-    def push(self, change: Change | None) -> None:
-        if len(self.queue) >= QUEUE_LIMIT and change is not None:
-            self.queue.clear()  # too far behind: one reload replaces the backlog
-            change = Change("reload", self.namespace, None, None, change.revision)
-        self.queue.append(change)
-        self.wake.set()
-
-

@@ -114,6 +114,10 @@ class Fanout(Generic[T]):
             if topic is None or sub.topic is None or sub.topic == topic:
                 sub.push(item)
 
+    def subscriptions(self) -> list[Subscription[T]]:
+        """The open subscriptions (to push each its own item)."""
+        return list(self._subs)
+
     def discard(self, sub: Subscription[T]) -> None:
         self._subs.discard(sub)
 

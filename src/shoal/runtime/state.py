@@ -52,7 +52,8 @@ from shoal.runtime._state_model import (
     split_key,
 )
 from shoal.runtime._state_txn import events_made, prepare, refused
-from shoal.runtime._state_watch import StateMirror, Subscriber
+from shoal.runtime._state_watch import QUEUE_LIMIT, StateMirror
+from shoal.runtime.fanout import Fanout, Subscription
 from shoal.store.protocol import Compare, Event, EventType, KeyValue, Store
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ class ReplicatedState:
         self._expect: dict[int, int] = {}  # own writes: revision -> events it made
         self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
         self._seq = itertools.count()
-        self._subs: set[Subscriber] = set()
+        self._subs: Fanout[Change] = Fanout(maxsize=QUEUE_LIMIT, collapse=_reload)
         self.invalid: set[str] = set()  # keys under state/ that are not documents
         self._closed = False
         self._mirror = StateMirror(store, self.clock, self._changed)
@@ -149,8 +150,7 @@ class ReplicatedState:
             if not fut.done():
                 fut.set_exception(NotRunning("replicated state closed"))
         self._waiters.clear()
-        for sub in self._subs:
-            sub.push(None)
+        self._subs.close()
 
     # -- reads (local, no I/O) --------------------------------------------------------
     def get(self, namespace: str, key: str) -> Doc | None:
@@ -216,31 +216,12 @@ class ReplicatedState:
     # -- subscriptions ----------------------------------------------------------------
     def subscribe(self, namespace: str | None = None) -> AsyncIterator[Change]:
         """Changes applied from now on, in revision order (all namespaces when None).
-        A subscriber more than 10,000 changes behind gets one ``reload`` instead."""
-        sub = Subscriber(namespace)
-        self._subs.add(sub)
-        if self._closed:
-            sub.push(None)
-
-        async def gen() -> AsyncIterator[Change]:
-            try:
-                while True:
-                    while not sub.queue:
-                        sub.wake.clear()
-                        await sub.wake.wait()
-                    change = sub.queue.popleft()
-                    if change is None:
-                        return
-                    yield change
-            finally:
-                self._subs.discard(sub)
-
-        return gen()
+        A subscriber more than 10,000 changes behind gets one ``reload`` instead
+        (the collapse policy of :mod:`shoal.runtime.fanout`)."""
+        return aiter(self._subs.subscribe(topic=namespace))
 
     def _publish(self, change: Change) -> None:
-        for sub in self._subs:
-            if sub.namespace is None or sub.namespace == change.namespace:
-                sub.push(change)
+        self._subs.publish(change, topic=change.namespace)
 
     # -- applying what the store says ---------------------------------------------------
     def _changed(self, events: list[Event] | None) -> None:
@@ -277,8 +258,8 @@ class ReplicatedState:
         self.revision = max(self.revision, revision)
         self._count = sys.maxsize
         log.info("state loaded: %d documents at revision %d", self.size, revision)
-        for sub in self._subs:
-            sub.push(Change("reload", sub.namespace, None, None, self.revision))
+        for sub in self._subs.subscriptions():
+            sub.push(Change("reload", sub.topic, None, None, self.revision))
 
     def _decode(self, name: str, kv: KeyValue) -> Doc | None:
         try:
@@ -381,3 +362,8 @@ class ReplicatedState:
         if res.revision > self.revision or (res.revision == self.revision and self._count < made):
             self._expect[res.revision] = made  # wait_for(revision) waits for all of them
         return res.revision
+
+
+def _reload(newest: Change, sub: Subscription[Change]) -> Change:
+    """What a subscriber too far behind gets instead of its backlog: one ``reload``."""
+    return Change("reload", sub.topic, None, None, newest.revision)
