@@ -73,7 +73,7 @@ async def test_arm_deadline_stops_duties_at_the_g1_deadline(sim: Any) -> None:
     await c.run(1.0)
     assert a.runners.keys() == {"job", "leader"}
     deadline = a._fsm.lease_deadline
-    assert deadline is not None and a._deadline is not None  # ArmDeadline armed a timer
+    assert deadline is not None and a._deadline.at == deadline  # ArmDeadline armed the timer
     last_ack = a._fsm.last_ack_at
     assert last_ack is not None and deadline == pytest.approx(last_ack + TTL - MARGIN)
     c.links["a"].blackhole()  # keep-alives hang: no event at all reaches the machine
@@ -91,7 +91,7 @@ async def test_tick_alone_enforces_the_deadline(sim: Any) -> None:
     seen = record_actions(a)
     c.links["a"].blackhole()
     await c.run(2.0)  # past the last ArmDeadline: no new one can come (no acks)
-    a._cancel_deadline()  # no timer: only the reconcile loop's Tick events remain
+    a._deadline.cancel()  # no timer: only the reconcile loop's Tick events remain
     deadline = a._fsm.lease_deadline
     assert deadline is not None
     await c.run(deadline - c.clock.monotonic() + 1.0)

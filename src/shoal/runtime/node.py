@@ -43,6 +43,7 @@ from shoal.runtime.reconcile import Reconciler, Tally, order_duties
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
 from shoal.runtime.status import NodeStatus, build_status
+from shoal.runtime.timers import ActionTasks, DeadlineTimer
 from shoal.runtime.workers import WorkerPools, check_partitions
 from shoal.store.protocol import Event, Store
 
@@ -95,10 +96,11 @@ class Node:
             tally=self._tally, emit=self._emit,
         )
         self._tasks: list[asyncio.Task[None]] = []
-        self._actions: dict[asyncio.Task[None], str] = {}  # async actions of the machine
-        self._deadline: asyncio.Task[None] | None = None
+        self._actions = ActionTasks(self.name)  # the machine's store actions
+        self._deadline = DeadlineTimer(
+            self.clock, lambda: self._feed(fsm.DeadlinePassed()), f"shoal-deadline-{self.name}"
+        )
         self._lost = asyncio.Event()  # set while LOST: the probe loop runs
-        self._leader: str | None = None
         self._closing = False
         self._drain_limit: float | None = None
         self._drain_done: asyncio.Event | None = None
@@ -218,51 +220,25 @@ class Node:
             self._duties.placing = True
             self._duties.wake.set()
         elif isinstance(action, fsm.ArmDeadline):
-            self._arm_deadline(action.at)
+            self._deadline.arm(action.at)
         elif isinstance(action, fsm.ReportPhase):
             self._phase_changed(old, action.phase)
         elif isinstance(action, fsm.ReleaseAllDuties):
-            self._spawn(self._release_all(), "release")
+            self._actions.spawn(self._release_all(), "release")
         elif isinstance(action, fsm.Rejoin):
-            self._spawn(self._rejoin(action.old_lease), "rejoin")
+            self._actions.spawn(self._rejoin(action.old_lease), "rejoin")
         elif isinstance(action, fsm.RevokeLease):
-            self._spawn(self._revoke(action.lease), "revoke")
-
-    def _spawn(self, coro: Any, kind: str) -> None:
-        task = asyncio.create_task(coro, name=f"shoal-{kind}-{self.name}")
-        self._actions[task] = kind
-        task.add_done_callback(lambda t: self._actions.pop(t, None))
-
-    async def _settle(self, kind: str) -> None:
-        """Wait until the ``kind`` actions started so far have finished."""
-        while pending := [t for t, k in self._actions.items() if k == kind]:
-            await asyncio.gather(*pending, return_exceptions=True)
+            self._actions.spawn(self._revoke(action.lease), "revoke")
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         log.info("node %s: %s -> %s", self.name, old, new)
         if new not in _LIVE:
-            self._cancel_deadline()
+            self._deadline.cancel()
         if new is Phase.LOST:
             self._lost.set()
         else:
             self._lost.clear()
         self._emit("phase", self.name, new)
-
-    def _arm_deadline(self, at: float) -> None:
-        self._cancel_deadline()
-        self._deadline = asyncio.create_task(
-            self._deadline_timer(at), name=f"shoal-deadline-{self.name}"
-        )
-
-    def _cancel_deadline(self) -> None:
-        timer, self._deadline = self._deadline, None
-        if timer is not None and timer is not asyncio.current_task():
-            timer.cancel()
-
-    async def _deadline_timer(self, at: float) -> None:
-        await self.clock.sleep(at - self.clock.monotonic())
-        self._deadline = None
-        self._feed(fsm.DeadlinePassed())
 
     def _session_event(self, event: fsm.SessionEvent) -> None:
         if not self._closing and self._fsm.phase is not Phase.STOPPED:
@@ -415,17 +391,7 @@ class Node:
         self._duties.members_changed(new)
 
     def _owners_changed(self, events: list[Event] | None) -> None:
-        table = self._duties.owners
-        if events is None:
-            table.reload(self._owners.items)
-        else:
-            table.apply(events)
-        table.confirm(self._owners.revision)
-        leader = self.leader
-        if leader != self._leader:
-            self._leader = leader
-            self._emit("leader", leader)
-        self._duties.wake.set()
+        self._duties.owners_changed(self._owners, events)
 
     # -- worker pools (shoal.runtime.workers) -------------------------------------------
     def workers_status(self) -> dict[str, dict[str, int]]:
@@ -461,9 +427,9 @@ class Node:
             if session is not None and session.alive and self._fsm.phase in _LIVE:
                 with contextlib.suppress(StoreError):
                     await membership.update(self.store, self._member(), session.lease)
-            await self._settle("release")
+            await self._actions.settle("release")
             self._feed(fsm.Closed())  # -> StopAllDuties (none left), RevokeLease
-            await self._settle("revoke")
+            await self._actions.settle("revoke")
             self._close_reaper()
         finally:
             self._drain_done.set()
@@ -493,13 +459,14 @@ class Node:
         self._closing = True
         await self._shutdown_background()
         self._feed(fsm.Closed())
-        await self._settle("revoke")
+        await self._actions.settle("revoke")
         if self._own_store:
             await self.store.aclose()
 
     async def _shutdown_background(self) -> None:
-        self._cancel_deadline()
-        await cancel_and_wait([*self._tasks, *self._actions])
+        self._deadline.cancel()
+        await self._actions.aclose()
+        await cancel_and_wait(self._tasks)
         self._tasks = []
         self._subscribers.close()
         await self.pools.aclose()

@@ -25,15 +25,16 @@ from shoal._tasks import event_or_tick
 from shoal.core.placement import DutySpec, NodeInfo, Placement, place
 from shoal.primitives import ownership
 from shoal.primitives.membership import Member
+from shoal.primitives.mirror import Mirror
 from shoal.primitives.ownership import Owner
-from shoal.runtime.app import Duty
+from shoal.runtime.app import LEADER, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.owners import OwnerTable
 from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
-from shoal.store.protocol import Store
+from shoal.store.protocol import Event, Store
 
 log = logging.getLogger("shoal.node")
 
@@ -77,6 +78,7 @@ class Reconciler:
         self._stable_since = 0.0
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self._cache: tuple[object, Placement] | None = None
+        self._leader: str | None = None  # last leader reported
 
     # -- inputs ---------------------------------------------------------------------
     def members_changed(self, members: Mapping[str, Member]) -> None:
@@ -85,6 +87,20 @@ class Reconciler:
         if sig != self._member_sig:
             self._member_sig = sig
             self._stable_since = self.clock.monotonic()
+        self.wake.set()
+
+    def owners_changed(self, mirror: Mirror, events: list[Event] | None) -> None:
+        """The watch on ``duties/`` moved (``events`` None: a full reload)."""
+        if events is None:
+            self.owners.reload(mirror.items)
+        else:
+            self.owners.apply(events)
+        self.owners.confirm(mirror.revision)
+        owner = self.owners.get(LEADER)
+        leader = owner.node if owner is not None else None
+        if leader != self._leader:
+            self._leader = leader
+            self._emit("leader", leader, "")
         self.wake.set()
 
     def placement(self, members: Mapping[str, Member]) -> Placement:
