@@ -200,6 +200,8 @@ def render(view: dict[str, Any], source: str = "") -> str:
             store_text += (f", {store['documents']} documents in "
                            f"{store.get('namespace_count', 0)} namespaces")
     owned_text = f"{len(unowned)} UNOWNED" if unowned else "all owned"
+    if view.get("owners_known") is False:
+        owned_text = "owners unknown: the node is not ACTIVE"
     out = [head, f"nodes {view.get('node_count')} · leader {view.get('leader') or 'NONE'} · "
                  f"duties {len(duties)} ({owned_text}) · {store_text}", ""]
     rows = []
@@ -221,7 +223,8 @@ def render(view: dict[str, Any], source: str = "") -> str:
                                "unless kept alive")
     out += _table(["NODE", "ROLES", "ZONE", "LEADER", "UP", "DUTIES", "ADDRESS"], rows)
     out += [*lease_notes, ""]
-    drows = [[d["name"], d.get("owner") or "UNOWNED",
+    nobody = "UNOWNED" if view.get("owners_known") is not False else "unknown"
+    drows = [[d["name"], d.get("owner") or nobody,
               "-" if d.get("token") is None else str(d["token"]),
               "-" if d.get("since") is None else _age(now - d["since"]) + " ago"]
              for d in duties]
