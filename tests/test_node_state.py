@@ -174,6 +174,19 @@ def test_closed_from_any_phase(make: object) -> None:
     assert revoke == ([] if before.lease is None else [RevokeLease(before.lease)])
 
 
+@pytest.mark.parametrize("make", [joining, active, suspended, lost])
+def test_closed_orphan_never_revokes(make: object) -> None:
+    before: NodeState = make()  # type: ignore[operator]
+    state, actions = step(before, Closed(orphan=True), 5.0)
+    assert state.phase is Phase.STOPPED and actions[0] == StopAllDuties("closed")
+    assert not any(isinstance(a, RevokeLease) for a in actions)
+
+
+def test_phase_values_are_the_names() -> None:
+    assert [p.value for p in Phase] == [p.name for p in Phase]
+    assert f"{Phase.ACTIVE}" == "ACTIVE" and Phase("LOST") is Phase.LOST
+
+
 def test_stopped_is_terminal() -> None:
     for event in ALL_EVENTS:
         state, actions = step(stopped(), event, 100.0)
