@@ -42,7 +42,7 @@ from shoal.runtime.fanout import Fanout, Subscription
 from shoal.runtime.reconcile import Reconciler, Tally, order_duties
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
-from shoal.runtime.status import NodeStatus, build_status
+from shoal.runtime.status import Counters, NodeStatus, build_status
 from shoal.runtime.timers import ActionTasks, DeadlineTimer
 from shoal.runtime.workers import WorkerPools, check_partitions
 from shoal.store.protocol import Event, Store
@@ -149,7 +149,10 @@ class Node:
 
     @property
     def counters(self) -> dict[str, int]:
-        return self.status().counters.as_dict()
+        """Totals (as in ``status().counters``): acquired, released, lost, crashes, ..."""
+        t = self._tally
+        return Counters(t.acquired, t.released, t.lost, t.crashes, t.rejoins,
+                        self._subscribers.dropped).as_dict()
 
     @property
     def leader(self) -> str | None:
@@ -358,6 +361,8 @@ class Node:
                 return
             except (StoreError, NameTaken) as exc:
                 log.warning("node %s: rejoin failed: %s", self.name, exc)
+            except NotRunning:  # the store was closed under us: the node is closing
+                return
             await backoff.sleep()
 
     async def _release_all(self) -> None:
