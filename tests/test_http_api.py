@@ -361,7 +361,9 @@ async def test_metrics_parse_with_prometheus_client(cluster: Cluster) -> None:
     assert one["shoal_duties_owned"] == [({"node": "a"}, float(len(status.local)))]
     assert one["shoal_duties_unowned"] == [({"node": "a"}, 0.0)]
     assert one["shoal_duties_acquired"] == [({"node": "a"}, float(status.counters.acquired))]
-    assert status.counters.acquired == len(status.local) > 0
+    c = status.counters
+    assert c.acquired - c.released - c.lost == len(status.local) > 0
+    assert one["shoal_duties_released"] == [({"node": "a"}, float(c.released))]
     assert one["shoal_state_documents"] == [({"node": "a"}, 2.0)]
     assert one["shoal_is_leader"] == [({"node": "a"}, 1.0 if status.is_leader else 0.0)]
     phases = {s["phase"]: v for s, v in one["shoal_phase"]}

@@ -9,7 +9,7 @@ import json
 
 from shoal.core.node_state import KeepaliveFailed, KeepaliveOk, LeaseGone, SessionEvent
 from shoal.primitives.ownership import DUTIES, Owner
-from shoal.primitives.session import Session
+from shoal.primitives.session import LeaseSession
 from shoal.runtime.fanout import Fanout, Subscription
 from shoal.runtime.owners import OwnerTable
 from shoal.store.memory import MemoryStore
@@ -97,7 +97,7 @@ async def test_session_reports_typed_events_with_send_times() -> None:
     store = MemoryStore(clock)
     link = FaultyStore(store)
     events: list[tuple[float, SessionEvent]] = []
-    session = await Session.open(
+    session = await LeaseSession.open(
         link, clock, ttl=6, interval=2.0,
         on_event=lambda ev: events.append((clock.monotonic(), ev)),
     )
