@@ -151,7 +151,7 @@ async def test_abandon_does_not_revoke(sim: Any) -> None:
     assert lease is not None and await c.store.lease_ttl(lease) > 0
 
 
-async def test_rejoin_revokes_the_old_lease_and_joins_again(sim: Any) -> None:
+async def test_rejoin_revokes_the_old_lease_and_joins_again(sim: Any, fixed_jitter: Any) -> None:
     c = sim(job_app())
     a = await c.add("a")
     await c.run(1.0)
@@ -170,7 +170,7 @@ async def test_rejoin_revokes_the_old_lease_and_joins_again(sim: Any) -> None:
     assert a.counters["rejoins"] == 1 and set(a.runners) == {"job", "leader"}
 
 
-async def test_report_phase_reaches_subscribers_as_phases(sim: Any) -> None:
+async def test_report_phase_reaches_subscribers_as_phases(sim: Any, fixed_jitter: Any) -> None:
     c = sim(job_app())
     a = await c.add("a")
     events = a.subscribe()
@@ -178,7 +178,10 @@ async def test_report_phase_reaches_subscribers_as_phases(sim: Any) -> None:
     c.links["a"].cut()
     await c.run(TTL)
     c.links["a"].heal()
-    await c.run(2.0)
+    for _ in range(60):  # the store probe backs off (at most retry_backoff_max = 5 s)
+        if a.phase is Phase.ACTIVE:
+            break
+        await c.run(0.1)
     phases = []
     while (ev := events.get_nowait()) is not None:
         if ev.kind == "phase":
