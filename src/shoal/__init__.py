@@ -15,6 +15,8 @@ _EXPORTS: dict[str, str] = {
     "App": "shoal.runtime.app",
     "Node": "shoal.runtime.node",
     "ClusterEvent": "shoal.runtime.node",
+    "NodeStatus": "shoal.runtime.status",
+    "Phase": "shoal.core.node_state",
     "NodeSettings": "shoal.runtime.settings",
     "NodeThread": "shoal.runtime.thread",
     "DutyContext": "shoal.runtime.context",
@@ -88,11 +90,13 @@ __all__ = [
     "NodeConfig",
     "NodeNotLive",
     "NodeSettings",
+    "NodeStatus",
     "NodeThread",
     "NotRunning",
     "Op",
     "OutcomeUnknown",
     "PgServerError",
+    "Phase",
     "ProcessError",
     "Put",
     "ReplicatedState",
@@ -155,11 +159,13 @@ if TYPE_CHECKING:
         WrongState,
     )
     from shoal.config import NodeConfig, load_config
+    from shoal.core.node_state import Phase
     from shoal.runtime.app import App
     from shoal.runtime.context import DutyContext
     from shoal.runtime.node import ClusterEvent, Node
     from shoal.runtime.settings import NodeSettings
     from shoal.runtime.state import ReplicatedState
+    from shoal.runtime.status import NodeStatus
     from shoal.runtime.thread import NodeThread
     from shoal.sessions import Session, SessionManager
     from shoal.store.factory import open_store
