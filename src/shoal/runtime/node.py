@@ -12,7 +12,8 @@ SUSPENDED duties keep running; at the local deadline (G1, computed only by the
 machine) the node turns LOST and cancels every duty before the store could expire
 its lease, then probes the store and rejoins with backoff.
 
-Placement, acquiring and releasing live in :mod:`shoal.runtime.reconcile`; every
+Placement, acquiring and releasing live in :mod:`shoal.runtime.reconcile`, the
+lease I/O (join, store probe, rejoin, revoke) in :mod:`shoal.runtime.lease`; every
 surface reads the immutable :meth:`Node.status` snapshot.
 """
 
@@ -25,8 +26,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import NameTaken, NotRunning, StoreError
-from shoal._retry import Backoff
+from shoal._errors import NotRunning, StoreError
 from shoal._tasks import cancel_and_wait
 from shoal.core import node_state as fsm
 from shoal.core.node_state import Phase
@@ -39,6 +39,7 @@ from shoal.primitives.session import LeaseSession
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.control import watch_control
 from shoal.runtime.fanout import Fanout, Subscription
+from shoal.runtime.lease import LeaseKeeper
 from shoal.runtime.reconcile import Reconciler, Tally, order_duties
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
@@ -84,7 +85,6 @@ class Node:
         )
         self._started = False
         self._started_at = 0.0
-        self.session: LeaseSession | None = None
         self.members: dict[str, Member] = {}
         self._tally = Tally()
         self._subscribers: Fanout[ClusterEvent] = Fanout(maxsize=10_000)
@@ -100,11 +100,15 @@ class Node:
         self._deadline = DeadlineTimer(
             self.clock, lambda: self._feed(fsm.DeadlinePassed()), f"shoal-deadline-{self.name}"
         )
-        self._lost = asyncio.Event()  # set while LOST: the probe loop runs
         self._closing = False
         self._drain_limit: float | None = None
         self._drain_done: asyncio.Event | None = None
         self.reaper: Any = None
+        self._lease = LeaseKeeper(
+            name=self.name, store=store, clock=self.clock, settings=lambda: self._settings,
+            feed=self._feed, phase=lambda: self._fsm.phase, closing=lambda: self._closing,
+            member=self._member, on_joined=self._on_joined, tally=self._tally,
+        )
         # worker pools (shoal.runtime.workers): per-node copies, not singletons
         self.pools = WorkerPools(
             app.pools, settings, store=store, clock=self.clock,
@@ -197,12 +201,13 @@ class Node:
         self._subscribers.publish(ClusterEvent(kind, name, detail))
 
     def link_down_since(self) -> float | None:
-        """Monotonic time of the last acknowledged keep-alive while the lease is in
-        doubt (not ACTIVE); None while ACTIVE or before the first join."""
-        session = self.session
-        if session is None or self._fsm.phase is Phase.ACTIVE:
-            return None
-        return session.last_ack_at
+        """Since when the lease is in doubt (see :meth:`LeaseKeeper.link_down_since`)."""
+        return self._lease.link_down_since()
+
+    @property
+    def session(self) -> LeaseSession | None:
+        """The current lease session (None before the first join)."""
+        return self._lease.session
 
     # -- the state machine in charge ----------------------------------------------------
     def _feed(self, event: fsm.Event) -> None:
@@ -229,23 +234,19 @@ class Node:
         elif isinstance(action, fsm.ReleaseAllDuties):
             self._actions.spawn(self._release_all(), "release")
         elif isinstance(action, fsm.Rejoin):
-            self._actions.spawn(self._rejoin(action.old_lease), "rejoin")
+            self._actions.spawn(self._lease.rejoin(action.old_lease), "rejoin")
         elif isinstance(action, fsm.RevokeLease):
-            self._actions.spawn(self._revoke(action.lease), "revoke")
+            self._actions.spawn(self._lease.revoke(action.lease), "revoke")
 
     def _phase_changed(self, old: Phase, new: Phase) -> None:
         log.info("node %s: %s -> %s", self.name, old, new)
         if new not in _LIVE:
             self._deadline.cancel()
         if new is Phase.LOST:
-            self._lost.set()
+            self._lease.lost.set()
         else:
-            self._lost.clear()
+            self._lease.lost.clear()
         self._emit("phase", self.name, new)
-
-    def _session_event(self, event: fsm.SessionEvent) -> None:
-        if not self._closing and self._fsm.phase is not Phase.STOPPED:
-            self._feed(event)
 
     # -- lifecycle --------------------------------------------------------------------
     async def __aenter__(self) -> Node:
@@ -273,14 +274,14 @@ class Node:
             await self._owners.wait_ready()
             await self.state.wait_ready()
             await check_partitions(self.store, self.app.partitioned)  # count never changes
-            await self._join()
+            await self._lease.join()
         except BaseException:
             await self._shutdown_background()
             self._close_reaper()
             self._feed(fsm.Closed(orphan=True))  # nothing was registered
             raise
         self._tasks = [
-            asyncio.create_task(self._probe_loop(), name=f"shoal-probe-{self.name}"),
+            asyncio.create_task(self._lease.probe(), name=f"shoal-probe-{self.name}"),
             asyncio.create_task(
                 self._duties.run(self._lease_for_passes, lambda: self.members,
                                  lambda: self._feed(fsm.Tick())),
@@ -304,22 +305,8 @@ class Node:
             workers=tuple(sorted(self.pools.counts().items())),
         )
 
-    async def _join(self) -> None:
-        """Grant a lease, register, then feed ``Joined`` (JOINING -> ACTIVE)."""
-        s = self._settings
-        session = await LeaseSession.open(
-            self.store, self.clock, ttl=s.ttl, interval=s.keepalive_interval,
-            on_event=self._session_event,
-        )
-        try:
-            await membership.register(self.store, self._member(), session.lease)
-        except BaseException:
-            await session.aclose()
-            raise
-        if self._fsm.phase is not Phase.JOINING:  # closed meanwhile
-            await session.aclose()
-            return
-        self.session = session
+    def _on_joined(self, session: LeaseSession) -> None:
+        """A lease was granted and the node record written: ``Joined``."""
         if self.reaper is not None:
             self.reaper.watch_lease(session.lease)
         self._feed(fsm.Joined(at=session.granted_at, lease=session.lease))
@@ -327,59 +314,12 @@ class Node:
             self.pools.start()
         self._duties.wake.set()
 
-    async def _probe_loop(self) -> None:
-        """While LOST: stop the old session, then probe the store with backoff and
-        feed ``StoreBack`` when it answers (the machine then says ``Rejoin``)."""
-        while True:
-            await self._lost.wait()
-            if self.session is not None:
-                await self.session.orphan()  # Rejoin revokes the old lease itself
-            backoff = self._backoff()
-            while self._lost.is_set():
-                await backoff.sleep()
-                try:
-                    await self.store.revision()
-                except (StoreError, NotRunning) as exc:
-                    log.debug("node %s: store still unreachable: %s", self.name, exc)
-                    continue
-                self._feed(fsm.StoreBack())
-
-    def _backoff(self) -> Backoff:
-        return Backoff(0.1, max(0.1, self._settings.retry_backoff_max), clock=self.clock)
-
-    async def _rejoin(self, old_lease: int | None) -> None:
-        """The ``Rejoin`` action: revoke the old lease (best effort), then join with
-        backoff until it works or the node leaves JOINING."""
-        if old_lease is not None:
-            with contextlib.suppress(StoreError, NotRunning):
-                await self.store.revoke(old_lease)
-        backoff = self._backoff()
-        while not self._closing and self._fsm.phase is Phase.JOINING:
-            try:
-                await self._join()
-                self._tally.rejoins += 1
-                return
-            except (StoreError, NameTaken) as exc:
-                log.warning("node %s: rejoin failed: %s", self.name, exc)
-            except NotRunning:  # the store was closed under us: the node is closing
-                return
-            await backoff.sleep()
-
     async def _release_all(self) -> None:
         """The ``ReleaseAllDuties`` action: stop duties and worker copies gracefully."""
         limit = self._settings.drain_timeout if self._drain_limit is None else self._drain_limit
         await asyncio.gather(
             self._duties.release_all("drain", limit), self.pools.stop("drain", limit)
         )
-
-    async def _revoke(self, lease: int) -> None:
-        """The ``RevokeLease`` action: the node record and owner keys vanish at once."""
-        session = self.session
-        if session is not None and session.lease == lease:
-            await session.aclose()  # best effort: a lost store lets the lease expire
-        else:
-            with contextlib.suppress(StoreError, NotRunning):
-                await self.store.revoke(lease)
 
     # -- watching -----------------------------------------------------------------------
     def _nodes_changed(self, events: list[Event] | None) -> None:
