@@ -4,7 +4,7 @@
         print(node.leader, sorted(node.members))
 
 The node state machine (:mod:`shoal.core.node_state`) is in charge: every lease
-event (from the :class:`~shoal.primitives.session.Session`, the deadline timer, the
+event (from the :class:`~shoal.primitives.session.LeaseSession`, the deadline timer, the
 store probe, ``drain`` and ``aclose``) goes through :meth:`Node._feed`, and the node
 carries out EVERY action the machine returns (:meth:`Node._do`). Phases:
 JOINING -> ACTIVE <-> SUSPENDED -> LOST -> JOINING ..., STOPPED at the end. While
