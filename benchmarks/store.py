@@ -1,4 +1,5 @@
-"""Store operation latency: memory, sqlite, Shoal's etcd backend and raw etcd3aio.
+"""Store operation latency: memory, sqlite, Shoal's etcd backend and raw etcd3aio,
+Shoal's postgres backend and the same statements through raw psycopg.
 
 One run starts its own single-member etcd (127.0.0.1, free ports; stopped by PID at
 the end) and measures, for every backend, over ``--ops`` sequential operations after
@@ -20,8 +21,13 @@ length (``/b/s/k/00042`` vs ``/b/r/k/00042``), the same values and the same per-
 timeout; the backends are interleaved in rounds of ``--chunk`` ops with a rotating
 order, so drift (other load on the machine, etcd's own housekeeping) hits all alike.
 
+PostgreSQL: one run starts its own server (``shoal.testing.pg_server``, fsync off,
+on 127.0.0.1; stopped by PID); ``rawpg`` issues exactly the statements the postgres
+store issues, on one bare connection (benchmarks/_store_pg.py).
+
     python benchmarks/store.py                      # --ops 2000, every backend
     python benchmarks/store.py --ops 500 --backends etcd,raw
+    python benchmarks/store.py --ops 500 --backends postgres,rawpg
 """
 
 from __future__ import annotations
@@ -40,23 +46,30 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from _store_pg import RawPgOps
 from etcd3aio import Etcd3Client
 from etcd3aio.kv import KVService
 
 from shoal.store import _etcd_pb as pb
 from shoal.store.etcd import EtcdStore
 from shoal.store.memory import MemoryStore
+from shoal.store.postgres import PostgresStore
 from shoal.store.protocol import Compare, Op, Put, Store
 from shoal.store.sqlite import SqliteStore
 from shoal.testing.etcd_server import EtcdCluster, find_etcd_binary
+from shoal.testing.pg_server import PgServer
 
-BACKENDS = ("memory", "sqlite", "etcd", "raw")
+BACKENDS = ("memory", "sqlite", "etcd", "raw", "postgres", "rawpg")
 LABELS = {
     "memory": "memory",
     "sqlite": "sqlite",
     "etcd": "shoal etcd",
     "raw": "raw etcd3aio",
+    "postgres": "shoal postgres",
+    "rawpg": "raw psycopg",
 }
+PAIRS = (("etcd", "raw"), ("postgres", "rawpg"))  # (Shoal backend, raw driver)
+TARGET_PG_WATCH_DELIVERY_P99_MS = 10.0
 OPS = ("put", "get", "txn", "watch", "delivery")
 TIMEOUT = 5.0  # per call, for Shoal's etcd backend and raw etcd3aio alike
 TARGET_RATIO = 1.3
@@ -291,6 +304,17 @@ class RawBench(Bench):
         await self.client.close()
 
 
+class RawPgBench(RawPgOps, Bench):
+    """The postgres store's statements through raw psycopg (benchmarks/_store_pg.py)."""
+
+    def __init__(self, dsn: str, schema: str, keys: int, value: bytes) -> None:
+        Bench.__init__(self, keys, value)
+        self.setup_raw(dsn, schema)
+
+    def _arrive(self, value: bytes) -> None:
+        Bench._arrive(self, value)
+
+
 # -- measuring ------------------------------------------------------------------------------
 def percentile(samples: list[float], q: float) -> float:
     """Nearest-rank percentile of ``samples`` (seconds) in milliseconds."""
@@ -352,7 +376,9 @@ def etcd_version(binary: str) -> str:
     return "unknown"
 
 
-async def bench_all(args: argparse.Namespace, endpoint: str | None, tmp: Path) -> dict[str, Any]:
+async def bench_all(
+    args: argparse.Namespace, endpoint: str | None, tmp: Path, pg_dsn: str | None = None
+) -> dict[str, Any]:
     value = bytes(range(256)) * (args.value_size // 256 + 1)
     value = value[: args.value_size]
     benches: list[Bench] = []
@@ -387,6 +413,21 @@ async def bench_all(args: argparse.Namespace, endpoint: str | None, tmp: Path) -
                 raw = RawBench(endpoint.removeprefix("http://"), b"/b/r/", args.keys, value)
                 await raw.connect()
                 benches.append(raw)
+            elif name == "postgres":
+                assert pg_dsn is not None
+                dsn = pg_dsn
+                pg = await PostgresStore.open(dsn, schema="bench_s", timeout=TIMEOUT)
+
+                async def pg_other(dsn: str = dsn) -> tuple[Store, bool]:
+                    return await PostgresStore.open(dsn, schema="bench_s", timeout=TIMEOUT), True
+
+                benches.append(StoreBench("postgres", pg, pg_other, args.keys, value))
+            elif name == "rawpg":
+                assert pg_dsn is not None
+                await (await PostgresStore.open(pg_dsn, schema="bench_r")).aclose()  # tables
+                rawpg = RawPgBench(pg_dsn, "bench_r", args.keys, value)
+                await rawpg.connect()
+                benches.append(rawpg)
         results: dict[str, dict[str, list[float]]] = {}
         # put first: it also creates every key that get reads.
         for bench in benches:
@@ -416,9 +457,9 @@ async def bench_all(args: argparse.Namespace, endpoint: str | None, tmp: Path) -
 # -- report -----------------------------------------------------------------------------------
 def table(samples: dict[str, dict[str, list[float]]], backends: list[str]) -> list[str]:
     head = ["op", *(f"{LABELS[b]} p50 / p99 ms" for b in backends)]
-    ratio = "etcd" in backends and "raw" in backends
-    if ratio:
-        head.append("shoal etcd / raw etcd3aio (p50)")
+    pairs = [(s, r) for s, r in PAIRS if s in backends and r in backends]
+    for s, r in pairs:
+        head.append(f"{LABELS[s]} / {LABELS[r]} (p50)")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     names = {
         "put": "put",
@@ -432,9 +473,9 @@ def table(samples: dict[str, dict[str, list[float]]], backends: list[str]) -> li
         for b in backends:
             s = samples[op][b]
             row.append(f"{percentile(s, 50):.3f} / {percentile(s, 99):.3f}")
-        if ratio:
-            shoal = percentile(samples[op]["etcd"], 50)
-            raw = percentile(samples[op]["raw"], 50)
+        for s, r in pairs:
+            shoal = percentile(samples[op][s], 50)
+            raw = percentile(samples[op][r], 50)
             if raw > 0:
                 row.append(f"{shoal / raw:.2f}x")
             else:  # most events beat their put's reply: no ratio of zeros
@@ -445,11 +486,19 @@ def table(samples: dict[str, dict[str, list[float]]], backends: list[str]) -> li
 
 def verdicts(samples: dict[str, dict[str, list[float]]], backends: list[str]) -> list[str]:
     out: list[str] = []
-    if "etcd" in backends and "raw" in backends:
+    for shoal, raw in PAIRS:
+        if shoal not in backends or raw not in backends:
+            continue
         for op in ("put", "get", "txn"):
-            r = percentile(samples[op]["etcd"], 50) / percentile(samples[op]["raw"], 50)
+            r = percentile(samples[op][shoal], 50) / percentile(samples[op][raw], 50)
             ok = "met" if r <= TARGET_RATIO else "NOT met"
-            out.append(f"- {op} p50 shoal etcd / raw = {r:.2f}x (target <= {TARGET_RATIO}x): {ok}")
+            out.append(f"- {op} p50 {LABELS[shoal]} / {LABELS[raw]} = {r:.2f}x "
+                       f"(target <= {TARGET_RATIO}x): {ok}")
+    if "postgres" in backends:
+        p99 = percentile(samples["delivery"]["postgres"], 99)
+        ok = "met" if p99 < TARGET_PG_WATCH_DELIVERY_P99_MS else "NOT met"
+        out.append(f"- postgres watch delivery p99 = {p99:.1f} ms "
+                   f"(target < {TARGET_PG_WATCH_DELIVERY_P99_MS:.0f} ms): {ok}")
     if "sqlite" in backends:
         p99 = percentile(samples["watch"]["sqlite"], 99)
         ok = "met" if p99 < TARGET_SQLITE_WATCH_P99_MS else "NOT met"
@@ -490,7 +539,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     needs_etcd = "etcd" in args.backends or "raw" in args.backends
+    needs_pg = "postgres" in args.backends or "rawpg" in args.backends
     cluster: EtcdCluster | None = None
+    pg_server: PgServer | None = None
     version = "-"
     started = time.monotonic()
     try:
@@ -501,16 +552,23 @@ def main(argv: list[str] | None = None) -> int:
             cluster = EtcdCluster(members=1, binary=binary, no_fsync=args.no_fsync)
             cluster.start()
             endpoint = cluster.endpoints[0]
+        pg_dsn = None
+        if needs_pg:
+            pg_server = PgServer()
+            pg_server.start()
+            pg_dsn = pg_server.dsn()
         with tempfile.TemporaryDirectory(prefix="shoal-bench-") as tmp:
 
             async def bounded() -> dict[str, Any]:
                 async with asyncio.timeout(args.time_limit):
-                    return await bench_all(args, endpoint, Path(tmp))
+                    return await bench_all(args, endpoint, Path(tmp), pg_dsn)
 
             result = asyncio.run(bounded())
     finally:
         if cluster is not None:
             cluster.stop()  # kills the etcd process it started, by PID
+        if pg_server is not None:
+            pg_server.stop()  # the PostgreSQL server it started, by PID
     elapsed = time.monotonic() - started
     load = os.getloadavg()
     samples = result["samples"]

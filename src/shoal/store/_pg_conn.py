@@ -127,14 +127,15 @@ class Conns:
     async def write(
         self,
         lock: str,
-        fn: Callable[[Conn, int], Awaitable[tuple[T, int]]],
+        fn: Callable[[Conn, int], Awaitable[tuple[T, int, str]]],
         *,
         advisory: str | None = None,
     ) -> tuple[T, int] | None:
         """``fn(conn, rev)`` in one transaction after ``lock`` (the row lock on the
-        revision, returning it and the transaction id). ``fn`` returns its result and
-        the revision after it and must issue everything but ``COMMIT``. With
-        ``advisory`` (a try-lock query) None is returned when the lock is taken."""
+        revision, returning it and the transaction id; sent with ``BEGIN``). ``fn``
+        returns its result, the revision after it and the statements (no parameters)
+        to send together with ``COMMIT``. With ``advisory`` (a try-lock query) None is
+        returned when the lock is taken. Round trips: 2 + those of ``fn``."""
         for attempt in (0, 1):
             if self._closed:
                 raise NotRunning(f"{self.where} is closed")
@@ -144,17 +145,18 @@ class Conns:
                 committing = False
                 try:
                     async with asyncio.timeout(self.timeout):
-                        await conn.execute("BEGIN")
                         if advisory is not None:
-                            got = await (await conn.execute(advisory)).fetchone()
+                            got = await _last(await conn.execute(f"BEGIN; {advisory}"))
                             if not got[0]:
                                 await conn.execute("ROLLBACK")
                                 self._give(conn, True)
                                 return None
-                        rev, xid = await (await conn.execute(lock)).fetchone()
-                        outcome = await fn(conn, int(rev))
+                            rev, xid = await (await conn.execute(lock)).fetchone()
+                        else:
+                            rev, xid = await _last(await conn.execute(f"BEGIN; {lock}"))
+                        outcome, after, finish = await fn(conn, int(rev))
                         committing = True
-                        await conn.execute("COMMIT")
+                        await conn.execute(f"{finish}; COMMIT" if finish else "COMMIT")
                 except ShoalError:
                     await _rollback(conn)
                     self._give(conn, True)
@@ -164,14 +166,14 @@ class Conns:
                     cancelled = isinstance(exc, asyncio.CancelledError)
                     if committing and xid is not None and not cancelled:
                         await self._settle(xid)
-                        return outcome
+                        return outcome, after
                     if attempt == 0 and is_connection_error(exc) and not _timed_out(exc):
                         continue  # never committed: nothing was applied
                     if isinstance(exc, Exception):
                         raise translate(exc, self.where, timeout=self.timeout) from None
                     raise
                 self._give(conn, True)
-                return outcome
+                return outcome, after
         raise AssertionError("unreachable")
 
     async def _settle(self, xid: str) -> None:
@@ -216,6 +218,13 @@ class Conns:
         for conn in idle:
             with contextlib.suppress(Exception):
                 await conn.close()
+
+
+async def _last(cur: Any) -> Any:
+    """The first row of the last result of a multi-statement ``execute``."""
+    while cur.nextset():
+        pass
+    return await cur.fetchone()
 
 
 def _timed_out(exc: BaseException) -> bool:

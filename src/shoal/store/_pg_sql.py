@@ -73,6 +73,10 @@ class Sql:
         )
         self.set_rev = f"UPDATE {s}.meta SET v = %s WHERE k = 'rev'"
         self.notify = "SELECT pg_notify(%s, %s)"
+        self._finish = (
+            f"UPDATE {s}.meta SET v = {{rev}} WHERE k = 'rev';"
+            f" SELECT pg_notify('{self.channel}', '{{rev}}')"
+        )
         self.rev = f"SELECT v FROM {s}.meta WHERE k = 'rev'"
         self.compact_point = f"SELECT v FROM {s}.meta WHERE k = 'compact'"
         self.set_compact = f"UPDATE {s}.meta SET v = %s WHERE k = 'compact'"
@@ -154,6 +158,12 @@ class Sql:
             " WHERE c.k = 'compact' ORDER BY l.rev, l.id"
         )
         self.xact_status = "SELECT pg_xact_status(%s::xid8)"
+
+    def finish(self, rev: int) -> str:
+        """Move the revision to ``rev`` and wake watchers: sent with ``COMMIT``, in the
+        same message (one round trip). Only integers and the checked schema name are
+        inlined."""
+        return self._finish.format(rev=int(rev))
 
 
 def span(key: str, prefix: bool) -> tuple[bytes, bytes | None]:

@@ -251,17 +251,16 @@ class PostgresStore:
         """``body`` in one write transaction: its result and the revision after it."""
         self._check_open()
 
-        async def run(conn: Conn, rev: int) -> tuple[T, int]:
+        async def run(conn: Conn, rev: int) -> tuple[T, int, str]:
             tx = _Tx(self._sql, conn, rev)
             result = await body(tx)
             tx.flush()
-            if tx.rev != rev:
-                await conn.execute(self._sql.set_rev, (tx.rev,))
-                step = max(1, self._retention // 10)  # auto-compaction, in batches
-                if tx.rev > self._retention and tx.rev // step != rev // step:
-                    await self._compact_to(conn, tx.rev - self._retention + 1)
-                await conn.execute(self._sql.notify, (self._sql.channel, str(tx.rev)))
-            return result, tx.rev
+            if tx.rev == rev:
+                return result, rev, ""
+            step = max(1, self._retention // 10)  # auto-compaction, in batches
+            if tx.rev > self._retention and tx.rev // step != rev // step:
+                await self._compact_to(conn, tx.rev - self._retention + 1)
+            return result, tx.rev, self._sql.finish(tx.rev)
 
         done = await self._conns.write(self._sql.lock_rev, run, advisory=advisory)
         if done is not None:
@@ -456,8 +455,13 @@ class PostgresStore:
             wait = False  # (re)connected: notifications may have been missed
         conn = self._listener
         if wait:
-            async for _ in conn.notifies(timeout=_FALLBACK_POLL, stop_after=1):
-                pass
+            revision = ""
+            async for note in conn.notifies(timeout=_FALLBACK_POLL, stop_after=1):
+                revision = note.payload  # the revision that transaction committed
+            if not self._watchers:  # nobody to tell: only remember where "now" is
+                if revision.isdigit():
+                    self._seen = max(self._seen, int(revision))
+                return
         async with asyncio.timeout(self._conns.timeout):
             rows = await (await conn.execute(self._sql.events, (self._seen,))).fetchall()
         compact, rev, events = decode_events(rows)
