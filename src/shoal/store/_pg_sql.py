@@ -92,10 +92,13 @@ class Sql:
             f" FROM {s}.meta r LEFT JOIN {s}.kv kv ON kv.key >= %s AND (%s::bytea IS NULL"
             " OR kv.key < %s::bytea) WHERE r.k = 'rev' ORDER BY kv.key"
         )
-        # write one key and its PUT event; %(rev)s is the revision being written
+        # write one key and its PUT event; %(rev)s is the revision being written. With a
+        # lease that is gone (or expired by the server's clock) nothing is written (0 rows).
         self.put = (
             f"WITH w AS (INSERT INTO {s}.kv AS t ({cols})"
-            " VALUES (%(key)s, %(value)s, %(rev)s, %(rev)s, 1, %(lease)s)"
+            " SELECT %(key)s, %(value)s, %(rev)s, %(rev)s, 1, %(lease)s"
+            f" WHERE %(lease)s = 0 OR EXISTS (SELECT 1 FROM {s}.leases"
+            " WHERE id = %(lease)s AND expires > clock_timestamp())"
             " ON CONFLICT (key) DO UPDATE SET value = excluded.value,"
             " mod_revision = excluded.mod_revision, version = t.version + 1,"
             " lease = excluded.lease RETURNING key, value, create_revision, version, lease)"

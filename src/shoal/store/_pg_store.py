@@ -103,11 +103,11 @@ class _Tx:
         return [_kv(r) for r in await self.fetch(self.sql.range_span, (lo, hi))]
 
     async def put(self, key: str, value: bytes, lease: int) -> None:
-        if lease and not await self.fetch(self.sql.live_lease, (lease,)):
-            raise LeaseNotFound(lease)
         params = {"key": span(key, False)[0], "value": bytes(value), "rev": self.rev + 1,
                   "lease": lease}  # fmt: skip
-        await self.conn.execute(self.sql.put, params)
+        cur = await self.conn.execute(self.sql.put, params)
+        if cur.rowcount < 1:  # the lease is gone: the transaction is rolled back
+            raise LeaseNotFound(lease)
         self.dirty = True
 
     async def delete(self, key: str, prefix: bool) -> int:
