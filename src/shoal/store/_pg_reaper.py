@@ -53,16 +53,22 @@ def reaper_prepare(info: Mapping[str, Any]) -> None:
 
 
 def _revoke_on(conn: Any, sql: Sql, lease: int) -> str:
-    with conn.transaction():
-        rev = int(conn.execute(sql.lock_rev).fetchone()[0])
-        if not conn.execute(sql.lease_row, (lease,)).fetchall():
+    """The store's revoke in four round trips: BEGIN with the revision lock; the lease
+    row; its keys (logged at one new revision); the revision, NOTIFY and COMMIT."""
+    cur = conn.execute(f"BEGIN; {sql.lock_rev}")
+    while cur.nextset():
+        pass
+    rev = int(cur.fetchone()[0])
+    try:
+        if not conn.execute(sql.delete_lease + " RETURNING id", (lease,)).fetchall():
+            conn.execute("ROLLBACK")
             return "already gone"
         cur = conn.execute(sql.delete_lease_keys, {"lease": lease, "rev": rev + 1})
         keys = max(0, cur.rowcount)
-        conn.execute(sql.delete_lease, (lease,))
-        if keys:
-            conn.execute(sql.set_rev, (rev + 1,))
-            conn.execute(sql.notify, (sql.channel, str(rev + 1)))
+    except BaseException:
+        conn.close()
+        raise
+    conn.execute(f"{sql.finish(rev + 1)}; COMMIT" if keys else "COMMIT")
     return f"revoked ({keys} key(s) deleted at revision {rev + 1})" if keys else "revoked"
 
 

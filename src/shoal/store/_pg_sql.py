@@ -71,8 +71,6 @@ class Sql:
         self.lock_rev = (
             f"SELECT v, pg_current_xact_id()::text FROM {s}.meta WHERE k = 'rev' FOR UPDATE"
         )
-        self.set_rev = f"UPDATE {s}.meta SET v = %s WHERE k = 'rev'"
-        self.notify = "SELECT pg_notify(%s, %s)"
         self._finish = (
             f"UPDATE {s}.meta SET v = {{rev}} WHERE k = 'rev';"
             f" SELECT pg_notify('{self.channel}', '{{rev}}')"
@@ -122,9 +120,6 @@ class Sql:
             f"WITH d AS (DELETE FROM {s}.kv WHERE lease = %(lease)s RETURNING key)" + delete_log
         )
         # leases: the server's clock decides
-        self.live_lease = (
-            f"SELECT ttl FROM {s}.leases WHERE id = %s AND expires > clock_timestamp()"
-        )
         self.lease_row = f"SELECT ttl FROM {s}.leases WHERE id = %s FOR UPDATE"
         self.grant = (
             f"INSERT INTO {s}.leases (id, ttl, expires)"
