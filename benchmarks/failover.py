@@ -1,7 +1,16 @@
-"""Failover faster than a lease: Shoal vs OpenStack tooz (redis, etcd3gw), real processes.
+"""Failover faster than a lease: Shoal vs OpenStack tooz (redis, etcd3gw, postgresql),
+real processes.
 
     python benchmarks/failover.py                # --reps 10, everything, ~3 min on 2 cores
     python benchmarks/failover.py --reps 3 --contenders shoal
+    python benchmarks/failover.py --contenders shoal-postgres,tooz-postgresql
+
+On PostgreSQL (``shoal-postgres``, ``tooz-postgresql``) a PostgreSQL server is started
+too (``shoal.testing.pg_server``, free port, stopped by PID): Shoal's nodes use the
+postgres backend; tooz's postgresql driver holds advisory locks (it has no groups, so
+no (e) for it); (d) compares Shoal's acquire with the same create-if-absent
+transaction issued through raw psycopg (the statements of the postgres store: BEGIN
+with the revision lock, the compare read, the put, the revision update with COMMIT).
 
 One real etcd (``EtcdCluster``, 127.0.0.1, free ports) and one redis-server (free port,
 no persistence) are started; then, one contender after the other, in this process run:
@@ -60,6 +69,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.testing.etcd_server import EtcdCluster
+from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import NodeProcess, ProcCluster
 
 HERE = Path(__file__).resolve().parent
@@ -67,7 +77,7 @@ REPO = HERE.parent
 APP = f"{HERE / 'failover_app.py'}:app"
 TOOZ_WORKER = HERE / "failover_tooz.py"
 TTL = 2  # seconds, every contender
-CONTENDERS = ("shoal", "tooz-redis", "tooz-etcd3gw")
+CONTENDERS = ("shoal", "tooz-redis", "tooz-etcd3gw", "shoal-postgres", "tooz-postgresql")
 SCENARIOS = ("crash", "machine", "graceful", "acquire", "join")
 BENCH_LINE = re.compile(r"^BENCH started bench node=(\S+) token=(\d+) at=([\d.]+)$", re.M)
 STATUS_LINE = re.compile(
@@ -112,15 +122,14 @@ def wait_first(
 
 # -- Shoal ---------------------------------------------------------------------------
 class ShoalRig:
-    """3 ``shoal run`` nodes on one etcd; replaced after every fault."""
+    """3 ``shoal run`` nodes on one store (``store``: the config's ``store`` section);
+    replaced after every fault."""
 
-    def __init__(self, workdir: Path, endpoints: Sequence[str]) -> None:
-        self.endpoints = list(endpoints)
-        self.prefix = f"/failover-{uuid.uuid4().hex[:8]}"
+    def __init__(self, workdir: Path, store: dict[str, Any]) -> None:
+        self.store = store
         base = {
             "cluster": "failover-bench",
-            "store": {"backend": "etcd",
-                      "etcd": {"endpoints": self.endpoints, "prefix": self.prefix}},
+            "store": store,
             "timings": {"preset": "local", "ttl": TTL, "rebalance_delay": 600},
             "reaper": {"enabled": True},
         }
@@ -223,9 +232,10 @@ class ShoalRig:
         return took
 
     async def _started_at(self, name: str) -> float:
-        from shoal.store.etcd import EtcdStore
+        from shoal.config import StoreSection
+        from shoal.store.factory import open_store
 
-        store = await EtcdStore.open(self.endpoints, prefix=self.prefix)
+        store = await open_store(StoreSection(**self.store))
         try:
             kv = await store.get(f"nodes/{name}")
         finally:
@@ -301,18 +311,78 @@ async def shoal_acquire(endpoints: Sequence[str], iters: int, warmup: int = 20) 
     return {"shoal": shoal, "raw": plain}
 
 
+async def shoal_acquire_pg(dsn: str, iters: int, warmup: int = 20) -> dict[str, Any]:
+    """Shoal's ownership acquire on the postgres store vs the same create-if-absent
+    transaction through raw psycopg (same server, same lease, interleaved)."""
+    import psycopg
+
+    from shoal.primitives import ownership
+    from shoal.store._pg_sql import Sql
+    from shoal.store.postgres import PostgresStore
+
+    schema = f"acq_{uuid.uuid4().hex[:8]}"
+    store = await PostgresStore.open(dsn, schema=schema)
+    sql = Sql(schema)
+    raw = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    shoal: list[float] = []
+    plain: list[float] = []
+    try:
+        lease = (await store.grant(60)).id
+
+        async def one_shoal(i: int) -> float:
+            t0 = time.perf_counter()
+            token = await ownership.acquire(store, f"d{i}", "bench-node", lease, time.time())
+            took = time.perf_counter() - t0
+            assert token is not None
+            return took
+
+        async def one_raw(i: int) -> float:
+            t0 = time.perf_counter()
+            key = f"raw/d{i}".encode()
+            value = json.dumps({"node": "bench-node", "since": time.time()}).encode()
+            cur = await raw.execute(f"BEGIN; {sql.lock_rev}")
+            while cur.nextset():
+                pass
+            rev = int((await cur.fetchone())[0])
+            if await (await raw.execute(sql.get_many, ([key],))).fetchall():
+                raise RuntimeError("raw: key exists")
+            await raw.execute(sql.put, {"key": key, "value": value, "rev": rev + 1,
+                                        "lease": lease})
+            await raw.execute(f"{sql.finish(rev + 1)}; COMMIT")
+            return time.perf_counter() - t0
+
+        for i in range(warmup + iters):
+            pair = [one_shoal, one_raw] if i % 2 == 0 else [one_raw, one_shoal]
+            got = {f: await f(i) for f in pair}
+            if i >= warmup:
+                shoal.append(got[one_shoal])
+                plain.append(got[one_raw])
+        await store.revoke(lease)
+    finally:
+        await raw.close()
+        await store.aclose()
+    return {"shoal": shoal, "raw": plain}
+
+
 def run_shoal(
-    workdir: Path, endpoints: Sequence[str], reps: int, iters: int, scenarios: Sequence[str],
+    workdir: Path, store: dict[str, Any], reps: int, iters: int, scenarios: Sequence[str],
 ) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {}
+    postgres = store["backend"] == "postgres"
+    name = "shoal-postgres" if postgres else "shoal"
     if "acquire" in scenarios:
-        log(f"shoal (d) acquire: {iters} txns each, Shoal and raw etcd3aio")
-        acq = asyncio.run(shoal_acquire(endpoints, iters))
+        raw_name = "raw psycopg" if postgres else "raw etcd3aio"
+        log(f"{name} (d) acquire: {iters} txns each, Shoal and {raw_name}")
+        if postgres:
+            acq = asyncio.run(shoal_acquire_pg(store["dsn_for_bench"], iters))
+        else:
+            acq = asyncio.run(shoal_acquire(store["etcd"]["endpoints"], iters))
         results["acquire"] = acq["shoal"]
         results["acquire-raw"] = acq["raw"]
-    rig = ShoalRig(workdir, endpoints)
+    store = {k: v for k, v in store.items() if k != "dsn_for_bench"}
+    rig = ShoalRig(workdir, store)
     try:
-        log("shoal: starting 3 nodes")
+        log(f"{name}: starting 3 nodes")
         rig.start()
         for kind in ("crash", "machine", "graceful"):
             if kind not in scenarios:
@@ -321,13 +391,13 @@ def run_shoal(
             for rep in range(reps):
                 took = rig.failover(kind)
                 results[kind].append(took)
-                log(f"shoal {kind} #{rep + 1}: {took * 1000:.1f} ms")
+                log(f"{name} {kind} #{rep + 1}: {took * 1000:.1f} ms")
         if "join" in scenarios:
             results["join"] = []
             for rep in range(reps):
                 took = rig.join()
                 results["join"].append(took)
-                log(f"shoal join #{rep + 1}: {took * 1000:.1f} ms")
+                log(f"{name} join #{rep + 1}: {took * 1000:.1f} ms")
     finally:
         rig.close()
     return results
@@ -499,7 +569,9 @@ def run_tooz(
                 log(f"{name} {kind} #{rep + 1}: {took * 1000:.1f} ms")
         if "crash" in results:
             results["machine"] = results["crash"]  # no reaper: the same fault
-        if "join" in scenarios:
+        if "join" in scenarios and name == "tooz-postgresql":
+            log(f"{name}: no groups in this driver, no (e) join")
+        elif "join" in scenarios:
             results["join"] = []
             for rep in range(reps):
                 took = rig.join()
@@ -619,6 +691,31 @@ def table(results: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
+def table_pg(results: dict[str, dict[str, list[float]]]) -> str:
+    """Shoal on PostgreSQL vs tooz's postgresql driver (advisory locks)."""
+    shoal = results.get("shoal-postgres", {})
+    tooz = results.get("tooz-postgresql", {})
+    lines = [
+        "| scenario | target (Shoal) | Shoal-on-postgres p50 / p99 ms | met "
+        "| tooz-postgresql p50 / p99 ms | p50 ratio tooz / Shoal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, label, target, check in ROWS:
+        mine = shoal.get(key)
+        met = "-"
+        if check is not None and mine:
+            met = "yes" if check(mine, shoal) else "**no**"
+        label = label.replace("raw etcd3aio", "raw psycopg (same statements)")
+        target = target.replace("raw etcd txn", "raw txn")
+        if key == "acquire" and mine and shoal.get("acquire-raw"):
+            target += f" ({pct(mine, 50) / pct(shoal['acquire-raw'], 50):.2f} x)"
+        theirs = tooz.get(key) if key != "acquire-raw" else None
+        note = " (= a)" if key == "machine" and theirs else ""
+        lines.append(f"| {label} | {target} | {fmt(mine)} | {met} | "
+                     f"{fmt(theirs) + note if theirs else '-'} | {ratio(theirs, mine)} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=10, help="faults per scenario (default 10)")
@@ -660,14 +757,30 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {}
     etcd = EtcdCluster(members=args.etcd_members)
     redis: RedisServer | None = None
+    pg: PgServer | None = None
     try:
         etcd.start()
         endpoints = list(etcd.endpoints)
         log(f"etcd {args.etcd_members} member(s) at {', '.join(endpoints)}; work dir {workdir}")
+        etcd_store = {"backend": "etcd", "etcd": {
+            "endpoints": endpoints, "prefix": f"/failover-{uuid.uuid4().hex[:8]}"}}
         runners: dict[str, Callable[[], dict[str, list[float]]]] = {
-            "shoal": lambda: run_shoal(workdir / "shoal", endpoints, args.reps,
+            "shoal": lambda: run_shoal(workdir / "shoal", etcd_store, args.reps,
                                        args.acquire_iters, scenarios),
         }
+        if any(c.endswith("postgres") or c.endswith("postgresql") for c in contenders):
+            pg = PgServer()
+            pg.start()
+            log(f"postgres pid {pg.pid} on {pg.host}:{pg.port}")
+            pg_store = {"backend": "postgres", "dsn_for_bench": pg.dsn(), "postgres": {
+                "host": pg.host, "port": pg.port, "user": pg.user, "dbname": "postgres",
+                "password": pg.password, "schema": f"failover_{uuid.uuid4().hex[:8]}"}}
+            runners["shoal-postgres"] = lambda: run_shoal(
+                workdir / "shoal-postgres", pg_store, args.reps, args.acquire_iters, scenarios)
+            pg_url = (f"postgresql://{pg.user}:{pg.password}@{pg.host}:{pg.port}/postgres")
+            runners["tooz-postgresql"] = lambda: run_tooz(
+                "tooz-postgresql", pg_url, workdir / "tooz-postgresql", args.reps,
+                args.acquire_iters, args.tooz_poll, scenarios, args.max_seconds)
         if "tooz-redis" in contenders:
             redis = RedisServer(workdir)
             log(f"redis-server pid {redis.proc.pid} on 127.0.0.1:{redis.port}")
@@ -687,6 +800,8 @@ def main(argv: list[str] | None = None) -> int:
         signal.alarm(0)
         if redis is not None:
             redis.stop()
+        if pg is not None:
+            pg.stop()
         etcd.stop()
         if args.keep_logs:
             log(f"logs kept in {workdir}")
@@ -698,7 +813,11 @@ def main(argv: list[str] | None = None) -> int:
           f"etcd members {args.etcd_members}, seed {seed}, {os.cpu_count()} CPUs, "
           f"took {elapsed:.0f} s")
     print()
-    print(table(results))
+    if any(c in results for c in ("shoal", "tooz-redis", "tooz-etcd3gw")):
+        print(table(results))
+    if any(c in results for c in ("shoal-postgres", "tooz-postgresql")):
+        print()
+        print(table_pg(results))
     if args.json is not None:
         args.json.write_text(json.dumps(
             {"args": {k: str(v) for k, v in vars(args).items()}, "seed": seed,

@@ -1,6 +1,6 @@
 """One OpenStack tooz coordinator in its own process, for ``benchmarks/failover.py``.
 
-Each tooz contender (redis, etcd3gw) runs in separate worker processes, so tooz's
+Each tooz contender (redis, etcd3gw, postgresql) runs in separate worker processes, so tooz's
 etcd3gw driver never shares a process with Shoal's etcd3aio/grpc client.
 
     python benchmarks/failover_tooz.py worker URL ID [--poll 0.05] [--max-seconds 600]
@@ -78,13 +78,19 @@ def coordinator(url: str, member: str) -> Any:
     return coord
 
 
-def ensure_group(coord: Any) -> None:
+def ensure_group(coord: Any) -> bool:
+    """Create the group; False when the driver has no groups (tooz's postgresql driver:
+    advisory locks only)."""
+    import tooz
     from tooz import coordination
 
     try:
         coord.create_group(GROUP).get()
     except coordination.GroupAlreadyExist:
         pass
+    except tooz.NotImplemented:
+        return False
+    return True
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -92,13 +98,14 @@ def run_worker(args: argparse.Namespace) -> int:
     parent = os.getppid()
     deadline = time.monotonic() + args.max_seconds
     coord = coordinator(args.url, args.id)
-    ensure_group(coord)
-    coord.join_group(GROUP).get()
+    groups = ensure_group(coord)
 
     def on_join(event: Any) -> None:
         say("SEEN", member=event.member_id.decode(), by=args.id, at=f"{time.time():.6f}")
 
-    coord.watch_join_group(GROUP, on_join)
+    if groups:
+        coord.join_group(GROUP).get()
+        coord.watch_join_group(GROUP, on_join)
     lock = coord.get_lock(LOCK)
     owner = False
     say("READY", id=args.id, at=f"{time.time():.6f}")
@@ -107,7 +114,8 @@ def run_worker(args: argparse.Namespace) -> int:
             if not owner and lock.acquire(blocking=False):
                 owner = True
                 say("OWNER", id=args.id, at=f"{time.time():.6f}")
-            coord.run_watchers()
+            if groups:  # the postgresql driver has no watchers either
+                coord.run_watchers()
             stopper.wait(args.poll)
     finally:
         if owner:
@@ -115,7 +123,8 @@ def run_worker(args: argparse.Namespace) -> int:
             say("RELEASED", id=args.id, at=f"{time.time():.6f}",
                 signalled=f"{stopper.signalled_at:.6f}")
         try:
-            coord.leave_group(GROUP).get()
+            if groups:
+                coord.leave_group(GROUP).get()
         finally:
             coord.stop()
     return 0
@@ -126,7 +135,10 @@ def run_join(args: argparse.Namespace) -> int:
     parent = os.getppid()
     deadline = time.monotonic() + args.max_seconds
     coord = coordinator(args.url, args.id)
-    ensure_group(coord)
+    if not ensure_group(coord):
+        say("NOGROUPS", id=args.id)
+        coord.stop()
+        return 3
     before = time.time()
     coord.join_group(GROUP).get()
     say("JOINED", id=args.id, sent=f"{before:.6f}", at=f"{time.time():.6f}")
