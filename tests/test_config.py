@@ -135,7 +135,9 @@ def test_keepalive_must_fit_before_the_local_deadline() -> None:
 
 def test_unknown_backend_lists_the_allowed_names() -> None:
     message = problems({"store": {"backend": "mysql"}})
-    assert message == "store.backend: bad value 'mysql' — use one of 'memory', 'sqlite' or 'etcd'"
+    assert message == (
+        "store.backend: bad value 'mysql' — use one of 'memory', 'sqlite', 'etcd' or 'postgres'"
+    )
 
 
 @pytest.mark.parametrize(

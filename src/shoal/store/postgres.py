@@ -17,13 +17,13 @@ poller's reads. See docs/configuration.md, "PostgreSQL".
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
     AfterValidator,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
@@ -94,6 +94,13 @@ def parse_dsn(dsn: str) -> dict[str, str]:
     return out
 
 
+# ``schema`` is the natural key name, and pydantic warns that it shadows the deprecated
+# ``BaseModel.schema()``; nothing calls that method on this section.
+warnings.filterwarnings(
+    "ignore", message='Field name "schema" in "PostgresSection"', category=UserWarning
+)
+
+
 class PostgresSection(Section):
     """Where the cluster's PostgreSQL is. Keys given here override the ``dsn``'s."""
 
@@ -107,12 +114,8 @@ class PostgresSection(Section):
     sslrootcert: TlsFile = None
     sslcert: TlsFile = None
     sslkey: TlsFile = None
-    schema_: str = Field(default="shoal", alias="schema")
+    schema: str = "shoal"  # type: ignore[assignment]
     timeout: float = Field(default=5.0, gt=0, le=300, allow_inf_nan=False)
-
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", populate_by_name=True, serialize_by_alias=True
-    )
 
     @field_validator("dsn")
     @classmethod
@@ -124,7 +127,7 @@ class PostgresSection(Section):
             )
         return dsn
 
-    @field_validator("schema_")
+    @field_validator("schema")
     @classmethod
     def _check_schema(cls, schema: str) -> str:
         try:
@@ -147,7 +150,7 @@ class PostgresSection(Section):
 
     @property
     def schema_name(self) -> str:
-        return self.schema_
+        return str(self.schema)
 
     def conninfo(self) -> dict[str, Any]:
         """libpq keywords that override the dsn (None: not set)."""
