@@ -33,7 +33,7 @@ from shoal._errors import (
 from shoal.cli.main import main
 from shoal.store._pg_sql import LOCK_CLASS
 from shoal.store.postgres import PostgresStore
-from shoal.store.protocol import Event, EventType
+from shoal.store.protocol import Compare, Event, EventType, Op
 from shoal.testing.clock import FakeClock
 from shoal.testing.pg_server import PgServer
 from shoal.testing.proxy import FaultProxy
@@ -437,3 +437,20 @@ async def test_cancelling_a_call_to_a_silent_server_returns_at_once(
         proxy.heal()
         kv = await store.get("k")  # a new connection: the store still works
     assert kv is not None and kv.value == b"v"  # the cancelled put never committed
+
+
+async def test_caller_errors_pass_through_and_leave_the_store_usable(
+    pg_dsn: str, stores: list[PostgresStore]
+) -> None:
+    store = await _open(stores, pg_dsn, _schema(), pool_size=2)
+    rev = await store.put("k", b"v")
+    with pytest.raises(ValueError, match="future revision"):
+        await store.compact(rev + 10)
+    with pytest.raises(TypeError):
+        await store.txn([Compare.value("k", Op.EQUAL, 1)])  # type: ignore[arg-type]
+    with pytest.raises(LeaseNotFound):
+        await store.put("k2", b"v", lease=12345)
+    for _ in range(3):  # every pooled connection is still usable, no transaction left open
+        assert (await store.get("k")) is not None
+        assert await store.put("k", b"w") > rev
+    assert await store.get("k2") is None

@@ -34,6 +34,9 @@ from shoal._retry import Backoff
 from shoal.store._pg_errors import is_connection_error, translate
 
 T = TypeVar("T")
+# Raised by the store's own code (a missing lease, a bad argument): passed on as they
+# are, never translated; the connection stays usable.
+_CALLER_ERRORS = (ShoalError, ValueError, TypeError)
 Conn = Any  # psycopg.AsyncConnection[Any] (psycopg is imported lazily)
 _conn_class: Any = None
 
@@ -110,7 +113,7 @@ class Conns:
                 try:
                     async with asyncio.timeout(self.timeout):
                         result = await fn(conn)
-                except ShoalError:
+                except _CALLER_ERRORS:
                     self._give(conn, True)
                     raise
                 except BaseException as exc:
@@ -157,7 +160,7 @@ class Conns:
                         outcome, after, finish = await fn(conn, int(rev))
                         committing = True
                         await conn.execute(f"{finish}; COMMIT" if finish else "COMMIT")
-                except ShoalError:
+                except _CALLER_ERRORS:
                     await _rollback(conn)
                     self._give(conn, True)
                     raise

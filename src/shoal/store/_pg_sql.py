@@ -124,6 +124,7 @@ class Sql:
         self.grant = (
             f"INSERT INTO {s}.leases (id, ttl, expires)"
             " VALUES (%s, %s, clock_timestamp() + %s * interval '1 second')"
+            " ON CONFLICT (id) DO NOTHING"  # a grant resent after a lost reply
         )
         self.keepalive = (
             f"UPDATE {s}.leases SET expires = clock_timestamp() + ttl * interval '1 second'"

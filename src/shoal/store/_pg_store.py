@@ -336,7 +336,7 @@ class PostgresStore:
         async def run(conn: Conn) -> None:
             await conn.execute(self._sql.grant, (lease, ttl, ttl))
 
-        await self._conns.read(run)  # a retried grant of the same id fails, never doubles
+        await self._conns.read(run)  # resent once after a lost reply: same id, same row
         return Lease(lease, ttl)
 
     async def keepalive(self, lease: int) -> int:
