@@ -1,4 +1,4 @@
-"""The Store seam and its backends (memory, sqlite, etcd)."""
+"""The Store seam and its backends (memory, sqlite, etcd, postgres)."""
 
 from shoal.store.protocol import (
     Compare,
