@@ -29,7 +29,6 @@ lock. Errors: see :mod:`._pg_conn` (the one boundary) and :mod:`._pg_errors`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -42,14 +41,12 @@ from shoal._errors import (
     InvalidArgument,
     LeaseNotFound,
     NotRunning,
-    ShoalError,
     UnsupportedBackend,
 )
-from shoal._retry import Backoff
 from shoal.store._pg_conn import Conn, Conns
-from shoal.store._pg_errors import translate
 from shoal.store._pg_sql import SCHEMA_VERSION, Sql, span
-from shoal.store._pg_watch import Watcher, batches, decode_events
+from shoal.store._pg_tx import Tx, kv_of
+from shoal.store._pg_watch import Watches
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -71,64 +68,6 @@ __all__ = ["POSTGRES_EXTRA_HINT", "PostgresStore", "describe"]
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 POSTGRES_EXTRA_HINT = "the postgres backend needs the postgres extra: pip install 'shoal[postgres]'"
-_FALLBACK_POLL = 1.0  # read the log at least this often even without a notification
-
-
-def _kv(row: Sequence[Any]) -> KeyValue:
-    key, value, create, mod, version, lease = row
-    return KeyValue(bytes(key).decode(), bytes(value), create, mod, version, lease)
-
-
-class _Tx:
-    """One write transaction in progress: ``rev`` is the last revision closed,
-    changes are written at ``rev + 1`` until :meth:`flush` closes it."""
-
-    def __init__(self, sql: Sql, conn: Conn, rev: int) -> None:
-        self.sql, self.conn, self.rev, self.dirty = sql, conn, rev, False
-
-    async def fetch(self, query: str, params: Any = ()) -> list[Any]:
-        return list(await (await self.conn.execute(query, params)).fetchall())
-
-    def flush(self) -> None:
-        if self.dirty:
-            self.rev += 1
-            self.dirty = False
-
-    async def select(self, key: str, prefix: bool) -> list[KeyValue]:
-        if not prefix:
-            return [_kv(r) for r in await self.fetch(self.sql.get, (span(key, False)[0],))]
-        lo, hi = span(key, True)
-        if hi is None:
-            return [_kv(r) for r in await self.fetch(self.sql.range_from, (lo,))]
-        return [_kv(r) for r in await self.fetch(self.sql.range_span, (lo, hi))]
-
-    async def put(self, key: str, value: bytes, lease: int) -> None:
-        params = {"key": span(key, False)[0], "value": bytes(value), "rev": self.rev + 1,
-                  "lease": lease}  # fmt: skip
-        cur = await self.conn.execute(self.sql.put, params)
-        if cur.rowcount < 1:  # the lease is gone: the transaction is rolled back
-            raise LeaseNotFound(lease)
-        self.dirty = True
-
-    async def delete(self, key: str, prefix: bool) -> int:
-        lo, hi = span(key, prefix)
-        query = self.sql.delete_span if hi is not None else self.sql.delete_from
-        if not prefix:
-            query = self.sql.delete_key
-        cur = await self.conn.execute(query, {"lo": lo, "hi": hi, "rev": self.rev + 1})
-        count = max(0, int(cur.rowcount))
-        self.dirty = self.dirty or count > 0
-        return count
-
-    async def drop_lease(self, lease: int) -> None:
-        """Delete the lease and its keys, at one revision of their own."""
-        self.flush()
-        cur = await self.conn.execute(
-            self.sql.delete_lease_keys, {"lease": lease, "rev": self.rev + 1}
-        )
-        self.dirty = cur.rowcount > 0
-        await self.conn.execute(self.sql.delete_lease, (lease,))
-        self.flush()
 
 
 class PostgresStore:
@@ -146,10 +85,8 @@ class PostgresStore:
         self._retention = max(1, log_retention)
         self._closed = False
         self._known = 0  # newest revision this client wrote or read
-        self._seen = 0  # newest revision the poller has fanned out
-        self._watchers: set[Watcher] = set()
+        self._watches = Watches(conns, sql, self._retention)
         self._tasks: list[asyncio.Task[None]] = []
-        self._listener: Conn | None = None
 
     @classmethod
     async def open(
@@ -201,12 +138,13 @@ class PostgresStore:
             log_retention=log_retention,
         )
         try:
-            self._seen = self._known = await self._conns.read(self._prepare)
+            self._known = await self._conns.read(self._prepare)
+            self._watches.seen = self._known
         except BaseException:
             await self._conns.aclose()
             raise
         self._tasks = [
-            asyncio.create_task(self._poll_loop(), name=f"shoal-pg-poll {where}"),
+            asyncio.create_task(self._watches.run(), name=f"shoal-pg-poll {where}"),
             asyncio.create_task(self._sweep_loop(), name=f"shoal-pg-sweep {where}"),
         ]
         return self
@@ -246,13 +184,13 @@ class PostgresStore:
         return await self._conns.read(run)
 
     async def _write(
-        self, body: Callable[[_Tx], Awaitable[T]], *, advisory: str | None = None
+        self, body: Callable[[Tx], Awaitable[T]], *, advisory: str | None = None
     ) -> tuple[T, int] | None:
         """``body`` in one write transaction: its result and the revision after it."""
         self._check_open()
 
         async def run(conn: Conn, rev: int) -> tuple[T, int, str]:
-            tx = _Tx(self._sql, conn, rev)
+            tx = Tx(self._sql, conn, rev)
             result = await body(tx)
             tx.flush()
             if tx.rev == rev:
@@ -267,7 +205,7 @@ class PostgresStore:
             self._known = max(self._known, done[1])
         return done
 
-    async def _must_write(self, body: Callable[[_Tx], Awaitable[T]]) -> tuple[T, int]:
+    async def _must_write(self, body: Callable[[Tx], Awaitable[T]]) -> tuple[T, int]:
         done = await self._write(body)
         assert done is not None
         return done
@@ -280,7 +218,7 @@ class PostgresStore:
     async def get(self, key: str) -> KeyValue | None:
         """The current record of ``key`` or None (one statement, never waits for writers)."""
         rows = await self._fetch(self._sql.get, (span(key, False)[0],))
-        return _kv(rows[0]) if rows else None
+        return kv_of(rows[0]) if rows else None
 
     async def range(self, prefix: str) -> RangeResult:
         """Every key under ``prefix``, sorted, with the revision of the same snapshot."""
@@ -288,7 +226,7 @@ class PostgresStore:
         rows = await self._fetch(self._sql.range_rev, (lo, hi, hi))
         rev = int(rows[0][0])
         self._known = max(self._known, rev)
-        return RangeResult(tuple(_kv(r[1:]) for r in rows if r[1] is not None), rev)
+        return RangeResult(tuple(kv_of(r[1:]) for r in rows if r[1] is not None), rev)
 
     async def put(self, key: str, value: bytes, *, lease: int = 0) -> int:
         """Write ``key``; returns the new revision. LeaseNotFound for a missing lease."""
@@ -309,8 +247,8 @@ class PostgresStore:
         check_txn_ops(on_failure)
         keys = sorted({span(c.key, False)[0] for c in compares})
 
-        async def body(tx: _Tx) -> tuple[bool, tuple[OpResult, ...]]:
-            current = {kv.key: kv for kv in map(_kv, await tx.fetch(tx.sql.get_many, (keys,)))}
+        async def body(tx: Tx) -> tuple[bool, tuple[OpResult, ...]]:
+            current = {kv.key: kv for kv in map(kv_of, await tx.fetch(tx.sql.get_many, (keys,)))}
             ok = all(check_compare(c, current.get(c.key)) for c in compares)
             results: list[OpResult] = []
             for op in on_success if ok else on_failure:
@@ -349,7 +287,7 @@ class PostgresStore:
     async def revoke(self, lease: int) -> None:
         """Revoke ``lease`` and delete its keys at one revision. LeaseNotFound."""
 
-        async def body(tx: _Tx) -> None:
+        async def body(tx: Tx) -> None:
             if not await tx.fetch(tx.sql.lease_row, (lease,)):
                 raise LeaseNotFound(lease)
             await tx.drop_lease(lease)
@@ -369,42 +307,7 @@ class PostgresStore:
         older than the compaction point (or the watch fell ``log_retention``
         revisions behind a compaction). Ends when the store closes."""
         self._check_open()
-        start = start_revision if start_revision and start_revision > 0 else None
-        now = max(self._seen, self._known) + 1
-        watcher = Watcher(prefix, start or now, start is not None, self._retention)
-        self._watchers.add(watcher)
-        return self._stream(watcher)
-
-    async def _history(self, prefix: str, start: int) -> tuple[list[list[Event]], int]:
-        lo, hi = span(prefix, True)
-        rows = await self._fetch(self._sql.history, (start, lo, hi, hi))
-        compact, rev, events = decode_events(rows)
-        if start < compact:
-            raise Compacted(compact)
-        return batches(events), rev
-
-    async def _stream(self, w: Watcher) -> AsyncGenerator[Event, None]:
-        try:
-            while not (w.closed or self._closed):
-                if w.resync:
-                    w.resync = False
-                    w.queue.clear()
-                    found, rev = await self._history(w.prefix, w.next_rev)
-                    w.next_rev = max(w.next_rev, rev + 1)
-                elif w.queue:
-                    found = [w.queue.popleft()]
-                    if found[0][0].revision < w.next_rev:
-                        continue
-                    w.next_rev = found[0][0].revision + 1
-                else:
-                    w.wake.clear()
-                    await w.wake.wait()
-                    continue
-                for batch in found:
-                    for ev in batch:
-                        yield ev
-        finally:
-            self._watchers.discard(w)
+        return self._watches.watch(prefix, start_revision, self._known)
 
     async def revision(self) -> int:
         """The current store revision."""
@@ -414,9 +317,9 @@ class PostgresStore:
 
     async def compact(self, revision: int) -> None:
         """Drop watch history before ``revision``. Compacted if already that far;
-        ValueError for a future revision."""
+        InvalidArgument (a ValueError) for a future revision."""
 
-        async def body(tx: _Tx) -> None:
+        async def body(tx: Tx) -> None:
             point = int((await tx.fetch(tx.sql.compact_point))[0][0])
             if revision <= point:
                 raise Compacted(point)
@@ -434,72 +337,16 @@ class PostgresStore:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for w in list(self._watchers):
-            w.closed = True
-            w.wake.set()
-        await self._close_listener()
+        await self._watches.aclose()
         await self._conns.aclose()
 
-    # -- background tasks -------------------------------------------------------------
-    async def _close_listener(self) -> None:
-        conn, self._listener = self._listener, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.close()
-
-    async def _poll_once(self, wait: bool) -> None:
-        """Wait for a notification (or the fallback), then fan out new log rows."""
-        if self._listener is None:
-            self._listener = await self._conns.connect()
-            await self._listener.execute(self._sql.listen)
-            wait = False  # (re)connected: notifications may have been missed
-        conn = self._listener
-        if wait:
-            revision = ""
-            async for note in conn.notifies(timeout=_FALLBACK_POLL, stop_after=1):
-                revision = note.payload  # the revision that transaction committed
-            if not self._watchers:  # nobody to tell: only remember where "now" is
-                if revision.isdigit():
-                    self._seen = max(self._seen, int(revision))
-                return
-        async with asyncio.timeout(self._conns.timeout):
-            rows = await (await conn.execute(self._sql.events, (self._seen,))).fetchall()
-        compact, rev, events = decode_events(rows)
-        watchers = list(self._watchers)
-        if compact > self._seen + 1:  # rows we never fetched were compacted away
-            for w in watchers:
-                w.lost()
-        for batch in batches(events):
-            for w in watchers:
-                w.offer(batch)
-        self._seen = max(self._seen, rev)
-
-    async def _poll_loop(self) -> None:
-        failing = False
-        wait = True
-        backoff = Backoff(0.05, 0.5)
-        while not self._closed:
-            try:
-                await self._poll_once(wait)
-                wait = True
-                failing = False
-                backoff.reset()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # watches wait; retried after a pause
-                if not failing:
-                    reason = translate(exc, self._where) if not isinstance(exc, ShoalError) else exc
-                    log.warning("watch poll failed: %s", reason)
-                failing = True
-                await self._close_listener()
-                await backoff.sleep()
-
+    # -- background task ---------------------------------------------------------------
     async def _sweep_once(self) -> bool:
         """Delete expired leases and their keys, if this client wins the sweep lock."""
         if not (await self._fetch(self._sql.any_due))[0][0]:
             return False
 
-        async def body(tx: _Tx) -> bool:
+        async def body(tx: Tx) -> bool:
             due = [r[0] for r in await tx.fetch(tx.sql.due)]
             for lease in due:
                 await tx.drop_lease(lease)
