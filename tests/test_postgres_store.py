@@ -454,3 +454,21 @@ async def test_caller_errors_pass_through_and_leave_the_store_usable(
         assert (await store.get("k")) is not None
         assert await store.put("k", b"w") > rev
     assert await store.get("k2") is None
+
+
+async def test_a_client_stalled_inside_a_transaction_cannot_block_the_cluster(
+    pg_dsn: str, stores: list[PostgresStore]
+) -> None:
+    """A paused node holding the revision row lock would stop every writer (lease
+    expiry too): the server ends its session after 1 s idle in a transaction."""
+    schema = _schema()
+    stalled = await _open(stores, pg_dsn, schema)
+    other = await _open(stores, pg_dsn, schema, timeout=10.0)
+    conn = await stalled._conns.connect()  # a session exactly as the store opens them
+    await conn.execute(f"BEGIN; SELECT v FROM {schema}.meta WHERE k = 'rev' FOR UPDATE")
+    # ... and the client stops here (SIGSTOP, a long GC pause)
+    rev = await other.put("k", b"v")  # waits for the lock until the server ends that session
+    assert rev == 2
+    with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
+        await conn.execute("SELECT 1")  # terminated: nothing it did can commit
+    await conn.close()

@@ -14,6 +14,9 @@ translated (by :func:`shoal.store._pg_errors.translate`).
   connection: committed -> the result stands; aborted -> StoreUnavailable (nothing
   written); unknown or unreachable -> :class:`~shoal.OutcomeUnknown`. A write is
   never sent twice after its ``COMMIT`` left.
+* A session idle inside a transaction for 1 s is ended by the server
+  (:func:`session_settings`): a paused client cannot hold the revision lock,
+  and with it every writer of the cluster, for longer.
 * Cancelling a call closes its connection AT ONCE (the server then aborts what
   ran on it). psycopg's own reaction to a cancelled query -- connect to the
   server to send a cancel request, then wait for the query to end, up to 10 s
@@ -32,6 +35,7 @@ from typing import Any, TypeVar
 from shoal._errors import NotRunning, OutcomeUnknown, ShoalError, StoreUnavailable
 from shoal._retry import Backoff
 from shoal.store._pg_errors import is_connection_error, translate
+from shoal.store._pg_sql import session_settings
 
 T = TypeVar("T")
 # Raised by the store's own code (a missing lease, a bad argument): passed on as they
@@ -80,11 +84,15 @@ class Conns:
         """A new autocommit connection; errors are translated."""
         import psycopg
 
+        conn = None
         try:
             async with asyncio.timeout(self.timeout):
                 conn = await _connection_class().connect(self.conninfo, autocommit=True)
+                await conn.execute(session_settings(self.timeout))
                 return conn
         except (psycopg.Error, OSError, TimeoutError) as exc:
+            if conn is not None:
+                _discard(conn)
             raise translate(exc, self.where, timeout=self.timeout) from None
 
     async def _take(self) -> Conn:

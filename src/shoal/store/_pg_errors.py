@@ -39,9 +39,12 @@ def is_connection_error(exc: BaseException) -> bool:
 
     if isinstance(exc, OSError | TimeoutError):
         return True
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.Error):
         state = exc.sqlstate or ""
-        return state == "" or state.startswith(("08", "57P"))
+        if state == "25P03":  # the server ended a session that stalled in a transaction
+            return True
+        if isinstance(exc, psycopg.OperationalError):
+            return state == "" or state.startswith(("08", "57P"))
     return isinstance(exc, psycopg.InterfaceError)
 
 

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from shoal._errors import StoreUnavailable
-from shoal.store._pg_sql import Sql
+from shoal.store._pg_sql import Sql, session_settings
 
 __all__ = ["reaper_prepare", "reaper_revoke"]
 
@@ -36,7 +36,9 @@ def _connect(info: Mapping[str, Any]) -> Any:
     extra.setdefault("connect_timeout", max(1, round(timeout)))
     extra.setdefault("tcp_user_timeout", int(timeout * 1000))  # a dead peer fails in time
     extra.setdefault("application_name", "shoal-reaper")
-    return psycopg.connect(make_conninfo(str(info.get("dsn") or ""), **extra), autocommit=True)
+    conn = psycopg.connect(make_conninfo(str(info.get("dsn") or ""), **extra), autocommit=True)
+    conn.execute(session_settings(timeout))
+    return conn
 
 
 def reaper_prepare(info: Mapping[str, Any]) -> None:

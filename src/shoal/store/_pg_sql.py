@@ -27,6 +27,7 @@ LOCK_CLASS = 0x5A0A
 _IDENT = re.compile(r"^[a-z_][a-z0-9_]{0,39}$")
 
 PUT, DEL = 0, 1
+IDLE_IN_TXN_MS = 1000  # see session_settings
 
 
 def check_schema_name(schema: str) -> str:
@@ -163,6 +164,16 @@ class Sql:
         same message (one round trip). Only integers and the checked schema name are
         inlined."""
         return self._finish.format(rev=int(rev))
+
+
+def session_settings(timeout: float) -> str:
+    """Server-side limits of every Shoal session. A client that stalls inside a
+    transaction (a paused or frozen process) would hold the revision row lock and
+    stop every writer of the cluster, lease expiry included: the server ends such
+    a session after ``IDLE_IN_TXN_MS`` (nothing of it is committed). A write that
+    waits for the lock longer than ``timeout`` gives up on the server too."""
+    return (f"SET idle_in_transaction_session_timeout = {IDLE_IN_TXN_MS};"
+            f" SET lock_timeout = {max(1, round(timeout * 1000))}")
 
 
 def span(key: str, prefix: bool) -> tuple[bytes, bytes | None]:
