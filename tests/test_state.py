@@ -1,5 +1,6 @@
 """Replicated state (node.state): memory store + fake clock for the cache rules (G4,
-G5, fencing), sqlite with several nodes and another OS process, and real etcd."""
+G5, fencing), sqlite with several nodes and another OS process, real etcd and a real
+PostgreSQL."""
 
 from __future__ import annotations
 
@@ -509,13 +510,22 @@ async def test_sqlite_write_from_another_process_reaches_every_node(
         }
 
 
-# -- real etcd -------------------------------------------------------------------------------------
-@pytest.mark.etcd
-async def test_etcd_write_on_a_is_visible_on_b(etcd_endpoints: list[str]) -> None:
-    from shoal.store.etcd import EtcdStore
+# -- real etcd, real PostgreSQL -------------------------------------------------------------------
+@pytest.mark.parametrize("backend", [pytest.param("etcd", marks=pytest.mark.etcd), "postgres"])
+async def test_write_on_a_is_visible_on_b(backend: str, request: pytest.FixtureRequest) -> None:
+    stores: list[Any]
+    if backend == "etcd":
+        from shoal.store.etcd import EtcdStore
 
-    prefix = f"/state-test-{uuid.uuid4().hex[:8]}"
-    stores = [await EtcdStore.open(etcd_endpoints, prefix=prefix) for _ in range(2)]
+        endpoints = request.getfixturevalue("etcd_endpoints")
+        prefix = f"/state-test-{uuid.uuid4().hex[:8]}"
+        stores = [await EtcdStore.open(endpoints, prefix=prefix) for _ in range(2)]
+    else:
+        from shoal.store.postgres import PostgresStore
+
+        dsn = request.getfixturevalue("pg_dsn")
+        schema = f"state_{uuid.uuid4().hex[:8]}"
+        stores = [await PostgresStore.open(dsn, schema=schema) for _ in range(2)]
     nodes = [
         Node(App("t"), NodeSettings(name=n, ttl=5, drain_timeout=1.0), store=s)
         for n, s in zip("ab", stores, strict=True)
