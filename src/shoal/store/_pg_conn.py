@@ -6,8 +6,10 @@ translated (by :func:`shoal.store._pg_errors.translate`).
 
 * A read is one statement in autocommit mode; on a connection failure it is
   retried once on a fresh connection (reads are idempotent).
-* A write is one transaction: ``BEGIN``, the row lock on ``meta.rev`` (which also
-  returns the transaction id), the body, ``COMMIT``. A failure BEFORE ``COMMIT`` was
+* A write is one transaction in 2 + k round trips: ``BEGIN`` sent with the row
+  lock on ``meta.rev`` (which also returns the transaction id), the k statements of
+  the body, then the revision update and ``NOTIFY`` sent with ``COMMIT``. A
+  failure BEFORE ``COMMIT`` was
   sent leaves nothing applied (the server aborts a transaction whose client is
   gone), so it is retried once on a fresh connection. A failure while ``COMMIT``
   is in flight is settled by asking the server ``pg_xact_status(xid)`` on a new
