@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -472,3 +474,19 @@ async def test_a_client_stalled_inside_a_transaction_cannot_block_the_cluster(
     with pytest.raises(psycopg.Error, match="idle-in-transaction timeout"):
         await conn.execute("SELECT 1")  # terminated: nothing it did can commit
     await conn.close()
+
+
+def test_postgres_without_the_extra_is_an_unsupported_backend(tmp_path: Path) -> None:
+    # A fresh process where psycopg cannot be imported (as without shoal[postgres]).
+    script = "import sys; sys.modules['psycopg'] = None\nfrom shoal.cli.main import main; main()\n"
+    path = tmp_path / "node.yaml"
+    path.write_text("store: {backend: postgres, postgres: {host: 127.0.0.1}}\n")
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("SHOAL__")}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "config", "check", "--connect", str(path)],
+        capture_output=True, text=True, env=env, timeout=60, check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (
+        "error: the postgres backend needs the postgres extra: pip install 'shoal[postgres]'\n"
+    )
