@@ -182,7 +182,7 @@ async def test_lost_commit_reply_is_read_back_as_applied(
 ) -> None:
     schema = _schema()
     await _open(stores, own_pg.dsn(), schema)  # creates the tables
-    await asyncio.to_thread(_slow_commit, own_pg, schema, 1)
+    await asyncio.to_thread(_slow_commit, own_pg, schema, 2)
     async with FaultProxy((own_pg.host, own_pg.port)) as proxy:
         host, port = proxy.listen_address
         store = await _open(stores, own_pg.dsn(), schema, host=host, port=port, timeout=10.0)
@@ -204,10 +204,10 @@ async def test_unreachable_server_during_commit_is_outcome_unknown(
 ) -> None:
     schema = _schema()
     await _open(stores, own_pg.dsn(), schema)
-    await asyncio.to_thread(_slow_commit, own_pg, schema, 1)
+    await asyncio.to_thread(_slow_commit, own_pg, schema, 4)  # longer than the timeout
     async with FaultProxy((own_pg.host, own_pg.port)) as proxy:
         host, port = proxy.listen_address
-        store = await _open(stores, own_pg.dsn(), schema, host=host, port=port, timeout=1.0)
+        store = await _open(stores, own_pg.dsn(), schema, host=host, port=port, timeout=2.5)
         put = asyncio.ensure_future(store.put("slow3", b"x"))
         await _backend_waiting(own_pg, "PgSleep")
         proxy.cut()  # and it stays cut: the outcome cannot be read back
