@@ -4,7 +4,8 @@
 statements Shoal's postgres store issues for each call (from
 ``shoal.store._pg_sql``), in the same messages: a put is ``BEGIN`` with the
 revision row lock, the upsert-and-log statement, then the revision update,
-``pg_notify`` and ``COMMIT`` (three round trips); a txn adds the compare read; a
+``pg_notify`` and ``COMMIT`` (three round trips); a txn sends the compare read
+with ``BEGIN`` (three round trips too); a
 get is one ``SELECT``; a watcher is a second connection that ``LISTEN``s and reads
 the log after each notification. So the
 ratio "shoal postgres / raw psycopg" is the cost of Shoal's layer (pool, error
@@ -48,12 +49,14 @@ class RawPgOps:
 
     async def _write(self, key: bytes, value: bytes, compare_rev: int | None = None) -> int:
         conn, sql = self.conn, self.sql
-        cur = await conn.execute(f"BEGIN; {sql.lock_rev}")
-        while cur.nextset():
-            pass
+        listed = sql.get_listed([key]) if compare_rev is not None else ""
+        cur = await conn.execute(f"BEGIN; {sql.lock_rev}; {listed}" if listed
+                                 else f"BEGIN; {sql.lock_rev}")
+        cur.nextset()
         rev = int((await cur.fetchone())[0])
         if compare_rev is not None:
-            rows = await (await conn.execute(sql.get_many, ([key],))).fetchall()
+            cur.nextset()
+            rows = await cur.fetchall()
             if not rows or rows[0][3] != compare_rev:
                 await conn.execute("ROLLBACK")
                 raise RuntimeError("rawpg: compare-and-set failed")

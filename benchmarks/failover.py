@@ -10,7 +10,7 @@ too (``shoal.testing.pg_server``, free port, stopped by PID): Shoal's nodes use 
 postgres backend; tooz's postgresql driver holds advisory locks (it has no groups, so
 no (e) for it); (d) compares Shoal's acquire with the same create-if-absent
 transaction issued through raw psycopg (the statements of the postgres store: BEGIN
-with the revision lock, the compare read, the put, the revision update with COMMIT).
+with the revision lock and the compare read, the put, the revision update with COMMIT).
 
 One real etcd (``EtcdCluster``, 127.0.0.1, free ports) and one redis-server (free port,
 no persistence) are started; then, one contender after the other, in this process run:
@@ -340,11 +340,11 @@ async def shoal_acquire_pg(dsn: str, iters: int, warmup: int = 20) -> dict[str, 
             t0 = time.perf_counter()
             key = f"raw/d{i}".encode()
             value = json.dumps({"node": "bench-node", "since": time.time()}).encode()
-            cur = await raw.execute(f"BEGIN; {sql.lock_rev}")
-            while cur.nextset():
-                pass
+            cur = await raw.execute(f"BEGIN; {sql.lock_rev}; {sql.get_listed([key])}")
+            cur.nextset()
             rev = int((await cur.fetchone())[0])
-            if await (await raw.execute(sql.get_many, ([key],))).fetchall():
+            cur.nextset()
+            if await cur.fetchall():
                 raise RuntimeError("raw: key exists")
             await raw.execute(sql.put, {"key": key, "value": value, "rev": rev + 1,
                                         "lease": lease})

@@ -140,12 +140,14 @@ class Conns:
     async def write(
         self,
         lock: str,
-        fn: Callable[[Conn, int], Awaitable[tuple[T, int, str]]],
+        fn: Callable[[Conn, int, list[Any]], Awaitable[tuple[T, int, str]]],
         *,
         advisory: str | None = None,
+        prefetch: str = "",
     ) -> tuple[T, int] | None:
-        """``fn(conn, rev)`` in one transaction after ``lock`` (the row lock on the
-        revision, returning it and the transaction id; sent with ``BEGIN``). ``fn``
+        """``fn(conn, rev, rows)`` in one transaction after ``lock`` (the row lock on the
+        revision, returning it and the transaction id; sent with ``BEGIN``, and with
+        ``prefetch``, a query without parameters whose ``rows`` ``fn`` gets). ``fn``
         returns its result, the revision after it and the statements (no parameters)
         to send together with ``COMMIT``. With ``advisory`` (a try-lock query) None is
         returned when the lock is taken. Round trips: 2 + those of ``fn``."""
@@ -165,9 +167,15 @@ class Conns:
                                 self._give(conn, True)
                                 return None
                             rev, xid = await (await conn.execute(lock)).fetchone()
+                            rows: list[Any] = []
                         else:
-                            rev, xid = await _last(await conn.execute(f"BEGIN; {lock}"))
-                        outcome, after, finish = await fn(conn, int(rev))
+                            cur = await conn.execute(
+                                f"BEGIN; {lock}; {prefetch}" if prefetch else f"BEGIN; {lock}"
+                            )
+                            cur.nextset()  # past BEGIN
+                            rev, xid = await cur.fetchone()
+                            rows = list(await cur.fetchall()) if cur.nextset() else []
+                        outcome, after, finish = await fn(conn, int(rev), rows)
                         committing = True
                         await conn.execute(f"{finish}; COMMIT" if finish else "COMMIT")
                 except _CALLER_ERRORS:

@@ -83,6 +83,7 @@ class Sql:
         cols = "key, value, create_revision, mod_revision, version, lease"
         self.get = f"SELECT {cols} FROM {s}.kv WHERE key = %s"
         self.get_many = f"SELECT {cols} FROM {s}.kv WHERE key = ANY(%s)"
+        self._get_listed = f"SELECT {cols} FROM {s}.kv WHERE key = ANY(ARRAY[{{keys}}]::bytea[])"
         self.range_from = f"SELECT {cols} FROM {s}.kv WHERE key >= %s ORDER BY key"
         self.range_span = f"SELECT {cols} FROM {s}.kv WHERE key >= %s AND key < %s ORDER BY key"
         # a range with the revision it was read at, in ONE statement (one snapshot)
@@ -158,6 +159,13 @@ class Sql:
             " WHERE c.k = 'compact' ORDER BY l.rev, l.id"
         )
         self.xact_status = "SELECT pg_xact_status(%s::xid8)"
+
+    def get_listed(self, keys: list[bytes]) -> str:
+        """``get_many`` without parameters (keys inlined as hex ``bytea`` literals), to
+        be sent in one message with other statements; "" for no keys."""
+        if not keys:
+            return ""
+        return self._get_listed.format(keys=", ".join(f"'\\x{k.hex()}'::bytea" for k in keys))
 
     def finish(self, rev: int) -> str:
         """Move the revision to ``rev`` and wake watchers: sent with ``COMMIT``, in the

@@ -184,13 +184,19 @@ class PostgresStore:
         return await self._conns.read(run)
 
     async def _write(
-        self, body: Callable[[Tx], Awaitable[T]], *, advisory: str | None = None
+        self,
+        body: Callable[[Tx], Awaitable[T]],
+        *,
+        advisory: str | None = None,
+        prefetch: str = "",
     ) -> tuple[T, int] | None:
-        """``body`` in one write transaction: its result and the revision after it."""
+        """``body`` in one write transaction: its result and the revision after it.
+        ``prefetch``: a query sent with BEGIN; its rows are ``tx.prefetched``."""
         self._check_open()
 
-        async def run(conn: Conn, rev: int) -> tuple[T, int, str]:
+        async def run(conn: Conn, rev: int, rows: list[Any]) -> tuple[T, int, str]:
             tx = Tx(self._sql, conn, rev)
+            tx.prefetched = rows
             result = await body(tx)
             tx.flush()
             if tx.rev == rev:
@@ -200,13 +206,17 @@ class PostgresStore:
                 await self._compact_to(conn, tx.rev - self._retention + 1)
             return result, tx.rev, self._sql.finish(tx.rev)
 
-        done = await self._conns.write(self._sql.lock_rev, run, advisory=advisory)
+        done = await self._conns.write(
+            self._sql.lock_rev, run, advisory=advisory, prefetch=prefetch
+        )
         if done is not None:
             self._known = max(self._known, done[1])
         return done
 
-    async def _must_write(self, body: Callable[[Tx], Awaitable[T]]) -> tuple[T, int]:
-        done = await self._write(body)
+    async def _must_write(
+        self, body: Callable[[Tx], Awaitable[T]], prefetch: str = ""
+    ) -> tuple[T, int]:
+        done = await self._write(body, prefetch=prefetch)
         assert done is not None
         return done
 
@@ -248,7 +258,7 @@ class PostgresStore:
         keys = sorted({span(c.key, False)[0] for c in compares})
 
         async def body(tx: Tx) -> tuple[bool, tuple[OpResult, ...]]:
-            current = {kv.key: kv for kv in map(kv_of, await tx.fetch(tx.sql.get_many, (keys,)))}
+            current = {kv.key: kv for kv in map(kv_of, tx.prefetched)}
             ok = all(check_compare(c, current.get(c.key)) for c in compares)
             results: list[OpResult] = []
             for op in on_success if ok else on_failure:
@@ -261,7 +271,8 @@ class PostgresStore:
                     results.append(await tx.select(op.key, op.prefix))
             return ok, tuple(results)
 
-        (ok, results), rev = await self._must_write(body)
+        # the compared keys are read in the message that begins the transaction
+        (ok, results), rev = await self._must_write(body, self._sql.get_listed(keys))
         return TxnResult(ok, rev, results)
 
     async def grant(self, ttl: int) -> Lease:

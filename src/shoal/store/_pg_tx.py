@@ -24,6 +24,7 @@ class Tx:
 
     def __init__(self, sql: Sql, conn: Conn, rev: int) -> None:
         self.sql, self.conn, self.rev, self.dirty = sql, conn, rev, False
+        self.prefetched: list[Any] = []  # rows of the query sent with BEGIN
 
     async def fetch(self, query: str, params: Any = ()) -> list[Any]:
         return list(await (await self.conn.execute(query, params)).fetchall())
