@@ -17,6 +17,7 @@ from pydantic import (
     SecretStr,
     create_model,
     field_validator,
+    model_validator,
 )
 
 from shoal.store.registry import Backend, backend_names, get_backend, load_backends
@@ -130,10 +131,23 @@ def path_keys() -> tuple[tuple[str, ...], ...]:
 
 
 class DutyOverride(Section):
-    """Per-node switch for one duty (``name``) or a family (``import:*``)."""
+    """Per-node switch for one duty (``name``) or a family (``import:*``);
+    ``cron`` / ``every`` (seconds) replace a schedule's timing."""
 
     enabled: bool = True
     per_node: int | None = Field(default=None, ge=1)
+    cron: str | None = None
+    every: float | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _schedule(self) -> DutyOverride:
+        from shoal.core.schedule import check_cron
+
+        if self.cron is not None and self.every is not None:
+            raise ValueError("set cron or every, not both")
+        if self.cron is not None:
+            check_cron(self.cron)
+        return self
 
 
 class ReaperSection(Section):

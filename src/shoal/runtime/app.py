@@ -23,10 +23,13 @@ from __future__ import annotations
 import re
 import string
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from shoal._errors import ConfigError, InvalidArgument
+from shoal.core.schedule import MISSED, Timing, check
+from shoal.runtime.schedule import ScheduleSpec, make_schedule_fn
 
 LEADER = "leader"
 MAX_PARTITIONS = 100_000
@@ -47,6 +50,7 @@ class DutyDecl:
     sticky: bool = False
     leader_bound: bool = False
     partitions: int | None = None  # ``pattern/0`` .. ``pattern/{partitions-1}``
+    schedule: ScheduleSpec | None = None  # a scheduled duty (``App.schedule``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,15 @@ class Duty:
     leader_bound: bool
     item: Any = None  # the for_each item (or partition number) this duty was made for
     partition: int | None = None  # for a partitioned duty: its number
+    schedule: ScheduleSpec | None = None  # for a scheduled duty: its declaration
+
+
+def _seconds(value: timedelta | float) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a timedelta or seconds, got {value!r}")
+    return float(value)
 
 
 def family_of(name: str) -> str:
@@ -115,6 +128,11 @@ class App:
     def pools(self) -> list[PoolDecl]:
         """Declared worker pools (see :meth:`workers`)."""
         return list(self._pools.values())
+
+    @property
+    def schedules(self) -> dict[str, ScheduleSpec]:
+        """Declared schedule (pattern) -> its declaration (see :meth:`schedule`)."""
+        return {n: d.schedule for n, d in self._decls.items() if d.schedule is not None}
 
     @property
     def partitioned(self) -> dict[str, int]:
@@ -162,6 +180,61 @@ class App:
                 name, fn, frozenset(roles), for_each, with_duty, sticky,
                 leader_bound=with_duty == LEADER, partitions=partitions,
             )
+            return fn
+
+        return register
+
+    def schedule(
+        self,
+        name: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | float | None = None,
+        tz: str = "UTC",
+        missed: str = "run_once",
+        retry: bool = True,
+        max_runtime: timedelta | float | None = None,
+        jitter: timedelta | float = 0.0,
+        misfire_grace: timedelta | float = 60.0,
+        roles: list[str] | tuple[str, ...] = (),
+        for_each: str | None = None,
+        with_duty: str | None = None,
+    ) -> Callable[[F], F]:
+        """Declare a schedule: ``fn(ctx)`` runs once per slot across the cluster.
+
+        ``cron="m h dom mon dow"`` in time zone ``tz`` (IANA name), or
+        ``every=`` a timedelta or seconds (slots at multiples of it since the
+        epoch). The schedule is a duty (placed, fenced and moved like one; same
+        ``roles``, ``for_each``, ``with_duty`` and per-node switches); its owner
+        claims each slot with a fenced write of the schedule's record before
+        running it. ``missed``: ``"run_once"`` runs the newest slot that was
+        missed while no node could run it (older ones are skipped),
+        ``"skip"`` skips slots more than ``misfire_grace`` late. ``retry``: a
+        run whose node died mid-run runs once more on the new owner.
+        ``max_runtime``: a run longer than this is stopped (``ctx.stopping``;
+        async functions are cancelled) and recorded as ``timeout``.
+        ``jitter``: each run starts up to this much after its slot (the same
+        offset on every node). ``ctx`` is a :class:`~shoal.runtime.schedule.RunContext`
+        (``ctx.slot``, ``ctx.attempt``, fenced ``ctx.put``, ``ctx.stopping``).
+        Config may replace the timing per node: ``duties: {NAME: {cron: ...}}``."""
+        if missed not in MISSED:
+            raise ValueError(f"schedule {name!r}: missed must be one of {MISSED}, got {missed!r}")
+        try:
+            timing = check(Timing(
+                cron=cron, every=None if every is None else _seconds(every), tz=tz,
+                jitter=_seconds(jitter), misfire_grace=_seconds(misfire_grace),
+            ))
+        except ValueError as exc:
+            raise ValueError(f"schedule {name!r}: {exc}") from None
+        limit = None if max_runtime is None else _seconds(max_runtime)
+        if limit is not None and limit <= 0:
+            raise ValueError(f"schedule {name!r}: max_runtime must be > 0, got {max_runtime!r}")
+        spec = ScheduleSpec(timing, missed, bool(retry), limit)  # type: ignore[arg-type]
+        declare = self.duty(name, roles=roles, for_each=for_each, with_duty=with_duty)
+
+        def register(fn: F) -> F:
+            declare(make_schedule_fn(fn, spec))
+            self._decls[name] = replace(self._decls[name], schedule=spec)
             return fn
 
         return register
@@ -225,7 +298,7 @@ class App:
                 name, with_duty = self._fill(decl, item)
                 out.append(
                     Duty(name, family_of(decl.pattern), decl.fn, decl.roles, with_duty,
-                         decl.sticky, decl.leader_bound, item)
+                         decl.sticky, decl.leader_bound, item, schedule=decl.schedule)
                 )
         names = [d.name for d in out]
         dupes = {n for n in names if names.count(n) > 1}

@@ -71,11 +71,13 @@ class DutyContext:
         loop: asyncio.AbstractEventLoop,
         partition: int | None = None,
         state: Any = None,
+        settings: Any = None,
     ) -> None:
         self.name = name
         # the node's ReplicatedState (shoal.runtime.state): fenced writes with
         # ``await ctx.state.put(ns, key, value, guard=ctx.guard())``
         self.state = state
+        self.settings = settings  # the node's NodeSettings (schedule overrides)
         self.token = token
         self.node = node
         self.store = store

@@ -233,6 +233,7 @@ class Reconciler:
             name=duty.name, token=owner.token, node=self.name, store=self.store,
             clock=self.clock, params=self.settings.params, item=duty.item,
             loop=asyncio.get_running_loop(), partition=duty.partition, state=self.state,
+            settings=self.settings,
         )
         runner = DutyRunner(
             duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,

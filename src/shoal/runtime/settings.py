@@ -46,6 +46,8 @@ class NodeSettings:
     reaper_store: dict[str, Any] = field(default_factory=dict)
     balanced: bool = True
     per_node: dict[str, int] = field(default_factory=dict)
+    # config ``duties: {NAME or family:*: {cron | every}}`` -> (cron, every seconds)
+    schedule_overrides: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: NodeConfig, *, workers: Iterable[str] = ()) -> NodeSettings:
@@ -57,6 +59,10 @@ class NodeSettings:
             name: n for name in workers if (n := config.duty_override(name).per_node) is not None
         }
         disabled = tuple(sorted(k for k, v in config.duties.items() if not v.enabled))
+        schedules = {
+            k: (v.cron, v.every) for k, v in config.duties.items()
+            if v.cron is not None or v.every is not None
+        }
         backend = config.store.descriptor
         # A backend without a reaper module (memory: one process, nothing
         # outlives it) runs without one; docs/configuration.md says which have it.
@@ -71,7 +77,7 @@ class NodeSettings:
             drain_timeout=t.drain_timeout, grace=t.grace, retry_backoff_max=t.retry_backoff_max,
             params=dict(config.params),
             reaper=config.reaper.enabled and backend.reaper is not None,
-            reaper_store=reaper_store, per_node=per_node,
+            reaper_store=reaper_store, per_node=per_node, schedule_overrides=schedules,
         )
 
     @property

@@ -1,0 +1,204 @@
+"""The pure schedule rules (shoal.core.schedule): slots, DST, missed slots, retries."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shoal.core.schedule import (
+    HISTORY,
+    Claim,
+    Record,
+    Run,
+    Settle,
+    Timing,
+    Wait,
+    check,
+    decide,
+    due,
+    next_slot,
+    offset,
+    run_at,
+)
+
+BERLIN = ZoneInfo("Europe/Berlin")
+T0 = 1_700_000_000.0
+EVERY = Timing(every=600)
+
+
+def local(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, BERLIN)
+
+
+@given(st.floats(0, 4e9), st.integers(1, 100_000))
+def test_every_slots_are_the_next_multiple(after: float, every: int) -> None:
+    slot = next_slot(Timing(every=every), after)
+    assert slot > after and slot - after <= every and slot % every == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.floats(T0, T0 + 3e8), st.sampled_from(["0 1 * * *", "*/15 * * * *", "30 2 * * 0"]))
+def test_cron_next_slot_is_the_first_after(after: float, expr: str) -> None:
+    t = Timing(cron=expr, tz="Europe/Berlin")
+    slot = next_slot(t, after)
+    assert slot > after
+    # nothing in between: asking from any earlier point in the gap gives the same slot
+    assert next_slot(t, (after + slot) / 2) == slot
+    assert next_slot(t, slot - 0.5) == slot
+
+
+def test_dst_spring_forward_runs_a_missing_local_time_once_at_the_jump() -> None:
+    t = Timing(cron="30 2 * * *", tz="Europe/Berlin")
+    slot = next_slot(t, datetime(2025, 3, 29, 12, tzinfo=BERLIN).timestamp())
+    assert local(slot).isoformat() == "2025-03-30T03:00:00+02:00"  # 02:30 does not exist
+    after = next_slot(t, slot)
+    assert local(after).isoformat() == "2025-03-31T02:30:00+02:00"
+
+
+def test_dst_fall_back_runs_a_repeated_local_time_once() -> None:
+    t = Timing(cron="30 2 * * *", tz="Europe/Berlin")
+    first = next_slot(t, datetime(2025, 10, 25, 12, tzinfo=BERLIN).timestamp())
+    assert local(first).isoformat() == "2025-10-26T02:30:00+02:00"  # first occurrence
+    second = next_slot(t, first)
+    assert local(second).isoformat() == "2025-10-27T02:30:00+01:00"  # not again at +01:00
+
+
+def test_dst_wildcard_hours_follow_elapsed_time() -> None:
+    t = Timing(cron="*/15 * * * *", tz="Europe/Berlin")
+    slot = datetime(2025, 10, 26, 1, 0, tzinfo=BERLIN).timestamp()
+    gaps = set()
+    for _ in range(20):  # through the repeated hour 02:00-03:00
+        nxt = next_slot(t, slot)
+        gaps.add(nxt - slot)
+        slot = nxt
+    assert gaps == {900.0}
+
+
+def test_check_names_the_bad_value() -> None:
+    with pytest.raises(ValueError, match="bad cron expression '61 \\* \\* \\* \\*'"):
+        check(Timing(cron="61 * * * *"))
+    with pytest.raises(ValueError, match="unknown time zone 'Mars/Base'"):
+        check(Timing(cron="0 1 * * *", tz="Mars/Base"))
+    with pytest.raises(ValueError, match="exactly one of"):
+        check(Timing(cron="0 1 * * *", every=60))
+    with pytest.raises(ValueError, match="at least 1 second"):
+        check(Timing(every=0.1))
+
+
+@given(st.text(min_size=1, max_size=10), st.floats(0, 4e9), st.floats(0.001, 1e4))
+def test_jitter_is_deterministic_and_bounded(name: str, slot: float, jitter: float) -> None:
+    off = offset(name, slot, jitter)
+    assert 0 <= off < jitter and off == offset(name, slot, jitter)
+
+
+def test_due_counts_slots_and_names_the_newest() -> None:
+    assert due("s", EVERY, 1200, 1799) == (0, None)
+    assert due("s", EVERY, 1200, 1800) == (1, 1800)
+    assert due("s", EVERY, 1200, 1200 + 600 * 1000 + 5) == (1000, 1200 + 600 * 1000)
+    count, newest = due("s", Timing(cron="* * * * *"), T0, T0 + 86400 * 30)
+    assert count >= 10_000 and newest is not None and T0 + 86400 * 30 - newest < 60
+
+
+def test_steady_state_waits_then_claims_the_slot_on_time() -> None:
+    rec = Record(since=1000, last_slot=1200)
+    assert decide("s", EVERY, rec, 1500) == Wait(1800)
+    d = decide("s", EVERY, rec, 1800.01)
+    assert isinstance(d, Claim) and (d.slot, d.attempt, d.skipped) == (1800, 1, 0)
+
+
+def test_a_new_schedule_never_runs_slots_before_it_was_seen() -> None:
+    assert decide("s", EVERY, Record(since=1700), 1750) == Wait(1800)
+
+
+def test_missed_run_once_runs_only_the_newest_missed_slot() -> None:
+    d = decide("s", EVERY, Record(since=0, last_slot=1200), 1200 + 600 * 5 + 100)
+    assert isinstance(d, Claim) and d.slot == 4200 and d.skipped == 4
+
+
+def test_missed_skip_skips_late_slots_but_runs_one_on_time() -> None:
+    rec = Record(since=0, last_slot=1200)
+    late = decide("s", EVERY, rec, 1800 + 61, missed="skip")
+    assert late == Settle(1800, 1, None)
+    on_time = decide("s", EVERY, rec, 2400 + 10, missed="skip")
+    assert isinstance(on_time, Claim) and on_time.slot == 2400 and on_time.skipped == 1
+
+
+def interrupted(slot: float, attempt: int = 1) -> Record:
+    cur = Run(slot, "a", slot + 0.1, None, "running", attempt=attempt, token=7)
+    return Record(since=0, last_slot=slot, current=cur)
+
+
+def test_interrupted_run_is_retried_once_with_retry() -> None:
+    d = decide("s", EVERY, interrupted(1200), 1210, retry=True)
+    assert isinstance(d, Claim) and (d.slot, d.attempt, d.kind) == (1200, 2, "retry")
+    assert d.interrupted is not None and d.interrupted.outcome == "interrupted"
+    again = decide("s", EVERY, interrupted(1200, attempt=2), 1210, retry=True)
+    assert isinstance(again, Settle) and again.interrupted is not None
+
+
+def test_interrupted_run_is_not_rerun_without_retry() -> None:
+    d = decide("s", EVERY, interrupted(1200), 1210, retry=False)
+    assert isinstance(d, Settle) and d.last_slot == 1200 and d.interrupted is not None
+    settled = replace(interrupted(1200), current=None)
+    assert decide("s", EVERY, settled, 1210, retry=False) == Wait(1800)
+
+
+def test_a_later_due_slot_wins_over_a_retry() -> None:
+    d = decide("s", EVERY, interrupted(1200), 1805, retry=True)
+    assert isinstance(d, Claim) and d.slot == 1800 and d.attempt == 1
+    assert d.interrupted is not None and d.interrupted.slot == 1200
+
+
+def test_manual_trigger_runs_once() -> None:
+    rec = Record(since=0, last_slot=1200)
+    d = decide("s", EVERY, rec, 1300, trigger="t1")
+    assert isinstance(d, Claim) and d.slot is None and d.kind == "manual" and d.trigger == "t1"
+    done = replace(rec, trigger_done="t1")
+    assert decide("s", EVERY, done, 1300, trigger="t1") == Wait(1800)
+
+
+def test_record_keeps_the_last_runs_and_counts_them() -> None:
+    rec = Record(since=0)
+    for i in range(HISTORY + 5):
+        rec = rec.with_run(Run(float(i), "a", i, i + 1, "ok" if i % 2 else "failed"))
+    assert len(rec.runs) == HISTORY and rec.runs[-1].slot == HISTORY + 4
+    assert rec.counts == {"ok": 12, "failed": 13}
+    assert Record.from_dict(rec.as_dict()) == rec
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(0.1, 2000), min_size=1, max_size=30),
+    st.sampled_from(["run_once", "skip"]),
+    st.booleans(),
+    st.floats(0, 300),
+)
+def test_no_slot_is_ever_claimed_twice(
+    steps: list[float], missed: str, retry: bool, jitter: float
+) -> None:
+    """Follow decide() through time, crashing every third run: a slot is claimed
+    at most once, plus one retry when ``retry``."""
+    timing = Timing(every=600, jitter=jitter)
+    rec, now = Record(since=T0), T0
+    claims: dict[float | None, int] = {}
+    for i, step in enumerate(steps):
+        now += step
+        d = decide("s", timing, rec, now, missed=missed, retry=retry)  # type: ignore[arg-type]
+        if isinstance(d, Wait):
+            assert d.until > now
+            continue
+        if isinstance(d, Settle):
+            rec = replace(rec.with_skipped(d.skipped), last_slot=d.last_slot, current=None)
+            continue
+        assert d.slot is not None and run_at("s", timing, d.slot) <= now
+        claims[d.slot] = claims.get(d.slot, 0) + 1
+        run = Run(d.slot, "a", now, None, "running", attempt=d.attempt)
+        rec = replace(rec, last_slot=d.slot, current=run)
+        if i % 3 != 2:  # completes; else crashes and stays "running"
+            rec = replace(rec, current=None).with_run(replace(run, outcome="ok"))
+    assert all(n <= (2 if retry else 1) for n in claims.values()), claims
