@@ -277,9 +277,13 @@ async def _execute(
         job: asyncio.Future[Any] = asyncio.ensure_future(fn(run_ctx))
     else:
         job = asyncio.ensure_future(asyncio.to_thread(fn, run_ctx))
+    limit = None if spec.max_runtime is None else asyncio.ensure_future(
+        ctx.clock.sleep(spec.max_runtime)
+    )
     try:
-        done, _ = await asyncio.wait({job}, timeout=spec.max_runtime)
-        if not done:
+        await asyncio.wait({job} if limit is None else {job, limit},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if not job.done():
             run_ctx.stopping.set("max_runtime")
             job.cancel()  # a thread cannot be cancelled: wait for it to notice
             with contextlib.suppress(BaseException):
@@ -300,6 +304,8 @@ async def _execute(
         raise
     finally:
         relay.cancel()
+        if limit is not None:
+            limit.cancel()
 
 
 async def _relay_stop(ctx: DutyContext, run_ctx: RunContext) -> None:
