@@ -313,3 +313,51 @@ def test_declaration_errors_are_one_clear_line() -> None:
         app.schedule("x", cron="0 1 * *")
     with pytest.raises(ValueError, match="missed must be one of"):
         app.schedule("x", every=60, missed="later")
+
+
+TOKEN = "s3cret-api-token-for-schedules-000"
+
+
+async def test_http_lists_schedules_and_runs_one_once(cluster_factory: Any) -> None:
+    import httpx2
+
+    from shoal.cli.schedule_cmd import render
+    from shoal.http._metrics import render_metrics
+    from shoal.http.api import create_app
+
+    runs: list[str] = []
+    app = App("t")
+
+    @app.schedule("nightly", cron="0 1 * * *", tz="Europe/Berlin")
+    async def nightly(ctx: RunContext) -> None:
+        runs.append(ctx.kind)
+
+    c = cluster_factory(app)
+    a = await c.add("a")
+    await c.add("b")
+    await c.run(2.0)
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=create_app(a, token=TOKEN)),
+                              base_url="http://testserver")
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with http:
+        assert (await http.post("/schedules/nightly/run")).status_code == 401
+        missing = await http.post("/schedules/nope/run", headers=auth)
+        assert missing.status_code == 404
+        assert missing.json()["error"]["code"] == "schedule_not_found"
+        res = await http.post("/schedules/nightly/run", headers=auth)
+        assert res.status_code == 202 and res.json()["status"] == "requested"
+        await c.run(2.0)
+        assert runs == ["manual"]
+        listing = (await http.get("/schedules", headers=auth)).json()["schedules"]
+    [row] = listing
+    assert row["name"] == "nightly" and row["owner"] in ("a", "b")
+    assert row["cron"] == "0 1 * * *" and row["tz"] == "Europe/Berlin"
+    assert row["last_run"]["outcome"] == "ok" and row["last_run"]["kind"] == "manual"
+    assert row["next_run"] is not None and row["next_run"] > c.clock.time()
+    text = render(listing, c.clock.time())
+    assert "nightly" in text and "NEXT RUN" in text and row["owner"] in text
+    owner = c.nodes[row["owner"]]
+    metrics = render_metrics(owner)
+    assert 'shoal_schedule_runs_total{node="%s",schedule="nightly",outcome="ok"} 1' % (
+        owner.name) in metrics
+    assert "shoal_schedule_next_run_timestamp_seconds" in metrics

@@ -302,3 +302,35 @@ def slot_time(slot: float | None, tz: str = "UTC") -> str:
     if slot is None:
         return "manual"
     return datetime.fromtimestamp(slot, tz=_zone(tz) if tz != "UTC" else UTC).isoformat()
+
+
+def describe(name: str, data: dict[str, Any], owner: str | None, now: float) -> dict[str, Any]:
+    """One schedule for ``shoal schedule list`` and ``GET /schedules``, from its
+    record document (which carries its timing): owner, next run, last run,
+    lateness, run in progress, counts. Plain JSON-safe data."""
+    rec = Record.from_dict(data)
+    raw = data.get("timing") if isinstance(data.get("timing"), dict) else {}
+    assert isinstance(raw, dict)
+    timing = Timing(cron=raw.get("cron"), every=raw.get("every"), tz=str(raw.get("tz", "UTC")))
+    next_run: float | None = None
+    if (timing.cron is None) != (timing.every is None):
+        base = rec.last_slot if rec.last_slot is not None else rec.since
+        try:
+            next_run = next_slot(timing, max(base, now))
+        except (ValueError, StopIteration):
+            next_run = None
+    last = rec.runs[-1] if rec.runs else None
+    return {
+        "name": name,
+        "owner": owner,
+        "cron": timing.cron,
+        "every": timing.every,
+        "tz": timing.tz,
+        "next_run": next_run,
+        "last_slot": rec.last_slot,
+        "last_run": None if last is None else last.as_dict(),
+        "running": None if rec.current is None else rec.current.as_dict(),
+        "lateness": rec.lateness,
+        "counts": dict(rec.counts),
+        "runs": [r.as_dict() for r in rec.runs],
+    }

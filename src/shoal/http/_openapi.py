@@ -287,6 +287,14 @@ def openapi_document(
             "400": bad_name, "404": _err("No live node of that name"),
             "413": _err("Body too large"), "503": _err("Store unavailable"),
         }, secure=True, params=[_NAME])},
+        "/schedules": {"get": _op("Schedules: owner, next run, last runs, lateness", {
+            "200": _json({"type": "object"}, "Schedules"),
+        }, secure=secure_reads)},
+        "/schedules/{name}/run": {"post": _op("Run a schedule once now (manual trigger)", {
+            "202": _json({"type": "object"}, "Requested: its owner runs it once"),
+            "404": _err("No schedule of that name"), "503": _err("Store unavailable"),
+        }, secure=True, params=[{"name": "name", "in": "path", "required": True,
+                                 "schema": {"type": "string", "maxLength": 128}}])},
     }
     return {
         "openapi": "3.1.0",

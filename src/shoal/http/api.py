@@ -62,6 +62,7 @@ from shoal.http._common import (
 from shoal.http._events import EventFeed
 from shoal.http._metrics import CONTENT_TYPE, node_registry, render_metrics
 from shoal.http._openapi import NODE_NAME_RULE, openapi_document
+from shoal.http._schedules import schedule_routes
 from shoal.http._view import cluster_view, readiness
 from shoal.http.session_middleware import SessionMiddleware
 from shoal.runtime._state_model import check_names, check_namespace
@@ -377,6 +378,7 @@ def create_app(
         Route("/state/{ns}", guard(api.namespace, always=False), methods=["GET"]),
         Route("/state/{ns}/{key:path}", document, methods=["GET", "PUT", "DELETE"]),
         Route("/nodes/{name}/drain", guard(api.drain), methods=["POST"]),
+        *schedule_routes(node, api.token, guard),
     ]
     middleware = [Middleware(BodyLimit, limit=max_body)]
     if session_manager is not None:

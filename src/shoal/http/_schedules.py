@@ -1,0 +1,94 @@
+"""``GET /schedules`` and ``POST /schedules/{name}/run`` (see docs/http.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from shoal.core.schedule import describe
+from shoal.http._common import authenticate, error
+from shoal.runtime.schedule import NAMESPACE, request_run
+
+if TYPE_CHECKING:
+    from shoal.runtime.node import Node
+
+__all__ = ["schedule_routes", "schedules_view"]
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def schedules_view(node: Node) -> list[dict[str, Any]]:
+    """Every schedule declared on this node or recorded in the cluster."""
+    docs = node.state.items(NAMESPACE)
+    declared = {d.name for d in node.duties if d.schedule is not None}
+    owners = node.owners
+    now = node.clock.time()
+    rows = []
+    for name in sorted(declared | set(docs)):
+        doc = docs.get(name)
+        data = doc.value if doc is not None and isinstance(doc.value, dict) else {}
+        owner = owners.get(name)
+        rows.append(describe(name, data, owner.node if owner else None, now))
+    return rows
+
+
+def schedule_routes(
+    node: Node, token: str | None, guard: Callable[..., Handler]
+) -> list[Route]:
+    """The schedule endpoints; ``guard`` is the API's credential check."""
+
+    async def listing(request: Request) -> Response:
+        return JSONResponse({"schedules": schedules_view(node)})
+
+    async def run(request: Request) -> Response:
+        name = request.path_params["name"]
+        if not any(d.name == name and d.schedule is not None for d in node.duties):
+            return error(404, "schedule_not_found", f"no schedule named {name!r}")
+        who = authenticate(request, token) or "?"
+        trigger = await request_run(node.state, name, by=f"HTTP API on {node.name} ({who})")
+        return JSONResponse({"schedule": name, "trigger": trigger, "status": "requested"}, 202)
+
+    return [
+        Route("/schedules", guard(listing, always=False), methods=["GET"]),
+        Route("/schedules/{name:path}/run", guard(run), methods=["POST"]),
+    ]
+
+
+# name -> (type, help); exported by the node that owns the schedule
+SCHEDULE_METRICS: dict[str, tuple[str, str]] = {
+    "shoal_schedule_runs_total": (
+        "counter", "Finished runs of a schedule by outcome (ok, failed, timeout, interrupted)."
+    ),
+    "shoal_schedule_failures_total": ("counter", "Runs of a schedule that failed or timed out."),
+    "shoal_schedule_skipped_total": ("counter", "Slots of a schedule skipped (missed)."),
+    "shoal_schedule_lateness_seconds": (
+        "gauge", "How late the last run of a schedule started after its slot."
+    ),
+    "shoal_schedule_next_run_timestamp_seconds": ("gauge", "Next slot of a schedule (epoch)."),
+}
+
+
+def schedule_samples(node: Node) -> list[tuple[str, float, dict[str, str]]]:
+    """(metric, value, labels) for the schedules this node owns. The counts are
+    the cluster's (kept in the replicated record), so they survive failovers."""
+    out: list[tuple[str, float, dict[str, str]]] = []
+    for row in schedules_view(node):
+        if row["owner"] != node.name:
+            continue
+        name = row["name"]
+        counts = row["counts"]
+        for outcome in ("ok", "failed", "timeout", "interrupted"):
+            out.append(("shoal_schedule_runs_total", counts.get(outcome, 0),
+                        {"schedule": name, "outcome": outcome}))
+        failures = counts.get("failed", 0) + counts.get("timeout", 0)
+        out.append(("shoal_schedule_failures_total", failures, {"schedule": name}))
+        out.append(("shoal_schedule_skipped_total", counts.get("skipped", 0), {"schedule": name}))
+        out.append(("shoal_schedule_lateness_seconds", row["lateness"], {"schedule": name}))
+        if row["next_run"] is not None:
+            out.append(("shoal_schedule_next_run_timestamp_seconds", row["next_run"],
+                        {"schedule": name}))
+    return out
