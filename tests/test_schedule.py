@@ -358,6 +358,11 @@ async def test_http_lists_schedules_and_runs_one_once(cluster_factory: Any) -> N
     assert "nightly" in text and "NEXT RUN" in text and row["owner"] in text
     owner = c.nodes[row["owner"]]
     metrics = render_metrics(owner)
-    assert 'shoal_schedule_runs_total{node="%s",schedule="nightly",outcome="ok"} 1' % (
-        owner.name) in metrics
+    series = f'shoal_schedule_runs_total{{node="{owner.name}",schedule="nightly",outcome="ok"}} 1'
+    assert series in metrics
+    assert c.nodes["a"].state.get(NAMESPACE, "nightly") is not None
+    from shoal.http._view import cluster_view
+
+    [summary] = cluster_view(a)["schedules"]
+    assert summary["last_outcome"] == "ok" and "error" not in summary
     assert "shoal_schedule_next_run_timestamp_seconds" in metrics

@@ -117,6 +117,7 @@ _SCHEMAS: dict[str, Any] = {
             "workers": {"type": "object"},
             "store": _ref("StoreHealth"),
             "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "schedules": {"type": "array", "items": {"type": "object"}},
             "time": {"type": "number"},
         },
     },

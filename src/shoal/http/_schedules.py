@@ -92,3 +92,19 @@ def schedule_samples(node: Node) -> list[tuple[str, float, dict[str, str]]]:
             out.append(("shoal_schedule_next_run_timestamp_seconds", row["next_run"],
                         {"schedule": name}))
     return out
+
+
+def schedules_summary(node: Node) -> list[dict[str, Any]]:
+    """Schedules for the open cluster view and dashboard: operational facts
+    only (outcomes and times, never error text)."""
+    out = []
+    for row in schedules_view(node):
+        last = row["last_run"] or {}
+        out.append({
+            "name": row["name"], "owner": row["owner"], "cron": row["cron"],
+            "every": row["every"], "tz": row["tz"], "next_run": row["next_run"],
+            "last_start": last.get("start"), "last_outcome": last.get("outcome"),
+            "running": row["running"] is not None, "lateness": row["lateness"],
+            "counts": row["counts"],
+        })
+    return out
