@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -51,6 +52,7 @@ class DutyDecl:
     leader_bound: bool = False
     partitions: int | None = None  # ``pattern/0`` .. ``pattern/{partitions-1}``
     schedule: ScheduleSpec | None = None  # a scheduled duty (``App.schedule``)
+    for_each_doc: str | None = None  # one duty per document of this state namespace
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,37 @@ class Duty:
     item: Any = None  # the for_each item (or partition number) this duty was made for
     partition: int | None = None  # for a partitioned duty: its number
     schedule: ScheduleSpec | None = None  # for a scheduled duty: its declaration
+    doc: tuple[str, str] | None = None  # for a for_each_doc duty: (namespace, key)
+
+
+DocSource = Callable[[str], Mapping[str, Any]]
+_NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+log = logging.getLogger("shoal.app")
+
+
+def _doc_duties(decl: DutyDecl, docs: Mapping[str, Any]) -> list[Duty]:
+    """One duty per document of ``decl.for_each_doc`` (sorted by key)."""
+    assert decl.for_each_doc is not None
+    out = []
+    for key in sorted(docs):
+        value = docs[key]
+        fields = dict(value) if isinstance(value, Mapping) else {}
+        fields["key"] = key
+        try:
+            name = decl.pattern.format(**fields)
+            with_duty = decl.with_duty.format(**fields) if decl.with_duty else None
+        except (KeyError, IndexError, ValueError) as exc:
+            log.warning("document %s/%s: no value for %s needed by duty %r; no duty made",
+                        decl.for_each_doc, key, exc, decl.pattern)
+            continue
+        if not _NAME.match(name):
+            log.warning("document %s/%s makes bad duty name %r; no duty made",
+                        decl.for_each_doc, key, name)
+            continue
+        out.append(Duty(name, family_of(decl.pattern), decl.fn, decl.roles, with_duty,
+                        decl.sticky, decl.leader_bound, value, schedule=decl.schedule,
+                        doc=(decl.for_each_doc, key)))
+    return out
 
 
 def _seconds(value: timedelta | float) -> float:
@@ -130,6 +163,11 @@ class App:
         return list(self._pools.values())
 
     @property
+    def doc_namespaces(self) -> frozenset[str]:
+        """State namespaces whose documents make duties (``for_each_doc``)."""
+        return frozenset(d.for_each_doc for d in self._decls.values() if d.for_each_doc)
+
+    @property
     def schedules(self) -> dict[str, ScheduleSpec]:
         """Declared schedule (pattern) -> its declaration (see :meth:`schedule`)."""
         return {n: d.schedule for n, d in self._decls.items() if d.schedule is not None}
@@ -148,6 +186,7 @@ class App:
         with_duty: str | None = None,
         sticky: bool = False,
         partitions: int | None = None,
+        for_each_doc: str | None = None,
     ) -> Callable[[F], F]:
         """Declare a duty: exactly one node runs it at a time.
 
@@ -159,10 +198,24 @@ class App:
         ``partitions``: N independent singleton duties ``name/0`` ..
         ``name/{N-1}`` (family ``name``), each with its own fencing token; the
         function gets its number as ``ctx.partition`` (and ``ctx.item``). The
-        count of a running cluster cannot change (see docs/scaling.md)."""
+        count of a running cluster cannot change (see docs/scaling.md).
+        ``for_each_doc``: a replicated-state namespace — one duty per document,
+        created when the document appears and stopped and released when it is
+        deleted, without a restart; ``{key}`` in the name is the document's key
+        (other placeholders come from the document's fields); ``ctx.item`` is
+        the document's value and ``ctx.changes()`` yields its new values."""
+        if for_each_doc is not None:
+            if for_each is not None or partitions is not None:
+                raise ValueError(f"duty {name!r}: for_each_doc= goes with neither for_each= "
+                                 "nor partitions=")
+            if not _placeholders(name):
+                raise ValueError(f"duty {name!r} uses for_each_doc={for_each_doc!r} but has "
+                                 "no {key} placeholder")
+            if not _NAMESPACE.match(for_each_doc):
+                raise ValueError(f"duty {name!r}: bad namespace {for_each_doc!r}")
         if partitions is not None:
             _check_partitions(name, partitions, for_each, with_duty)
-        if for_each is None and _placeholders(name):
+        if for_each is None and for_each_doc is None and _placeholders(name):
             raise InvalidArgument(f"duty {name!r} has a placeholder but no for_each=")
         if for_each is not None and not _placeholders(name):
             raise InvalidArgument(
@@ -179,6 +232,7 @@ class App:
             self._decls[name] = DutyDecl(
                 name, fn, frozenset(roles), for_each, with_duty, sticky,
                 leader_bound=with_duty == LEADER, partitions=partitions,
+                for_each_doc=for_each_doc,
             )
             return fn
 
@@ -274,10 +328,21 @@ class App:
         """Declare a duty that runs on whichever node is the leader."""
         return self.duty(name, with_duty=LEADER, **kwargs)
 
-    def expand(self, params: Mapping[str, Any]) -> list[Duty]:
-        """Concrete duties for these config params, plus the ``leader`` duty."""
+    def expand(
+        self, params: Mapping[str, Any], docs: DocSource | None = None
+    ) -> list[Duty]:
+        """Concrete duties for these config params, plus the ``leader`` duty.
+
+        ``docs(namespace)``: the documents ({key: value}) for ``for_each_doc``
+        duties (none without it). A document whose key or fields make a bad
+        duty name is left out (logged), never an error: documents come and go
+        while the cluster runs."""
         out = [Duty(LEADER, LEADER, None, frozenset(), None, True, True)]
         for decl in self._decls.values():
+            if decl.for_each_doc is not None:
+                if docs is not None:
+                    out.extend(_doc_duties(decl, docs(decl.for_each_doc)))
+                continue
             if decl.partitions is not None:
                 out.extend(
                     Duty(f"{decl.pattern}/{i}", decl.pattern, decl.fn, decl.roles, None,

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from shoal._clock import Clock
@@ -72,12 +73,14 @@ class DutyContext:
         partition: int | None = None,
         state: Any = None,
         settings: Any = None,
+        doc: tuple[str, str] | None = None,
     ) -> None:
         self.name = name
         # the node's ReplicatedState (shoal.runtime.state): fenced writes with
         # ``await ctx.state.put(ns, key, value, guard=ctx.guard())``
         self.state = state
         self.settings = settings  # the node's NodeSettings (schedule overrides)
+        self.doc = doc  # (namespace, key) of a for_each_doc duty's document
         self.token = token
         self.node = node
         self.store = store
@@ -121,6 +124,39 @@ class DutyContext:
     async def sleep(self, seconds: float) -> bool:
         """Sleep ``seconds``; return False early if the duty is stopping."""
         return not await event_or_tick(self.stopping, self.clock, seconds)
+
+    async def changes(self) -> AsyncIterator[Any]:
+        """For a ``for_each_doc`` duty: each new value of its document, as this
+        node applies it (``ctx.item`` is updated too). Ends when the document
+        is deleted or the duty is stopping."""
+        if self.doc is None or self.state is None:
+            raise TypeError(f"duty {self.name!r} does not follow a document (for_each_doc)")
+        ns, key = self.doc
+        subscription = self.state.subscribe(ns)
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while not self.stopping.is_set():
+                step = asyncio.ensure_future(anext(subscription))
+                await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    return
+                try:
+                    change = step.result()
+                except StopAsyncIteration:
+                    return
+                if change.kind == "reload" or change.key == key:
+                    doc = self.state.get(ns, key)
+                    if doc is None:
+                        return
+                    if doc.value != self.item:
+                        self.item = doc.value
+                        yield doc.value
+        finally:
+            stop.cancel()
+            await subscription.aclose()
 
     # -- for sync duties running in a thread --------------------------------
     def put_sync(self, key: str, value: bytes, timeout: float = 30.0) -> int:

@@ -38,6 +38,7 @@ from shoal.primitives.ownership import DUTIES, Owner
 from shoal.primitives.session import LeaseSession
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.control import watch_control
+from shoal.runtime.data_duties import documents_of, follow_documents
 from shoal.runtime.fanout import Fanout, Subscription
 from shoal.runtime.lease import LeaseKeeper
 from shoal.runtime.reconcile import Reconciler, Tally, order_duties
@@ -274,6 +275,7 @@ class Node:
             await self._owners.wait_ready()
             await self.state.wait_ready()
             await check_partitions(self.store, self.app.partitioned)  # count never changes
+            self.refresh_duties()  # with the documents of for_each_doc duties
             await self._lease.join()
         except BaseException:
             await self._shutdown_background()
@@ -288,7 +290,17 @@ class Node:
                 name=f"shoal-reconcile-{self.name}",
             ),
             asyncio.create_task(watch_control(self), name=f"shoal-control-{self.name}"),
+            asyncio.create_task(follow_documents(self), name=f"shoal-docs-{self.name}"),
         ]
+
+    def refresh_duties(self) -> None:
+        """Expand the app's duties again (``for_each_doc`` documents changed)."""
+        try:
+            duties = order_duties(self.app.expand(self._settings.params, documents_of(self)))
+        except ValueError as exc:
+            log.error("node %s: duties not updated: %s", self.name, exc)
+            return
+        self._duties.set_duties(duties)
 
     def _lease_for_passes(self) -> int | None:
         session = self.session

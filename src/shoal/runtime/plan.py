@@ -13,6 +13,8 @@ Rules, per duty (``wanted`` comes from :func:`shoal.core.placement.place`):
   - else make sure it runs with the current token -> Run.
 * owned by my previous lease (stale, after a rejoin) -> Release.
 * not owned by me but running here -> Stop at once (ownership lost).
+* owned by me (or running here) but no longer declared — a ``for_each_doc``
+  duty whose document was deleted -> Release (stop, then delete the key).
 * free: co-located -> Acquire if I own X; otherwise Acquire if I am the
   wanted node, or if I am k-th in rank order and it has been free for
   ``k * grace`` seconds (fallback when the preferred node does not act).
@@ -115,6 +117,13 @@ def plan(view: View) -> list[Action]:
         free_for = view.now - view.free_since.get(name, view.now)
         if free_for >= view.grace * ranks.index(me):
             actions.append(Acquire(name))
+    declared = {d.name for d in view.duties}
+    for name, owner in view.owners.items():
+        if name not in declared and owner.node == me:
+            actions.append(Release(name, owner.token, "no longer declared (document deleted)"))
+    for name in view.running:
+        if name not in declared and name not in view.owners:
+            actions.append(Stop(name, "no longer declared"))
     releases = [a for a in actions if isinstance(a, Release)]
     others = [a for a in actions if not isinstance(a, Release)]
     return [*reversed(releases), *others]

@@ -81,6 +81,15 @@ class Reconciler:
         self._leader: str | None = None  # last leader reported
 
     # -- inputs ---------------------------------------------------------------------
+    def set_duties(self, duties: list[Duty]) -> None:
+        """Replace the declared duties (``for_each_doc`` documents came or went):
+        placement is computed again and a pass runs; a duty no longer declared is
+        stopped and released by that pass (:func:`~shoal.runtime.plan.plan`)."""
+        if [(d.name, d.item) for d in duties] != [(d.name, d.item) for d in self.duties]:
+            self.duties = duties
+            self._cache = None
+            self.wake.set()
+
     def members_changed(self, members: Mapping[str, Member]) -> None:
         """Restart the stability timer when the set of (name, draining) changes."""
         sig = frozenset((m.name, m.draining) for m in members.values())
@@ -233,7 +242,7 @@ class Reconciler:
             name=duty.name, token=owner.token, node=self.name, store=self.store,
             clock=self.clock, params=self.settings.params, item=duty.item,
             loop=asyncio.get_running_loop(), partition=duty.partition, state=self.state,
-            settings=self.settings,
+            settings=self.settings, doc=duty.doc,
         )
         runner = DutyRunner(
             duty.fn, ctx, self.clock, backoff=self.settings.crash_backoff,
