@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "NodeSettings": "shoal.runtime.settings",
     "NodeThread": "shoal.runtime.thread",
     "DutyContext": "shoal.runtime.context",
+    "RunContext": "shoal.runtime.schedule",
     "NodeConfig": "shoal.config",
     "load_config": "shoal.config",
     "open_store": "shoal.store.factory",
@@ -100,6 +101,7 @@ __all__ = [
     "ProcessError",
     "Put",
     "ReplicatedState",
+    "RunContext",
     "Session",
     "SessionManager",
     "ShoalError",
@@ -163,6 +165,7 @@ if TYPE_CHECKING:
     from shoal.runtime.app import App
     from shoal.runtime.context import DutyContext
     from shoal.runtime.node import ClusterEvent, Node
+    from shoal.runtime.schedule import RunContext
     from shoal.runtime.settings import NodeSettings
     from shoal.runtime.state import ReplicatedState
     from shoal.runtime.status import NodeStatus
