@@ -1,0 +1,137 @@
+"""Schedules: runs per slot and lateness, Shoal vs 3 replicas of APScheduler 3.11.
+
+    python benchmarks/schedule.py                   # --slots 20, ~25 s
+    python benchmarks/schedule.py --slots 5 --every 1
+
+Both contenders run the same interval job (``--every`` seconds, default 1) for
+``--slots`` slots, in this process, on the real clock:
+
+* **Shoal**: 3 :class:`~shoal.Node` objects, each with its own connection to one
+  SQLite store file (a temporary directory), ``local`` timings, no reaper; the job
+  is ``@app.schedule("bench", every=...)``. Each run records the node, its slot and
+  ``time.time()`` when the function starts.
+* **APScheduler 3.11**: 3 ``AsyncIOScheduler`` instances — what 3 replicas of a
+  service each start — with the same ``IntervalTrigger`` (same start time, so the
+  same slots), each recording its runs the same way.
+
+Reported per contender: runs per slot (how many replicas ran each slot: APScheduler
+runs it on every replica, Shoal exactly once), slots missed, and lateness (start -
+slot) p50 / p99 / max in ms. Lateness includes Shoal's claim (one store read and
+one fenced transaction before the function starts). The failover measurements of
+issue #13 (kill -9 of the owner 1 s before a slot; 1,000 data duties) are not in
+this script yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import statistics
+import tempfile
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def report(name: str, runs: list[tuple[str, float, float]], slots: list[float]) -> None:
+    per_slot = Counter(slot for _, slot, _ in runs if slot in slots)
+    late = [(start - slot) * 1000 for _, slot, start in runs if slot in slots]
+    counts = Counter(per_slot.get(s, 0) for s in slots)
+    print(f"\n{name}: {len(slots)} slots, {len(runs)} runs")
+    print("  runs per slot: " + ", ".join(f"{k}x: {v} slots" for k, v in sorted(counts.items())))
+    print(f"  lateness ms: p50 {statistics.median(late) if late else math.nan:.1f}  "
+          f"p99 {percentile(late, 0.99):.1f}  max {max(late, default=math.nan):.1f}")
+    print(f"  nodes that ran: {dict(Counter(n for n, _, _ in runs))}")
+
+
+async def bench_shoal(every: float, n_slots: int) -> None:
+    from shoal import App, Node, NodeSettings
+    from shoal.runtime.schedule import RunContext
+    from shoal.store.sqlite import SqliteStore
+
+    runs: list[tuple[str, float, float]] = []
+    app = App("bench")
+
+    @app.schedule("bench", every=timedelta(seconds=every))
+    async def job(ctx: RunContext) -> None:
+        assert ctx.slot is not None
+        runs.append((ctx.node, ctx.slot.timestamp(), time.time()))
+
+    with tempfile.TemporaryDirectory() as tmp:
+        nodes = []
+        for name in ("n1", "n2", "n3"):
+            store = await SqliteStore.open(Path(tmp) / "shoal.db")
+            settings = NodeSettings(name=name, ttl=2, safety_margin=0.3, rebalance_delay=600,
+                                    drain_timeout=1.0, grace=0.5)
+            node = Node(app, settings, store=store, own_store=True)
+            await node.start()
+            nodes.append(node)
+        try:
+            await asyncio.sleep(every * 2)  # owned, record written
+            first = (time.time() // every + 1) * every
+            slots = [first + i * every for i in range(n_slots)]
+            await asyncio.sleep(slots[-1] + 0.5 - time.time())
+        finally:
+            for node in nodes:
+                await node.aclose()
+    report("Shoal (3 nodes, sqlite)", runs, slots)
+
+
+async def bench_apscheduler(every: float, n_slots: int) -> None:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    runs: list[tuple[str, float, float]] = []
+    start = datetime.fromtimestamp((time.time() // every + 2) * every, UTC)
+    schedulers: list[Any] = []
+
+    def make_job(replica: str) -> Any:
+        async def job(scheduled: float) -> None:
+            runs.append((replica, scheduled, time.time()))
+        return job
+
+    for replica in ("r1", "r2", "r3"):
+        sched = AsyncIOScheduler(timezone="UTC")
+        trigger = IntervalTrigger(seconds=every, start_date=start, timezone="UTC")
+        job_fn = make_job(replica)
+
+        async def runner(job_fn: Any = job_fn) -> None:
+            # the slot this run is for: the job's previous fire time is gone by now,
+            # so round the start time down to the grid (lateness << every)
+            now = time.time()
+            await job_fn(now - (now - start.timestamp()) % every)
+
+        sched.add_job(runner, trigger, misfire_grace_time=max(1, int(every)), coalesce=True, max_instances=1)
+        sched.start()
+        schedulers.append(sched)
+    try:
+        first = start.timestamp() + every
+        slots = [first + i * every for i in range(n_slots)]
+        await asyncio.sleep(slots[-1] + 0.5 - time.time())
+    finally:
+        for sched in schedulers:
+            sched.shutdown(wait=False)
+    report("APScheduler 3.11 (3 replicas)", runs, slots)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--slots", type=int, default=20)
+    parser.add_argument("--every", type=float, default=1.0)
+    args = parser.parse_args()
+    asyncio.run(bench_shoal(args.every, args.slots))
+    asyncio.run(bench_apscheduler(args.every, args.slots))
+
+
+if __name__ == "__main__":
+    main()
