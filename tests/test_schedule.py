@@ -366,3 +366,31 @@ async def test_http_lists_schedules_and_runs_one_once(cluster_factory: Any) -> N
     [summary] = cluster_view(a)["schedules"]
     assert summary["last_outcome"] == "ok" and "error" not in summary
     assert "shoal_schedule_next_run_timestamp_seconds" in metrics
+
+
+async def test_run_cut_short_by_a_drain_is_retried_by_the_next_owner(
+    cluster_factory: Any,
+) -> None:
+    started: list[RunContext] = []
+    app = App("t")
+
+    @app.schedule("job", every=EVERY, retry=True)
+    async def job(ctx: RunContext) -> None:
+        started.append(ctx)
+        if len(started) == 1:
+            await ctx.stopping.wait()
+            raise RuntimeError("stopped before finishing")
+
+    c = cluster_factory(app)
+    await c.add("a")
+    await c.run(1.0)
+    await c.add("b")
+    await until_next_slot(c)
+    await c.run(1.0)
+    first = started[0]
+    drain = asyncio.ensure_future(c.nodes[first.node].drain())
+    await c.run(3.0)
+    await drain
+    assert len(started) == 2 and started[1].attempt == 2 and started[1].node != first.node
+    rec = await record(c)
+    assert [r.outcome for r in rec.runs] == ["interrupted", "ok"]

@@ -55,6 +55,7 @@ log = logging.getLogger("shoal.schedule")
 NAMESPACE = "shoal.schedules"
 TRIGGERS = "shoal.schedule-triggers"
 _RETRY = 0.5  # seconds between attempts while the store is unreachable
+_LOG_EVERY = 30.0  # seconds between repeated "store unreachable" warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +168,7 @@ async def schedule_loop(ctx: DutyContext, fn: Callable[..., Any], spec: Schedule
     timing = effective_timing(ctx.name, spec.timing, overrides)
     wake = asyncio.Event()
     watcher = asyncio.create_task(_watch_triggers(ctx, wake))
+    logged = -_LOG_EVERY
     try:
         while not ctx.stopping.is_set():
             try:
@@ -174,7 +176,9 @@ async def schedule_loop(ctx: DutyContext, fn: Callable[..., Any], spec: Schedule
             except DutyLost:
                 await ctx.stopping.wait()
             except (StoreUnavailable, StoreError) as exc:
-                log.warning("schedule %s: store unreachable (%s); retrying", ctx.name, exc)
+                if ctx.clock.monotonic() - logged >= _LOG_EVERY:  # once, then every 30 s
+                    logged = ctx.clock.monotonic()
+                    log.warning("schedule %s: store unreachable (%s); retrying", ctx.name, exc)
                 await ctx.sleep(_RETRY)
     finally:
         watcher.cancel()
@@ -252,6 +256,9 @@ async def _claim_and_run(
     if claim.skipped:
         log.warning("schedule %s: skipped %d missed slot(s)", ctx.name, claim.skipped)
     outcome, error = await _execute(ctx, fn, spec, claim)
+    if outcome == "failed" and ctx.stopping.is_set():
+        return  # cut short by a handover or drain: left "running", the next owner's
+        # retry policy decides (as after a crash)
     done = replace(run, end=ctx.clock.time(), outcome=outcome, error=error)
     await _finish(ctx, timing, replace(new, current=None).with_run(done), claimed, run)
 
