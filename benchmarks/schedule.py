@@ -111,7 +111,8 @@ async def bench_apscheduler(every: float, n_slots: int) -> None:
             now = time.time()
             await job_fn(now - (now - start.timestamp()) % every)
 
-        sched.add_job(runner, trigger, misfire_grace_time=max(1, int(every)), coalesce=True, max_instances=1)
+        sched.add_job(runner, trigger, misfire_grace_time=max(1, int(every)), coalesce=True,
+                      max_instances=1)
         sched.start()
         schedulers.append(sched)
     try:
