@@ -373,3 +373,28 @@ def test_checker_is_fast_on_a_long_history() -> None:
     assert time.perf_counter() - started < 3.0
     assert report.ok, report.summary()
     assert report.failover["kill9"].count == 199 and report.failover["kill9"].missing == 1
+
+
+def slot(t: float, node: str, s: float, attempt: int = 1) -> dict[str, Any]:
+    return r(t, node, "slot_run", schedule="tick", slot=s, token=5, attempt=attempt, every=1.0)
+
+
+def test_a_schedule_slot_started_twice_is_reported() -> None:
+    history = [slot(10.0, "a", 10.0), slot(11.0, "a", 11.0), slot(11.2, "b", 11.0),
+               slot(12.0, "b", 12.0)]
+    report = check(history, bound_s=1.0)
+    assert kinds(report) == ["slot_twice"] and report.slots_run == 3
+    retried = [slot(10.0, "a", 10.0), slot(13.0, "b", 10.0, attempt=2)]
+    assert check(retried, bound_s=1.0).ok  # a retry (attempt 2) is not a second first run
+
+
+def test_a_slot_missing_after_the_faults_is_reported_but_not_during_them() -> None:
+    history = [
+        r(9.5, "harness", "fault", fault="kill9", target="a"),
+        slot(10.0, "a", 10.0),  # 11 and 12 fall in the failover window: allowed
+        r(12.5, "harness", "heal", fault="kill9", target="a"),
+        slot(13.0, "b", 13.0), slot(14.0, "b", 14.0), slot(16.0, "b", 16.0),
+        slot(17.0, "b", 17.0),
+    ]
+    report = check(history, bound_s=0.4)
+    assert kinds(report) == ["slot_missed"] and report.violations[0].t == 15.0

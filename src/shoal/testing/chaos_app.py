@@ -5,6 +5,8 @@
 Every node appends what it did to ``$SHOAL_HISTORY_DIR/<node>.jsonl`` (a
 :class:`~shoal.testing.history.HistoryRecorder`; ``params.history_dir`` also works):
 
+* the schedule ``tick`` (every second, ``retry=False``) records ``slot_run`` as each
+  slot starts (:mod:`shoal.testing.schedule_check`);
 * duties ``alpha`` .. ``delta`` and the leader duty ``chief`` record ``duty_start``
   (with the fencing token) and ``duty_stop``, and every 50-100 ms write the document
   ``state/chaos/duty.<name>`` through the duty's context (``ctx.put``, fenced):
@@ -48,6 +50,7 @@ from shoal._errors import Conflict, DutyLost, OutcomeUnknown, ProcessError, Stor
 from shoal.config import NodeConfig, StoreSection
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
+from shoal.runtime.schedule import RunContext
 from shoal.runtime.state import ReplicatedState
 from shoal.store import factory
 from shoal.store.protocol import Store
@@ -130,6 +133,18 @@ async def _duty(ctx: DutyContext) -> None:
 for _name in DUTIES:
     app.duty(_name)(_duty)
 app.leader_duty(LEADER_DUTY)(_duty)
+
+TICK_EVERY = 1.0
+
+
+@app.schedule("tick", every=TICK_EVERY, retry=False)
+async def tick(ctx: RunContext) -> None:
+    """A schedule: records ``slot_run`` when a slot starts (checked: once per slot)."""
+    assert ctx.slot is not None
+    recorder(ctx.node, ctx.params).record(
+        "slot_run", schedule=ctx.name, slot=ctx.slot.timestamp(), token=ctx.token,
+        attempt=ctx.attempt, every=TICK_EVERY,
+    )
 
 
 # -- the workload: the node's replicated state, independent of any duty -------------------

@@ -68,6 +68,8 @@ class ChaosResult:
             f"writes: acknowledged {r.writes_acknowledged}, refused {r.writes_refused} "
             f"(outcome unknown {self.unknown_writes}), lost {r.writes_lost}",
             f"reads: {self.reads} (stale {r.stale_reads})",
+            f"schedule slots run: {r.slots_run}, each once (no slot_twice, no slot_missed)"
+            if r.ok else f"schedule slots run: {r.slots_run}",
             "failover (fault -> each duty it hit started on another node):",
         ]
         for kind in sorted(r.failover, key=_order):
