@@ -137,3 +137,30 @@ def test_declaration_errors() -> None:
         app.duty("site", for_each_doc="sites")
     with pytest.raises(ValueError, match="neither for_each"):
         app.duty("site:{key}", for_each_doc="sites", for_each="x")
+
+
+async def test_steady_state_store_traffic_does_not_grow_with_documents(
+    cluster_factory: Any,
+) -> None:
+    async def calls_in_steady_state(docs: int) -> int:
+        seen: dict[str, list[Any]] = {}
+        c = cluster_factory(sites_app(seen))
+        a = await c.add("a")
+        await c.add("b")
+        await c.add("c")
+        from shoal.runtime.state import PutDoc
+
+        for start in range(0, docs, 100):
+            await a.state.transaction(
+                [PutDoc("sites", f"s{i}", {"n": i}) for i in range(start, min(docs, start + 100))]
+            )
+        await c.run(15.0)  # placed, acquired, rebalanced
+        assert len(site_owners(c)) == docs
+        before = sum(sum(link.calls.values()) for link in c.links.values())
+        await c.run(20.0)
+        after = sum(sum(link.calls.values()) for link in c.links.values())
+        await c.aclose()
+        return after - before
+
+    few, many = await calls_in_steady_state(3), await calls_in_steady_state(300)
+    assert 0 < few and many <= few + 3, (few, many)  # keep-alives only, whatever the docs
