@@ -394,3 +394,22 @@ async def test_run_cut_short_by_a_drain_is_retried_by_the_next_owner(
     assert len(started) == 2 and started[1].attempt == 2 and started[1].node != first.node
     rec = await record(c)
     assert [r.outcome for r in rec.runs] == ["interrupted", "ok"]
+
+
+async def test_max_runtime_of_a_sync_run_waits_for_the_thread_to_stop(
+    cluster_factory: Any,
+) -> None:
+    ended: list[str] = []
+    app = App("t")
+
+    @app.schedule("job", every=EVERY, max_runtime=5)
+    def job(ctx: RunContext) -> None:
+        ctx.stopping.wait_sync(60)  # a sync run that honours ctx.stopping
+        ended.append(ctx.stopping.reason)
+
+    c = cluster_factory(app)
+    await c.add("a")
+    await until_next_slot(c)
+    await c.run(8.0)
+    rec = await record(c)
+    assert ended == ["max_runtime"] and [r.outcome for r in rec.runs] == ["timeout"]

@@ -280,10 +280,11 @@ async def _execute(
     """Run ``fn`` once; (outcome, error) with outcome ok / failed / timeout."""
     run_ctx = RunContext.of(ctx, claim)
     relay = asyncio.create_task(_relay_stop(ctx, run_ctx))
-    if inspect.iscoroutinefunction(fn):
-        job: asyncio.Future[Any] = asyncio.ensure_future(fn(run_ctx))
+    threaded = not inspect.iscoroutinefunction(fn)
+    if threaded:
+        job: asyncio.Future[Any] = asyncio.ensure_future(asyncio.to_thread(fn, run_ctx))
     else:
-        job = asyncio.ensure_future(asyncio.to_thread(fn, run_ctx))
+        job = asyncio.ensure_future(fn(run_ctx))
     limit = None if spec.max_runtime is None else asyncio.ensure_future(
         ctx.clock.sleep(spec.max_runtime)
     )
@@ -292,8 +293,11 @@ async def _execute(
                            return_when=asyncio.FIRST_COMPLETED)
         if not job.done():
             run_ctx.stopping.set("max_runtime")
-            job.cancel()  # a thread cannot be cancelled: wait for it to notice
-            with contextlib.suppress(BaseException):
+            if not threaded:
+                job.cancel()
+            # a thread cannot be cancelled: wait until it notices ctx.stopping, so
+            # that two runs of the schedule never overlap on this node
+            with contextlib.suppress(Exception, asyncio.CancelledError):
                 await job
             return "timeout", f"ran longer than max_runtime={spec.max_runtime}s"
         exc = job.exception()
