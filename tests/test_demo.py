@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 RESTRICTED = "demo-3"  # can_lead: false, rule-engine disabled
 DUTIES = {
     "leader", "certificate-renewal", "rule-engine", "task-manager", "notification-manager",
+    "nightly-report",
     *(f"{kind}:{engine}" for kind in ("import", "event-import", "history-cleanup")
       for engine in ("engine-a", "engine-b")),
 }
@@ -168,6 +169,16 @@ def import_doc(run: DemoRun, name: str) -> dict[str, Any]:
     return doc
 
 
+def api(run: DemoRun, name: str, method: str, path: str, body: Any = None) -> Any:
+    token = yaml.safe_load(run.config(name).read_text())["http"]["token"]
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(run.url(name) + path, data=data, method=method,
+                                 headers={"Authorization": f"Bearer {token}",
+                                          "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
 def check_placement(view: dict[str, Any], live: list[str]) -> None:
     own = owners(view)
     assert set(own) == DUTIES
@@ -182,7 +193,7 @@ def check_placement(view: dict[str, Any], live: list[str]) -> None:
 
 def test_demo_places_fails_over_and_stops_cleanly(demo_run: DemoRun) -> None:
     run = demo_run
-    run.wait_for(r"all 11 duties owned and placed")
+    run.wait_for(r"all 12 duties owned and placed")
     names = ["demo-1", "demo-2", "demo-3"]
     for name in names:
         assert f"dashboard {run.url(name)}/" in run.output()
@@ -202,6 +213,17 @@ def test_demo_places_fails_over_and_stops_cleanly(demo_run: DemoRun) -> None:
     assert all(where[d] == [owners(view)[d]] for d in where), where
     # the same view found through the store named by a node's config
     assert status_json("--config", str(run.config("demo-2")))["node_count"] == 3
+
+    # a data-driven duty: a document of namespace sites appears, so does site:shop
+    api(run, "demo-1", "PUT", "/state/sites/shop", {"host": "shop.example"})
+    eventually(lambda: owners(status_json("--url", run.url("demo-2"))).get("site:shop"),
+               15, "site:shop owned")
+    api(run, "demo-1", "DELETE", "/state/sites/shop")
+    eventually(lambda: "site:shop" not in owners(status_json("--url", run.url("demo-2"))),
+               15, "site:shop gone")
+    # the schedule ran (once per slot) and can be run now through the management API
+    ran = api(run, "demo-1", "POST", "/schedules/nightly-report/run")
+    assert ran["status"] == "requested"
 
     # the importer's fenced document in replicated state, as a node's API serves it
     before = import_doc(run, "demo-1")
@@ -257,7 +279,7 @@ def test_demo_rejects_bad_options() -> None:
 def test_demo_on_etcd_quits_on_command(tmp_path: Path, etcd_endpoints: list[str]) -> None:
     run = DemoRun(tmp_path, extra=("--store", "etcd", "--endpoints", ",".join(etcd_endpoints)))
     try:
-        run.wait_for(r"all 11 duties owned and placed")
+        run.wait_for(r"all 12 duties owned and placed")
         assert "on etcd http://" in run.output()
         view = status_json("--config", str(run.config("demo-1")))
         assert view["node_count"] == 3
@@ -276,7 +298,7 @@ def test_demo_on_etcd_quits_on_command(tmp_path: Path, etcd_endpoints: list[str]
 def test_demo_on_postgres_quits_on_command(tmp_path: Path, pg_dsn: str) -> None:
     run = DemoRun(tmp_path, extra=("--store", "postgres", "--dsn", pg_dsn))
     try:
-        run.wait_for(r"all 11 duties owned and placed")
+        run.wait_for(r"all 12 duties owned and placed")
         assert "on postgres host=" in run.output() and " schema shoal_demo_" in run.output()
         assert "password" not in run.output()
         view = status_json("--config", str(run.config("demo-1")))

@@ -12,6 +12,10 @@ Modelled on what OpenCTI and Camunda Optimize document for their clusters:
 * ``rule-engine``, ``task-manager``, ``notification-manager`` — managers spread
   over the nodes; a node may disable one (``duties: {rule-engine: false}``).
 * ``certificate-renewal`` — leader work: runs on whichever node leads.
+* ``nightly-report`` — a schedule: once per slot across the cluster (every 10 s
+  here so the demo shows it; ``cron="0 1 * * *"`` in real life), fenced record.
+* ``site:{key}`` — one duty per document of namespace ``sites`` (Statiko's
+  sites), created and removed live: ``shoal state set sites.json --merge``.
 
 Every write is fenced by the duty's token (the store refuses a superseded
 owner's write): the importers write replicated-state documents with
@@ -29,11 +33,13 @@ import json
 import random
 import time
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 from shoal._errors import DutyLost
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
+from shoal.runtime.schedule import RunContext
 
 __all__ = ["MANAGERS", "app"]
 
@@ -151,5 +157,33 @@ async def certificate_renewal(ctx: DutyContext) -> None:
                           _doc(ctx, renewed_at=round(now, 3), expires_at=round(now + 90 * 86400)))
             if not await ctx.sleep(_interval(ctx) * 5):
                 return
+    except DutyLost as exc:
+        ctx.log.warning("fenced write refused, stopping: %s", exc)
+
+
+@app.schedule("nightly-report", every=timedelta(seconds=10))
+async def nightly_report(ctx: RunContext) -> None:
+    """A schedule: each slot runs once across the cluster (``shoal schedule list``)."""
+    slot = ctx.slot.isoformat() if ctx.slot else "manual"
+    report = {"node": ctx.node, "token": ctx.token, "slot": slot, "attempt": ctx.attempt,
+              "at": round(time.time(), 3)}
+    await ctx.state.put("reports", "nightly", report, guard=ctx.guard())
+    ctx.log.info("nightly report for slot %s", slot)
+
+
+@app.duty("site:{key}", for_each_doc="sites")
+async def serve_site(ctx: DutyContext) -> None:
+    """One duty per document of ``sites``: follows its changes, ends with it."""
+    key = ctx.name.split(":", 1)[1]
+
+    async def served(value: Any) -> None:
+        doc = {"node": ctx.node, "token": ctx.token, "config": value,
+               "at": round(time.time(), 3)}
+        await ctx.state.put("sites-served", key, doc, guard=ctx.guard())
+
+    try:
+        await served(ctx.item)
+        async for value in ctx.changes():
+            await served(value)
     except DutyLost as exc:
         ctx.log.warning("fenced write refused, stopping: %s", exc)
