@@ -47,6 +47,20 @@ async def record(c: SimCluster, name: str = "job") -> Record:
     return rec
 
 
+async def until_recorded(c: SimCluster, runs: int, name: str = "job") -> Record:
+    """Wait (event-driven, bounded) until the record holds ``runs`` finished runs:
+    a sync run ends in a thread, on the real clock, after the fake one moved
+    (pytest's timeout bounds it)."""
+    node = next(iter(c.nodes.values()))
+    changes = node.state.subscribe(NAMESPACE)
+    while True:
+        doc = node.state.get(NAMESPACE, name)
+        if doc is not None and len(doc.value["runs"]) >= runs:
+            await changes.aclose()
+            return Record.from_dict(doc.value)
+        await anext(changes)
+
+
 async def until_next_slot(c: SimCluster, every: float = EVERY) -> float:
     """Advance to just before the next slot; return that slot."""
     now = c.clock.time()
@@ -193,6 +207,7 @@ async def test_paused_owner_cannot_write_after_its_slot_was_taken_over(
     assert refused, "the superseded run's fenced write went through"
     out = await c.store.get("out/x")
     assert out is not None and out.value == started[1].node.encode()
+    await until_recorded(c, 2)
     rec, rev = await read_record(c.store, "job")
     assert rec is not None
     # nor touch the schedule's record, even through a node whose copy is current
@@ -411,5 +426,5 @@ async def test_max_runtime_of_a_sync_run_waits_for_the_thread_to_stop(
     await c.add("a")
     await until_next_slot(c)
     await c.run(8.0)
-    rec = await record(c)
+    rec = await until_recorded(c, 1)
     assert ended == ["max_runtime"] and [r.outcome for r in rec.runs] == ["timeout"]
