@@ -103,6 +103,7 @@ async def test_sync_function_runs_in_a_thread(cluster_factory: Any) -> None:
     c = cluster_factory(app)
     await c.add("a")
     await c.run(130, step=1.0)
+    await until_recorded(c, 2)
     assert len(threads) == 2 and all(t != threading.main_thread().name for t in threads)
 
 
