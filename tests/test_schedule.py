@@ -429,3 +429,39 @@ async def test_max_runtime_of_a_sync_run_waits_for_the_thread_to_stop(
     await c.run(8.0)
     rec = await until_recorded(c, 1)
     assert ended == ["max_runtime"] and [r.outcome for r in rec.runs] == ["timeout"]
+
+
+def test_cli_schedule_list_reads_the_store(tmp_path: Any) -> None:
+    import json as _json
+
+    import yaml
+    from click.testing import CliRunner
+
+    from shoal.cli.main import main
+    from shoal.core.schedule import Run
+    from shoal.store.protocol import Put
+    from shoal.store.sqlite import SqliteStore
+
+    db = tmp_path / "s.db"
+    rec = Record(since=1_700_000_000.0, last_slot=1_700_000_040.0, lateness=0.004).with_run(
+        Run(1_700_000_040.0, "a", 1_700_000_040.004, 1_700_000_041.0, "failed", "E: x"))
+    data = {**rec.as_dict(), "timing": {"cron": None, "every": 60.0, "tz": "UTC"}}
+
+    async def seed() -> None:
+        store = await SqliteStore.open(db)
+        try:
+            await store.txn([], [Put(f"state/{NAMESPACE}/job", _json.dumps(data).encode())])
+        finally:
+            await store.aclose()
+
+    asyncio.run(seed())
+    cfg = tmp_path / "node.yaml"
+    cfg.write_text(yaml.safe_dump({"store": {"backend": "sqlite", "sqlite": {"path": str(db)}}}))
+    res = CliRunner().invoke(main, ["schedule", "list", "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "job" in res.output and "every 60s" in res.output and "failed" in res.output
+    res = CliRunner().invoke(main, ["schedule", "list", "--config", str(cfg), "--json"])
+    [row] = _json.loads(res.output)
+    assert row["owner"] is None and row["counts"] == {"failed": 1}
+    res = CliRunner().invoke(main, ["schedule", "list"])
+    assert res.exit_code == 2 and "--url" in res.output
