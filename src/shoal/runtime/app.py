@@ -29,8 +29,7 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 from shoal._errors import ConfigError, InvalidArgument
-from shoal.core.schedule import MISSED, Timing, check
-from shoal.runtime.schedule import ScheduleSpec, make_schedule_fn
+from shoal.runtime.schedule import ScheduleSpec, make_schedule_fn, schedule_spec
 
 LEADER = "leader"
 MAX_PARTITIONS = 100_000
@@ -110,14 +109,6 @@ def _doc_duties(decl: DutyDecl, docs: Mapping[str, Any]) -> list[Duty]:
                         decl.sticky, decl.leader_bound, value, schedule=decl.schedule,
                         doc=(decl.for_each_doc, key)))
     return out
-
-
-def _seconds(value: timedelta | float) -> float:
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a timedelta or seconds, got {value!r}")
-    return float(value)
 
 
 def family_of(name: str) -> str:
@@ -271,19 +262,8 @@ class App:
         offset on every node). ``ctx`` is a :class:`~shoal.runtime.schedule.RunContext`
         (``ctx.slot``, ``ctx.attempt``, fenced ``ctx.put``, ``ctx.stopping``).
         Config may replace the timing per node: ``duties: {NAME: {cron: ...}}``."""
-        if missed not in MISSED:
-            raise ValueError(f"schedule {name!r}: missed must be one of {MISSED}, got {missed!r}")
-        try:
-            timing = check(Timing(
-                cron=cron, every=None if every is None else _seconds(every), tz=tz,
-                jitter=_seconds(jitter), misfire_grace=_seconds(misfire_grace),
-            ))
-        except ValueError as exc:
-            raise ValueError(f"schedule {name!r}: {exc}") from None
-        limit = None if max_runtime is None else _seconds(max_runtime)
-        if limit is not None and limit <= 0:
-            raise ValueError(f"schedule {name!r}: max_runtime must be > 0, got {max_runtime!r}")
-        spec = ScheduleSpec(timing, missed, bool(retry), limit)  # type: ignore[arg-type]
+        spec = schedule_spec(name, cron=cron, every=every, tz=tz, missed=missed, retry=retry,
+                             max_runtime=max_runtime, jitter=jitter, misfire_grace=misfire_grace)
         declare = self.duty(name, roles=roles, for_each=for_each, with_duty=with_duty)
 
         def register(fn: F) -> F:

@@ -28,12 +28,13 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
 from shoal._errors import Conflict, DutyLost, StoreError, StoreUnavailable
 from shoal.core.schedule import (
+    MISSED,
     Claim,
     Missed,
     Record,
@@ -41,6 +42,7 @@ from shoal.core.schedule import (
     Settle,
     Timing,
     Wait,
+    check,
     decide,
 )
 from shoal.runtime._state_model import PREFIX, PutDoc, decode_value
@@ -48,7 +50,7 @@ from shoal.runtime.context import DutyContext
 
 __all__ = [
     "NAMESPACE", "TRIGGERS", "RunContext", "ScheduleSpec", "effective_timing",
-    "make_schedule_fn", "read_record", "request_run",
+    "make_schedule_fn", "read_record", "request_run", "schedule_spec",
 ]
 
 log = logging.getLogger("shoal.schedule")
@@ -90,6 +92,35 @@ class RunContext(DutyContext):
         run.attempt = claim.attempt
         run.kind = claim.kind
         return run
+
+
+def _seconds(value: timedelta | float) -> float:
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a timedelta or seconds, got {value!r}")
+    return float(value)
+
+
+def schedule_spec(
+    name: str, *, cron: str | None, every: timedelta | float | None, tz: str, missed: str,
+    retry: bool, max_runtime: timedelta | float | None, jitter: timedelta | float,
+    misfire_grace: timedelta | float,
+) -> ScheduleSpec:
+    """The checked declaration of schedule ``name`` (ValueError: one clear line)."""
+    if missed not in MISSED:
+        raise ValueError(f"schedule {name!r}: missed must be one of {MISSED}, got {missed!r}")
+    try:
+        timing = check(Timing(
+            cron=cron, every=None if every is None else _seconds(every), tz=tz,
+            jitter=_seconds(jitter), misfire_grace=_seconds(misfire_grace),
+        ))
+        limit = None if max_runtime is None else _seconds(max_runtime)
+    except ValueError as exc:
+        raise ValueError(f"schedule {name!r}: {exc}") from None
+    if limit is not None and limit <= 0:
+        raise ValueError(f"schedule {name!r}: max_runtime must be > 0, got {max_runtime!r}")
+    return ScheduleSpec(timing, "skip" if missed == "skip" else "run_once", bool(retry), limit)
 
 
 def effective_timing(name: str, timing: Timing, overrides: Mapping[str, Any]) -> Timing:
