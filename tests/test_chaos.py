@@ -39,6 +39,7 @@ def _check(result: ChaosResult, minimum: dict[str, int]) -> None:
     assert report.writes_lost == 0
     assert report.writes_acknowledged > 500  # the workload really ran
     assert report.slots_run > 10  # the schedule really ran (each slot once: no slot_twice)
+    assert report.documents_written >= 5  # data duties came and went with their documents
     assert report.stale_reads > 0  # reads went on while cut off, marked stale (G5)
     assert report.failover["kill9"].missing == 0  # every duty hit was owned again (G3)
     assert report.failover["kill9"].p50 < 1.0  # the reaper: well under the 2 s TTL

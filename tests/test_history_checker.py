@@ -398,3 +398,22 @@ def test_a_slot_missing_after_the_faults_is_reported_but_not_during_them() -> No
     ]
     report = check(history, bound_s=0.4)
     assert kinds(report) == ["slot_missed"] and report.violations[0].t == 15.0
+
+
+def test_a_data_duty_running_long_after_its_document_was_deleted_is_reported() -> None:
+    base = [
+        r(1.0, "driver", "doc_put", doc="d1"),
+        r(1.1, "a", "duty_start", duty="doc:d1", token=5),
+        r(5.0, "driver", "doc_delete", doc="d1"),
+    ]
+    stopped = [*base, r(5.3, "a", "duty_stop", duty="doc:d1", token=5)]
+    assert check(stopped, bound_s=1.0).ok
+    late = [*base, r(8.0, "a", "duty_stop", duty="doc:d1", token=5)]
+    assert kinds(check(late, bound_s=1.0)) == ["data_duty_without_doc"]
+    paused = [*base[:2], r(4.0, "h", "fault", fault="pause", target="a"), base[2],
+              r(7.5, "h", "heal", fault="pause", target="a"),
+              r(8.0, "a", "duty_stop", duty="doc:d1", token=5)]
+    assert check(paused, bound_s=1.0).ok  # paused meanwhile: bound after it resumed
+    early = [r(0.5, "a", "duty_start", duty="doc:d1", token=5), *base[:1],
+             r(2.0, "a", "duty_stop", duty="doc:d1", token=5)]
+    assert kinds(check(early, bound_s=1.0)) == ["data_duty_without_doc"]

@@ -49,9 +49,10 @@ from shoal.config import StoreSection
 from shoal.primitives.ownership import DUTIES as OWNERS
 from shoal.primitives.ownership import Owner
 from shoal.store.factory import open_store
-from shoal.store.protocol import Store
-from shoal.testing.chaos_app import DUTIES, LEADER_DUTY, STOP_FILE
+from shoal.store.protocol import Delete, Put, Store
+from shoal.testing.chaos_app import DOCS, DUTIES, LEADER_DUTY, STOP_FILE
 from shoal.testing.chaos_report import ChaosResult, analyse, latest_applied
+from shoal.testing.data_check import DOC_DUTY_PREFIX
 from shoal.testing.etcd_server import EtcdCluster
 from shoal.testing.history import HistoryRecorder, load_history
 from shoal.testing.pg_server import PgServer
@@ -123,6 +124,8 @@ class Chaos:
         self.db = workdir / "shoal.db"
         self.anomalies: list[str] = []
         self.env = {"SHOAL_HISTORY_DIR": str(history)}
+        self.docs: list[str] = []  # documents of the data namespace that exist now
+        self._doc_seq = 0
 
     # -- setting up ---------------------------------------------------------------------
     def start(self) -> None:
@@ -312,6 +315,27 @@ class Chaos:
             for name in self.names:
                 self._link(name, "heal")
 
+    # -- data-driven duties: documents come and go between faults ------------------------
+    def churn_docs(self) -> None:
+        """Add one document of the data namespace; delete one of the older ones
+        half of the time. ``doc_put`` is recorded before the write (a duty cannot
+        start earlier), ``doc_delete`` after its acknowledgement."""
+        assert self.store is not None
+        self._doc_seq += 1
+        key = f"d{self._doc_seq}"
+        self.rec.record("doc_put", doc=key)
+        with contextlib.suppress(Exception):
+            self.hub.call(self.store.txn([], [Put(f"state/{DOCS}/{key}", b'{"n":1}')]), 10)
+            self.docs.append(key)
+        if len(self.docs) > 2 and self.rng.random() < 0.5:
+            gone = self.docs.pop(self.rng.randrange(len(self.docs) - 1))
+            with contextlib.suppress(Exception):  # unknown outcome: left out of the checks
+                self.hub.call(self.store.txn([], [Delete(f"state/{DOCS}/{gone}")]), 10)
+                self.rec.record("doc_delete", doc=gone)
+
+    def doc_duties(self) -> tuple[str, ...]:
+        return tuple(DOC_DUTY_PREFIX + k for k in self.docs)
+
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
             if not proc.alive:
@@ -400,6 +424,7 @@ def run_chaos(store: str = "etcd3", nodes: int = 5, duration: float = 120.0, see
             injected.append(kind)
             log(f"[{time.monotonic() - t0:6.1f}s] fault {len(injected)}: {kind}")
             getattr(chaos, kind)()
+            chaos.churn_docs()
             time.sleep(chaos.rng.uniform(0.5, 2.0))
         final_state, applied = chaos.finish()
         chaos.stop_nodes()
@@ -407,7 +432,8 @@ def run_chaos(store: str = "etcd3", nodes: int = 5, duration: float = 120.0, see
         chaos.cleanup()
     recs = load_history([history])
     return analyse(
-        recs, final_state=final_state, final_revisions=applied, duties=CHECKED_DUTIES,
+        recs, final_state=final_state, final_revisions=applied,
+        duties=(*CHECKED_DUTIES, *chaos.doc_duties()),
         bound_s=BOUND_S, outage_grace_s=float(TTL), planned=injected, anomalies=chaos.anomalies,
         elapsed=time.monotonic() - t0, command=command,
     )

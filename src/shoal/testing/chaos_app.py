@@ -5,6 +5,8 @@
 Every node appends what it did to ``$SHOAL_HISTORY_DIR/<node>.jsonl`` (a
 :class:`~shoal.testing.history.HistoryRecorder`; ``params.history_dir`` also works):
 
+* ``doc:{key}``: one duty per document of ``chaos-docs`` (``for_each_doc``), the
+  same function as the duties below; the driver adds and deletes documents;
 * the schedule ``tick`` (every second, ``retry=False``) records ``slot_run`` as each
   slot starts (:mod:`shoal.testing.schedule_check`);
 * duties ``alpha`` .. ``delta`` and the leader duty ``chief`` record ``duty_start``
@@ -54,10 +56,11 @@ from shoal.runtime.schedule import RunContext
 from shoal.runtime.state import ReplicatedState
 from shoal.store import factory
 from shoal.store.protocol import Store
+from shoal.testing.data_check import DOC_DUTY_PREFIX
 from shoal.testing.faulty import FaultyStore
 from shoal.testing.history import HistoryRecorder
 
-__all__ = ["DUTIES", "LEADER_DUTY", "NAMESPACE", "STOP_FILE", "app", "history_dir"]
+__all__ = ["DOCS", "DUTIES", "LEADER_DUTY", "NAMESPACE", "STOP_FILE", "app", "history_dir"]
 
 app = App("chaos")
 DUTIES = ("alpha", "beta", "gamma", "delta")
@@ -133,6 +136,8 @@ async def _duty(ctx: DutyContext) -> None:
 for _name in DUTIES:
     app.duty(_name)(_duty)
 app.leader_duty(LEADER_DUTY)(_duty)
+DOCS = "chaos-docs"  # one duty doc:{key} per document (the driver adds and deletes them)
+app.duty(DOC_DUTY_PREFIX + "{key}", for_each_doc=DOCS)(_duty)
 
 TICK_EVERY = 1.0
 

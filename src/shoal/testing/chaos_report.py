@@ -70,6 +70,7 @@ class ChaosResult:
             f"reads: {self.reads} (stale {r.stale_reads})",
             f"schedule slots run: {r.slots_run}, each once (no slot_twice, no slot_missed)"
             if r.ok else f"schedule slots run: {r.slots_run}",
+            f"data-duty documents written: {r.documents_written}",
             "failover (fault -> each duty it hit started on another node):",
         ]
         for kind in sorted(r.failover, key=_order):

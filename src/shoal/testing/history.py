@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 from shoal._errors import InvalidArgument, NotRunning
+from shoal.testing.data_check import check_data_duties
 from shoal.testing.schedule_check import check_slots
 
 __all__ = ["DEATH_FAULTS", "FailoverStats", "HistoryRecorder", "Record", "Report", "Violation"]
@@ -189,6 +190,7 @@ class Report:
     stale_reads: int = 0
     owned_after: dict[str, float] = field(default_factory=dict)  # G3: s after the last mark
     slots_run: int = 0  # schedule slots started (shoal.testing.schedule_check)
+    documents_written: int = 0  # documents of data duties (shoal.testing.data_check)
 
     @property
     def ok(self) -> bool:
@@ -379,7 +381,8 @@ def check(
     * G3 ``unowned_duty``: a duty of ``duties`` has no owner (a duty_start without a later
       duty_stop or death) ``bound_s`` after the last fault/heal record (else the first
       record); so keep nodes running past it. ``Report.owned_after``: first owned, s.
-    * schedules (:mod:`shoal.testing.schedule_check`): ``slot_twice``, ``slot_missed``.
+    * schedules (:mod:`shoal.testing.schedule_check`): ``slot_twice``, ``slot_missed``;
+      data duties (:mod:`shoal.testing.data_check`): ``data_duty_without_doc``.
     * G5, for records in an ``outage_windows`` entry, ``outage_grace_s`` after its start:
       ``ack_in_outage``, ``read_failed_in_outage``, ``fresh_read_in_outage``.
     """
@@ -392,6 +395,7 @@ def check(
     marks = [r.t for r in recs if r.kind in ("fault", "heal")]
     since = max(marks) if marks else (recs[0].t if recs else 0.0)
     rep.slots_run = check_slots(recs, since, bound_s, rep.add)
+    rep.documents_written = check_data_duties(recs, owned, bound_s, rep.add)
     for duty in sorted(set(duties)):
         spans = owned.get(duty, [])
         first = min((max(o.start, since) for o in spans if o.end > since), default=_INF)
