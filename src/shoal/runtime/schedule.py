@@ -49,13 +49,15 @@ from shoal.runtime._state_model import PREFIX, PutDoc, decode_value
 from shoal.runtime.context import DutyContext
 
 __all__ = [
-    "NAMESPACE", "TRIGGERS", "RunContext", "ScheduleSpec", "effective_timing",
-    "make_schedule_fn", "read_record", "request_run", "schedule_spec",
+    "NAMESPACE", "RESERVED_NAMESPACES", "TRIGGERS", "RunContext", "ScheduleSpec",
+    "effective_timing", "make_schedule_fn", "read_record", "request_run", "schedule_spec",
 ]
 
 log = logging.getLogger("shoal.schedule")
 NAMESPACE = "shoal.schedules"
 TRIGGERS = "shoal.schedule-triggers"
+# Shoal's own namespaces: never writable through the generic state API
+RESERVED_NAMESPACES = frozenset({NAMESPACE, TRIGGERS})
 _RETRY = 0.5  # seconds between attempts while the store is unreachable
 _LOG_EVERY = 30.0  # seconds between repeated "store unreachable" warnings
 
