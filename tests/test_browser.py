@@ -70,7 +70,7 @@ def _owners(page: Any) -> dict[str, str]:
 def test_dashboard_shows_failover(browser: Any, tmp_path: Path) -> None:
     run = DemoRun(tmp_path)
     try:
-        run.wait_for(r"all 11 duties owned and placed")
+        run.wait_for(r"all 12 duties owned and placed")
         page = browser.new_page()
         page.goto(run.url("demo-1") + "/", wait_until="domcontentloaded")
         page.wait_for_selector("body[data-loaded=true]", timeout=20_000)
@@ -81,7 +81,7 @@ def test_dashboard_shows_failover(browser: Any, tmp_path: Path) -> None:
         leader = page.get_attribute("#leader", "data-leader")
         assert leader in ("demo-1", "demo-2")  # demo-3 may not lead
         page.wait_for_function(
-            "document.querySelectorAll('#duties tbody tr').length === 11 && "
+            "document.querySelectorAll('#duties tbody tr').length === 12 && "
             "[...document.querySelectorAll('#duties tbody tr')].every(r => r.dataset.owner)",
             timeout=20_000)
         before = _owners(page)
@@ -94,7 +94,7 @@ def test_dashboard_shows_failover(browser: Any, tmp_path: Path) -> None:
         killed_at = time.monotonic()
         page.wait_for_function(
             "(victim) => { const rows = [...document.querySelectorAll('#duties tbody tr')];"
-            " return rows.length === 11 && rows.every(r => r.dataset.owner &&"
+            " return rows.length === 12 && rows.every(r => r.dataset.owner &&"
             " r.dataset.owner !== victim); }",
             arg=victim, timeout=FAILOVER_BOUND * 1000)
         took = time.monotonic() - killed_at

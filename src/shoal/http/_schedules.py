@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shoal.core.schedule import describe
 from shoal.http._common import authenticate, error
-from shoal.runtime.schedule import NAMESPACE, request_run
+from shoal.runtime.schedule import request_run
+from shoal.runtime.schedule_view import schedule_rows
 
 if TYPE_CHECKING:
     from shoal.runtime.node import Node
 
-__all__ = ["schedule_routes", "schedules_view"]
+__all__ = ["SCHEDULE_METRICS", "schedule_routes", "schedule_samples"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-
-
-def schedules_view(node: Node) -> list[dict[str, Any]]:
-    """Every schedule declared on this node or recorded in the cluster."""
-    docs = node.state.items(NAMESPACE)
-    declared = {d.name for d in node.duties if d.schedule is not None}
-    owners = node.owners
-    now = node.clock.time()
-    rows = []
-    for name in sorted(declared | set(docs)):
-        doc = docs.get(name)
-        data = doc.value if doc is not None and isinstance(doc.value, dict) else {}
-        owner = owners.get(name)
-        rows.append(describe(name, data, owner.node if owner else None, now))
-    return rows
 
 
 def schedule_routes(
@@ -42,7 +27,7 @@ def schedule_routes(
     """The schedule endpoints; ``guard`` is the API's credential check."""
 
     async def listing(request: Request) -> Response:
-        return JSONResponse({"schedules": schedules_view(node)})
+        return JSONResponse({"schedules": schedule_rows(node)})
 
     async def run(request: Request) -> Response:
         name = request.path_params["name"]
@@ -72,12 +57,14 @@ SCHEDULE_METRICS: dict[str, tuple[str, str]] = {
 }
 
 
-def schedule_samples(node: Node) -> list[tuple[str, float, dict[str, str]]]:
-    """(metric, value, labels) for the schedules this node owns. The counts are
+def schedule_samples(
+    rows: Sequence[Mapping[str, Any]], me: str
+) -> list[tuple[str, float, dict[str, str]]]:
+    """(metric, value, labels) for the schedules node ``me`` owns. The counts are
     the cluster's (kept in the replicated record), so they survive failovers."""
     out: list[tuple[str, float, dict[str, str]]] = []
-    for row in schedules_view(node):
-        if row["owner"] != node.name:
+    for row in rows:
+        if row["owner"] != me:
             continue
         name = row["name"]
         counts = row["counts"]
@@ -91,20 +78,4 @@ def schedule_samples(node: Node) -> list[tuple[str, float, dict[str, str]]]:
         if row["next_run"] is not None:
             out.append(("shoal_schedule_next_run_timestamp_seconds", row["next_run"],
                         {"schedule": name}))
-    return out
-
-
-def schedules_summary(node: Node) -> list[dict[str, Any]]:
-    """Schedules for the open cluster view and dashboard: operational facts
-    only (outcomes and times, never error text)."""
-    out = []
-    for row in schedules_view(node):
-        last = row["last_run"] or {}
-        out.append({
-            "name": row["name"], "owner": row["owner"], "cron": row["cron"],
-            "every": row["every"], "tz": row["tz"], "next_run": row["next_run"],
-            "last_start": last.get("start"), "last_outcome": last.get("outcome"),
-            "running": row["running"] is not None, "lateness": row["lateness"],
-            "counts": row["counts"],
-        })
     return out
