@@ -48,6 +48,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
+from shoal._errors import InvalidArgument
+
 Missed = Literal["run_once", "skip"]
 MISSED: tuple[str, ...] = ("run_once", "skip")
 HISTORY = 20  # runs kept in a schedule's record
@@ -71,7 +73,7 @@ def check_cron(expr: str, tz: str = "UTC") -> None:
     try:
         CronSim(expr, datetime(2000, 1, 1, tzinfo=zone))
     except CronSimError as exc:
-        raise ValueError(
+        raise InvalidArgument(
             f"bad cron expression {expr!r}: {exc} — use five fields 'minute hour "
             "day-of-month month day-of-week', e.g. '0 1 * * *'"
         ) from None
@@ -80,18 +82,18 @@ def check_cron(expr: str, tz: str = "UTC") -> None:
 def check(timing: Timing) -> Timing:
     """Validate ``timing`` (ValueError naming the bad value); returns it."""
     if (timing.cron is None) == (timing.every is None):
-        raise ValueError("a schedule needs exactly one of cron='m h dom mon dow' or every=...")
+        raise InvalidArgument("a schedule needs exactly one of cron='m h dom mon dow' or every=...")
     if timing.every is not None:
         if not math.isfinite(timing.every) or timing.every < 1:
-            raise ValueError(f"every= must be at least 1 second, got {timing.every!r}")
+            raise InvalidArgument(f"every= must be at least 1 second, got {timing.every!r}")
         if timing.tz != "UTC":
             _zone(timing.tz)
     if timing.cron is not None:
         check_cron(timing.cron, timing.tz)
     if not math.isfinite(timing.jitter) or timing.jitter < 0:
-        raise ValueError(f"jitter= must be >= 0 seconds, got {timing.jitter!r}")
+        raise InvalidArgument(f"jitter= must be >= 0 seconds, got {timing.jitter!r}")
     if not math.isfinite(timing.misfire_grace) or timing.misfire_grace < 0:
-        raise ValueError(f"misfire_grace= must be >= 0 seconds, got {timing.misfire_grace!r}")
+        raise InvalidArgument(f"misfire_grace= must be >= 0 seconds, got {timing.misfire_grace!r}")
     return timing
 
 
@@ -99,7 +101,7 @@ def _zone(tz: str) -> ZoneInfo:
     try:
         return ZoneInfo(tz)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(
+        raise InvalidArgument(
             f"unknown time zone {tz!r} — use an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
 

@@ -197,13 +197,13 @@ class App:
         the document's value and ``ctx.changes()`` yields its new values."""
         if for_each_doc is not None:
             if for_each is not None or partitions is not None:
-                raise ValueError(f"duty {name!r}: for_each_doc= goes with neither for_each= "
+                raise InvalidArgument(f"duty {name!r}: for_each_doc= goes with neither for_each= "
                                  "nor partitions=")
             if not _placeholders(name):
-                raise ValueError(f"duty {name!r} uses for_each_doc={for_each_doc!r} but has "
+                raise InvalidArgument(f"duty {name!r} uses for_each_doc={for_each_doc!r} but has "
                                  "no {key} placeholder")
             if not _NAMESPACE.match(for_each_doc):
-                raise ValueError(f"duty {name!r}: bad namespace {for_each_doc!r}")
+                raise InvalidArgument(f"duty {name!r}: bad namespace {for_each_doc!r}")
         if partitions is not None:
             _check_partitions(name, partitions, for_each, with_duty)
         if for_each is None and for_each_doc is None and _placeholders(name):

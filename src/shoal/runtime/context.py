@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from shoal._clock import Clock
-from shoal._errors import DutyLost
+from shoal._errors import DutyLost, WrongState
 from shoal._tasks import event_or_tick
 from shoal.primitives.ownership import guard
 from shoal.store.protocol import Compare, Put, Store, TxnOp, TxnResult
@@ -130,7 +130,7 @@ class DutyContext:
         node applies it (``ctx.item`` is updated too). Ends when the document
         is deleted or the duty is stopping."""
         if self.doc is None or self.state is None:
-            raise TypeError(f"duty {self.name!r} does not follow a document (for_each_doc)")
+            raise WrongState(f"duty {self.name!r} does not follow a document (for_each_doc)")
         ns, key = self.doc
         subscription = self.state.subscribe(ns)
         stop = asyncio.ensure_future(self.stopping.wait())

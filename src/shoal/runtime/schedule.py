@@ -32,7 +32,7 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from shoal._errors import Conflict, DutyLost, StoreError, StoreUnavailable
+from shoal._errors import Conflict, DutyLost, InvalidArgument, StoreError, StoreUnavailable
 from shoal.core.schedule import (
     MISSED,
     Claim,
@@ -100,7 +100,7 @@ def _seconds(value: timedelta | float) -> float:
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"expected a timedelta or seconds, got {value!r}")
+        raise InvalidArgument(f"expected a timedelta or seconds, got {value!r}")
     return float(value)
 
 
@@ -111,7 +111,7 @@ def schedule_spec(
 ) -> ScheduleSpec:
     """The checked declaration of schedule ``name`` (ValueError: one clear line)."""
     if missed not in MISSED:
-        raise ValueError(f"schedule {name!r}: missed must be one of {MISSED}, got {missed!r}")
+        raise InvalidArgument(f"schedule {name!r}: missed must be one of {MISSED}, got {missed!r}")
     try:
         timing = check(Timing(
             cron=cron, every=None if every is None else _seconds(every), tz=tz,
@@ -119,9 +119,9 @@ def schedule_spec(
         ))
         limit = None if max_runtime is None else _seconds(max_runtime)
     except ValueError as exc:
-        raise ValueError(f"schedule {name!r}: {exc}") from None
+        raise InvalidArgument(f"schedule {name!r}: {exc}") from None
     if limit is not None and limit <= 0:
-        raise ValueError(f"schedule {name!r}: max_runtime must be > 0, got {max_runtime!r}")
+        raise InvalidArgument(f"schedule {name!r}: max_runtime must be > 0, got {max_runtime!r}")
     return ScheduleSpec(timing, "skip" if missed == "skip" else "run_once", bool(retry), limit)
 
 
