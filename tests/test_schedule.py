@@ -338,7 +338,7 @@ async def test_http_lists_schedules_and_runs_one_once(cluster_factory: Any) -> N
     import httpx2
 
     from shoal.cli.schedule_cmd import render
-    from shoal.http._metrics import render_metrics
+    from shoal.http._metrics import node_registry, render_metrics
     from shoal.http.api import create_app
 
     runs: list[str] = []
@@ -373,13 +373,18 @@ async def test_http_lists_schedules_and_runs_one_once(cluster_factory: Any) -> N
     text = render(listing, c.clock.time())
     assert "nightly" in text and "NEXT RUN" in text and row["owner"] in text
     owner = c.nodes[row["owner"]]
-    metrics = render_metrics(owner)
-    series = f'shoal_schedule_runs_total{{node="{owner.name}",schedule="nightly",outcome="ok"}} 1'
-    assert series in metrics
+    from prometheus_client.parser import text_string_to_metric_families
+
+    metrics = render_metrics(node_registry(owner.status, "v")).decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(metrics) for s in f.samples}
+    ok = ("shoal_schedule_runs_total",
+          (("node", owner.name), ("outcome", "ok"), ("schedule", "nightly")))
+    assert samples[ok] == 1.0
     assert c.nodes["a"].state.get(NAMESPACE, "nightly") is not None
     from shoal.http._view import cluster_view
 
-    [summary] = cluster_view(a)["schedules"]
+    [summary] = cluster_view(a.status())["schedules"]
     assert summary["last_outcome"] == "ok" and "error" not in summary
     assert "shoal_schedule_next_run_timestamp_seconds" in metrics
 

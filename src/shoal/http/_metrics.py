@@ -20,6 +20,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from prometheus_client.registry import Collector
 
 from shoal.core.node_state import Phase
+from shoal.http._schedules import SCHEDULE_METRICS, schedule_samples
 from shoal.runtime.status import NodeStatus
 
 __all__ = ["CONTENT_TYPE", "METRICS", "NodeCollector", "node_registry", "render_metrics"]
@@ -59,6 +60,7 @@ METRICS: dict[str, tuple[str, str]] = {
     "shoal_state_documents": ("gauge", "Replicated-state documents held by this node."),
     "shoal_workers_running": ("gauge", "Running copies of a worker pool on this node."),
     "shoal_worker_restarts_total": ("counter", "Restarts of a worker pool's copies on this node."),
+    **SCHEDULE_METRICS,
 }
 
 
@@ -122,6 +124,8 @@ class NodeCollector(Collector):
         for pool, counts in sorted(s.workers.items()):
             f.add("shoal_workers_running", counts.get("running", 0), pool=pool)
             f.add("shoal_worker_restarts_total", counts.get("restarts", 0), pool=pool)
+        for metric, value, labels in schedule_samples(s.schedules, s.name):
+            f.add(metric, value, **labels)
         yield from f.made.values()
 
 

@@ -16,6 +16,7 @@ from shoal.core.node_state import Phase
 from shoal.primitives.membership import Member
 from shoal.primitives.ownership import Owner
 from shoal.runtime.app import LEADER
+from shoal.runtime.schedule_view import summary
 from shoal.runtime.status import MAX_NAMESPACES, NodeStatus, SessionStatus
 
 __all__ = ["MAX_NAMESPACES", "cluster_json", "cluster_view", "readiness"]
@@ -108,7 +109,8 @@ def cluster_view(status: NodeStatus) -> dict[str, Any]:
     dict per live member; this node's also has ``session``), ``duties`` (every
     declared or owned duty: owner, token, since), ``local_duties`` (runners on this
     node), ``workers`` (this node's pools), ``store`` (connected, revision, stale,
-    stale_seconds, documents, namespaces), ``counters``, ``time``."""
+    stale_seconds, documents, namespaces), ``counters``, ``schedules`` (owner, next
+    run, last outcome, lateness of each), ``time``."""
     ready, reason, _ = readiness(status)
     store = status.store
     view: dict[str, Any] = {
@@ -135,6 +137,7 @@ def cluster_view(status: NodeStatus) -> dict[str, Any]:
             "namespace_count": store.namespace_count, "namespaces": dict(store.namespaces),
         },
         "counters": status.counters.as_dict(),
+        "schedules": [summary(row) for row in status.schedules],
         "time": status.time,
     })
     return view

@@ -13,17 +13,22 @@ from shoal.core.schedule import describe
 from shoal.runtime.schedule import NAMESPACE
 
 if TYPE_CHECKING:
+    from shoal.primitives.ownership import Owner
     from shoal.runtime.node import Node
 
 __all__ = ["schedule_rows", "summary"]
 
 
-def schedule_rows(node: Node) -> list[dict[str, Any]]:
+def schedule_rows(
+    node: Node, owners: Mapping[str, Owner] | None = None
+) -> list[dict[str, Any]]:
     """Every schedule declared on ``node`` or recorded in the cluster, sorted by
-    name (:func:`shoal.core.schedule.describe` rows)."""
+    name (:func:`shoal.core.schedule.describe` rows). ``owners``: the owners to
+    show (default: the node's current view)."""
     docs = node.state.items(NAMESPACE)
     declared = {d.name for d in node.duties if d.schedule is not None}
-    owners = node.owners
+    if owners is None:
+        owners = node.owners
     now = node.clock.time()
     rows = []
     for name in sorted(declared | set(docs)):

@@ -16,12 +16,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal.core.node_state import NodeState, Phase
 from shoal.primitives.membership import Member
 from shoal.primitives.ownership import Owner
 from shoal.runtime.app import LEADER
+from shoal.runtime.schedule_view import schedule_rows
 
 if TYPE_CHECKING:
     from shoal.runtime.node import Node
@@ -126,6 +127,8 @@ class NodeStatus:
     session: SessionStatus | None
     store: StoreStatus
     time: float
+    # every schedule (shoal.runtime.schedule_view rows: owner, next run, last runs, counts)
+    schedules: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def is_leader(self) -> bool:
@@ -173,6 +176,7 @@ def build_status(
         session=_session(node, machine),
         store=_store(node.state),
         time=node.clock.time(),
+        schedules=tuple(schedule_rows(node, owners or {})),
     )
 
 
