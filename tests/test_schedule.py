@@ -470,3 +470,35 @@ def test_cli_schedule_list_reads_the_store(tmp_path: Any) -> None:
     assert row["owner"] is None and row["counts"] == {"failed": 1}
     res = CliRunner().invoke(main, ["schedule", "list"])
     assert res.exit_code == 2 and "--url" in res.output
+
+
+async def test_a_for_each_schedule_keeps_one_record_per_item(cluster_factory: Any) -> None:
+    runs: list[tuple[str, Any]] = []
+    app = App("t")
+
+    @app.schedule("report:{engine}", every=EVERY, for_each="engines")
+    async def report(ctx: RunContext) -> None:
+        runs.append((ctx.name, ctx.item))
+
+    c = cluster_factory(app)
+    await c.add("a", params={"engines": ["x", "y"]})
+    await c.add("b", params={"engines": ["x", "y"]})
+    await c.run(EVERY + 2)
+    assert sorted(runs) == [("report:x", "x"), ("report:y", "y")]
+    for name in ("report:x", "report:y"):
+        assert (await record(c, name)).counts == {"ok": 1}
+
+
+async def test_a_leader_schedule_runs_on_the_leader(cluster_factory: Any) -> None:
+    nodes: list[str] = []
+    app = App("t")
+
+    @app.schedule("cert-check", every=EVERY, with_duty="leader")
+    async def check(ctx: RunContext) -> None:
+        nodes.append(ctx.node)
+
+    c = cluster_factory(app)
+    a = await c.add("a")
+    await c.add("b", can_lead=False)
+    await c.run(EVERY * 2 + 2)
+    assert len(nodes) == 2 and set(nodes) == {a.leader} == {"a"}
