@@ -24,7 +24,7 @@ from shoal.runtime.settings import NodeSettings
 from shoal.store.memory import MemoryStore
 from shoal.testing.clock import FakeClock
 
-TOKEN = "fuzz-token"
+TOKEN = "fuzz-token-0123456789-abcdefghijklmn"
 pytestmark = pytest.mark.timeout(120)
 
 

@@ -53,7 +53,7 @@ store:
   backend: {backend}
   sqlite: {{path: store.db}}
   etcd: {{username: root, password: etcd-pass-123}}
-http: {{token: http-token-123}}
+http: {{token: http-token-123-0123456789-abcdefghij}}
 auth: {{secret: {SECRET}, previous_secrets: [{"p" * 64}]}}
 """,
     )
@@ -77,7 +77,7 @@ def test_check_prints_the_effective_config_with_secrets_masked(tmp_path: Path) -
     assert data["timings"]["ttl"] == 5 and data["timings"]["keepalive_interval"] == 1.667
     assert data["auth"] == {"secret": "***", "previous_secrets": ["***"]}
     assert data["http"]["token"] == "***" and data["store"]["etcd"]["password"] == "***"
-    for secret in (SECRET, "p" * 64, "etcd-pass-123", "http-token-123"):
+    for secret in (SECRET, "p" * 64, "etcd-pass-123", "http-token-123-0123456789-abcdefghij"):
         assert secret not in result.output
     assert result.stderr == ""
 

@@ -28,7 +28,7 @@ from shoal.testing.procs import ProcCluster
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "status-test-token-0123456789"
+TOKEN = "status-test-token-0123456789-abcdef"
 VOLATILE_SESSION = ("last_ack_age", "remaining", "keepalive_latency")
 
 

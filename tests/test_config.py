@@ -280,7 +280,7 @@ def test_secrets_are_masked_and_never_echoed() -> None:
     assert "at least 64" in message and "shoal secret generate" in message
     config = NodeConfig(
         auth={"secret": SECRET, "previous_secrets": ["p" * 64]},
-        http={"token": "tok"},
+        http={"token": "tok-" + "0123456789" * 3},
         store={"etcd": {"username": "u", "password": "pw"}},
     )
     data = config.masked()

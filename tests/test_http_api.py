@@ -26,7 +26,7 @@ from shoal.testing.cluster import SimCluster
 from shoal.testing.procs import ProcCluster
 
 TTL = 6
-TOKEN = "s3cret-api-token"
+TOKEN = "s3cret-api-token-for-the-http-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 pytestmark = pytest.mark.timeout(60)
 
@@ -223,7 +223,8 @@ async def test_management_needs_a_token_or_a_session(cluster: Cluster) -> None:
         assert_error(await http.put("/state/cfg/x", json=1), 401, "unauthorized")
     manager = SessionManager(generate_secret(), clock=cluster.clock)
     session = manager.issue("alice")
-    async with client(a, token=None, session_manager=manager) as http:
+    async with client(a, token=None, session_manager=manager,
+                      management_role=lambda s: s.subject == "alice") as http:
         ok = await http.put("/state/cfg/x", json=1, headers={"Authorization": f"Bearer {session}"})
         assert ok.status_code == 200, ok.text
         http.cookies.set("shoal_session", session)

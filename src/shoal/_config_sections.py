@@ -154,10 +154,26 @@ class ReaperSection(Section):
     enabled: bool = True
 
 
+MIN_TOKEN_LENGTH = 32
+
+
 class HttpSection(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
     token: SecretStr | None = None
+
+    @field_validator("token")
+    @classmethod
+    def _long_token(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            length = len(token.get_secret_value())
+            what = "empty" if not length else f"{length} characters"
+            raise ValueError(
+                f"bad value '***' (the token is {what}) — use at least {MIN_TOKEN_LENGTH} "
+                "random characters (`shoal secret generate` makes one), or remove the key "
+                "to refuse management calls"
+            )
+        return token
 
 
 def _check_secret(secret: SecretStr, what: str) -> None:

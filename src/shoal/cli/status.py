@@ -49,18 +49,35 @@ def cluster_url(url: str) -> str:
     return url if url.endswith("/cluster") else url + "/cluster"
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: it would carry the bearer token to another place."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect())
+
+
 def api_request(
     method: str, url: str, *, token: str | None = None, timeout: float = 3.0,
 ) -> tuple[int, Any]:
-    """(HTTP status, parsed JSON body) of one request; NodeApiError when unreachable."""
+    """(HTTP status, parsed JSON body) of one request; NodeApiError when unreachable.
+    A redirect is never followed (its 3xx status is returned)."""
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     request.add_header("Accept", "application/json")
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
+        with _OPENER.open(request, timeout=timeout) as resp:
             status, raw = resp.status, resp.read()
     except urllib.error.HTTPError as exc:
+        if 300 <= exc.code < 400:
+            where = exc.headers.get("Location", "elsewhere")
+            raise NodeApiError(
+                f"{url} redirects ({exc.code}) to {where}; a redirect is never followed with "
+                "the token — give the node's own URL"
+            ) from None
         status, raw = exc.code, exc.read()
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)

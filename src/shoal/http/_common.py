@@ -1,29 +1,22 @@
-"""Errors, authentication and the request-size limit of the HTTP API."""
+"""Errors, echoed input and the request-size limit of the HTTP API."""
 
 from __future__ import annotations
 
-import hmac
 import json
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from pydantic import SecretStr
-from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal._errors import InvalidArgument
-from shoal.http.session_middleware import current_session
 
 __all__ = [
     "DEFAULT_MAX_BODY",
     "BodyLimit",
     "BodyTooLarge",
-    "authenticate",
     "error",
     "parse_json",
-    "secret_text",
     "too_large",
 ]
 
@@ -41,54 +34,6 @@ def error(
     """The one error shape: ``{"error": {"code": ..., "message": ..., **extra}}``."""
     body = {"error": {"code": code, "message": message, **extra}}
     return JSONResponse(body, status_code=status, headers=dict(headers or {}))
-
-
-def secret_text(value: str | SecretStr | None) -> str | None:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    return value or None
-
-
-def _bearer(request: Request) -> bytes | None:
-    raw = request.headers.get("authorization")
-    if raw is None:
-        return None
-    scheme, _, rest = raw.strip().partition(" ")
-    if scheme.lower() != "bearer" or not rest.strip():
-        return None
-    return rest.strip().encode("latin-1")  # the bytes as sent
-
-
-def _same_origin(request: Request) -> bool:
-    """False for a browser request made by another site (cookie CSRF guard)."""
-    if request.headers.get("sec-fetch-site", "").lower() == "cross-site":
-        return False
-    origin = request.headers.get("origin")
-    if origin is None or origin == "null":
-        return origin is None
-    host = request.headers.get("host", "")
-    try:
-        return urlsplit(origin).netloc.lower() == host.lower()
-    except ValueError:
-        return False
-
-
-def authenticate(request: Request, token: str | None) -> str | None:
-    """Who sent a management request, or None (answer 401).
-
-    ``Authorization: Bearer <token>`` compared in constant time with the
-    configured API token, else a session verified by
-    :class:`~shoal.http.SessionMiddleware` (from the same header or the
-    session cookie; a cookie-only session must come from the same origin)."""
-    given = _bearer(request)
-    if token is not None and given is not None and hmac.compare_digest(given, token.encode()):
-        return "token"
-    session = current_session(request)
-    if session is None:
-        return None
-    if given is None and not _same_origin(request):
-        return None
-    return f"session:{session.subject}"
 
 
 class BodyTooLarge(Exception):

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from shoal.http._common import authenticate, error
+from shoal.http._common import error
 from shoal.runtime.schedule import request_run
 from shoal.runtime.schedule_view import schedule_rows
 
@@ -21,10 +21,9 @@ __all__ = ["SCHEDULE_METRICS", "schedule_routes", "schedule_samples"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def schedule_routes(
-    node: Node, token: str | None, guard: Callable[..., Handler]
-) -> list[Route]:
-    """The schedule endpoints; ``guard`` is the API's credential check."""
+def schedule_routes(node: Node, guard: Callable[..., Handler]) -> list[Route]:
+    """The schedule endpoints; ``guard`` is the API's credential check (running a
+    schedule is a management call; listing is a read)."""
 
     async def listing(request: Request) -> Response:
         return JSONResponse({"schedules": schedule_rows(node)})
@@ -33,12 +32,12 @@ def schedule_routes(
         name = request.path_params["name"]
         if not any(d.name == name and d.schedule is not None for d in node.duties):
             return error(404, "schedule_not_found", f"no schedule named {name!r}")
-        who = authenticate(request, token) or "?"
+        who = getattr(request.state, "caller", "?")
         trigger = await request_run(node.state, name, by=f"HTTP API on {node.name} ({who})")
         return JSONResponse({"schedule": name, "trigger": trigger, "status": "requested"}, 202)
 
     return [
-        Route("/schedules", guard(listing, always=False), methods=["GET"]),
+        Route("/schedules", guard(listing, manage=False), methods=["GET"]),
         Route("/schedules/{name:path}/run", guard(run), methods=["POST"]),
     ]
 

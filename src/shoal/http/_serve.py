@@ -96,7 +96,8 @@ async def serve_http(node: Node, config: NodeConfig, port: int | None = None) ->
     manager = session_manager_for(config, node)
     if config.http.token is None and manager is None:
         log.warning("http: no http.token and no auth.secret: state writes and drain are refused")
-    app = create_app(node, token=config.http.token, session_manager=manager)
+    app = create_app(node, token=config.http.token, session_manager=manager,
+                     management_role=node.app.management_role)
     uv_config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
         timeout_graceful_shutdown=3,

@@ -10,8 +10,10 @@ or mounted into your own FastAPI / Starlette app::
 
 Endpoints, authentication, the error shape and the metrics: ``docs/http.md``.
 Health, readiness, the cluster view, metrics, the live feed and the dashboard
-need no credentials; state and drain do (``Authorization: Bearer <token>`` or
-a Shoal session). Every error is ``{"error": {"code": ..., "message": ...}}``.
+need no credentials. Reading state needs the management token or a Shoal
+session; changing the cluster (state writes, drain) needs the management token
+or a session the app maps to the management role (:mod:`shoal.http._auth`).
+Every error is ``{"error": {"code": ..., "message": ...}}``.
 """
 
 from __future__ import annotations
@@ -48,15 +50,15 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
+from shoal._revocation import NAMESPACE as SESSIONS_NAMESPACE
 from shoal.core.node_state import Phase
+from shoal.http._auth import AuthFailures, Caller, ManagementRole, check_token, identify
 from shoal.http._common import (
     DEFAULT_MAX_BODY,
     BodyLimit,
     BodyTooLarge,
-    authenticate,
     error,
     parse_json,
-    secret_text,
     too_large,
 )
 from shoal.http._events import EventFeed
@@ -65,8 +67,9 @@ from shoal.http._openapi import NODE_NAME_RULE, openapi_document
 from shoal.http._schedules import schedule_routes
 from shoal.http._view import cluster_view, readiness
 from shoal.http.session_middleware import SessionMiddleware
-from shoal.runtime._state_model import check_names, check_namespace
+from shoal.runtime._state_model import check_names, check_namespace, short_repr
 from shoal.runtime.control import NodeNotLive, drain_in_background, request_drain
+from shoal.runtime.schedule import RESERVED_NAMESPACES as SCHEDULE_NAMESPACES
 
 if TYPE_CHECKING:
     from shoal.runtime.node import Node
@@ -77,6 +80,8 @@ __all__ = ["cluster_view", "create_app"]
 _NODE_NAME = re.compile(NODE_NAME_RULE)
 _REVISION = re.compile(r'"?([0-9]{1,18})"?')
 Handler = Callable[[Request], Awaitable[Response]]
+# Shoal's own namespaces in replicated state: never written through the generic API.
+RESERVED_NAMESPACES = frozenset({SESSIONS_NAMESPACE}) | SCHEDULE_NAMESPACES
 
 
 class _BadRequest(Exception):
@@ -121,6 +126,16 @@ def _names(ns: str, key: str | None) -> tuple[str, str]:
         raise _BadRequest("invalid_name", str(exc)) from None
 
 
+class _Reserved(Exception):
+    pass
+
+
+def _writable(ns: str, key: str) -> tuple[str, str]:
+    if ns in RESERVED_NAMESPACES:
+        raise _Reserved(ns)
+    return ns, key
+
+
 def _state_error(exc: StateError | StoreError | NotRunning) -> Response:
     if isinstance(exc, Conflict):
         return error(409, "conflict", str(exc), current_revision=exc.current)
@@ -159,17 +174,19 @@ def _csp(html: str) -> str:
 class _Api:
     def __init__(
         self, node: Node, token: str | None, *, public_state: bool, feed: EventFeed,
-        write_wait: float,
+        write_wait: float, management_role: ManagementRole | None,
     ) -> None:
         from shoal.runtime.node import VERSION
 
         self.node = node
         self.token = token
+        self.management_role = management_role
         self.public_state = public_state
         self.feed = feed
         self.write_wait = write_wait
         self.version = VERSION
         self.registry = node_registry(node.status, VERSION)  # this app's own registry
+        self.auth_failures = AuthFailures(self.registry, node.name)
         self.page = resources.files("shoal.http").joinpath("dashboard.html").read_text("utf-8")
         self.page_headers = {
             "Content-Security-Policy": _csp(self.page), "Cache-Control": "no-cache",
@@ -212,16 +229,39 @@ class _Api:
             version=self.version, root_path=root, public_state=self.public_state))
 
     # -- guarded endpoints -----------------------------------------------------------
-    def guard(self, handler: Handler, *, always: bool = True) -> Handler:
+    def caller(self, request: Request) -> Caller | None:
+        """The authenticated caller, or None (the refusal is counted and logged)."""
+        who = identify(request, self.token, self.management_role)
+        if isinstance(who, str):
+            self.auth_failures.record(who, request)
+            return None
+        return who
+
+    def guard(self, handler: Handler, *, manage: bool = True) -> Handler:
+        """``manage``: the call changes the cluster (the token or a management
+        session); else it reads state (any credential, or none with ``public_state``)."""
+
         async def guarded(request: Request) -> Response:
-            if (always or not self.public_state) and authenticate(request, self.token) is None:
-                return error(401, "unauthorized",
-                             "send Authorization: Bearer <http.token> or a valid Shoal session",
-                             headers={"WWW-Authenticate": 'Bearer realm="shoal"'})
+            if manage or not self.public_state:
+                who = self.caller(request)
+                if who is None:
+                    return error(401, "unauthorized",
+                                 "send Authorization: Bearer <http.token> or a valid Shoal "
+                                 "session", headers={"WWW-Authenticate": 'Bearer realm="shoal"'})
+                if manage and not who.manager:
+                    self.auth_failures.record("not_manager", request)
+                    return error(403, "forbidden",
+                                 f"{who} has no management role — use http.token, or map the "
+                                 "session to the management role (App(management_role=...))")
+                request.state.caller = who
             try:
                 return await handler(request)
             except _BadRequest as exc:
                 return error(400, exc.code, str(exc))
+            except _Reserved as exc:
+                return error(403, "reserved_namespace",
+                             f"namespace {exc} belongs to Shoal and cannot be written through "
+                             "the state API (sessions: use revoke_session / revoke_everywhere)")
             except _Unsatisfiable:
                 ns, key = request.path_params.get("ns"), request.path_params.get("key")
                 doc = self.node.state.get(str(ns), str(key))
@@ -263,7 +303,7 @@ class _Api:
         return JSONResponse(body, headers={"ETag": f'"{doc.revision}"'})
 
     async def put_doc(self, request: Request) -> Response:
-        ns, key = _names(request.path_params["ns"], request.path_params["key"])
+        ns, key = _writable(*_names(request.path_params["ns"], request.path_params["key"]))
         expect = _expected_revision(request, create_only=True)
         try:
             value = parse_json(await request.body())
@@ -275,7 +315,7 @@ class _Api:
                             headers={"ETag": f'"{rev}"'})
 
     async def delete_doc(self, request: Request) -> Response:
-        ns, key = _names(request.path_params["ns"], request.path_params["key"])
+        ns, key = _writable(*_names(request.path_params["ns"], request.path_params["key"]))
         expect = _expected_revision(request, create_only=False)
         rev = await self.node.state.delete(ns, key, expect_revision=expect)
         await self._settle(rev)
@@ -292,7 +332,7 @@ class _Api:
     async def drain(self, request: Request) -> Response:
         name = request.path_params["name"]
         if not _NODE_NAME.fullmatch(name):
-            raise _BadRequest("invalid_name", f"bad node name {name!r}")
+            raise _BadRequest("invalid_name", f"bad node name {short_repr(name)}")
         node = self.node
         if name == node.name:
             if node.phase is Phase.STOPPED and not node.draining:
@@ -305,7 +345,7 @@ class _Api:
             return error(404, "node_not_found", f"no live node named {name!r}")
         if member.draining:
             return JSONResponse({"node": name, "status": "already_draining", "via": "control"}, 202)
-        who = authenticate(request, self.token) or "?"
+        who = getattr(request.state, "caller", "?")
         try:
             await request_drain(node.store, name, member.lease, by=node.name,
                                 reason=f"HTTP API on {node.name} ({who})")
@@ -341,11 +381,15 @@ def create_app(
     refresh: float = 2.0,
     max_streams: int = 100,
     write_wait: float = 2.0,
+    management_role: ManagementRole | None = None,
 ) -> Starlette:
     """The HTTP API and dashboard of ``node`` (which the caller starts and closes).
 
-    ``token``: the API token for management requests (``http.token``); with
-    neither a token nor sessions, management requests are always refused (401).
+    ``token``: the management token (``http.token``, at least 32 characters,
+    else ConfigError); with neither a token nor a management session,
+    management requests are always refused.
+    ``management_role(session) -> bool``: which sessions may manage (state
+    writes, drain); default: none — a plain session only reads state.
     ``session_manager``: also accept Shoal sessions (header or cookie) — not
     needed when the app is mounted behind your own :class:`SessionMiddleware`.
     ``public_state``: let state reads through without credentials (writes
@@ -353,12 +397,12 @@ def create_app(
     ``refresh``: seconds between periodic views on ``/events``; ``max_streams``:
     open ``/events`` streams at most. ``write_wait``: how long a write waits
     for this node's copy to show it (read-your-writes) before answering."""
-    api = _Api(node, secret_text(token), public_state=public_state,
+    api = _Api(node, check_token(token), public_state=public_state,
                feed=EventFeed(node, refresh=refresh, max_streams=max_streams),
-               write_wait=write_wait)
+               write_wait=write_wait, management_role=management_role)
     guard = api.guard
     by_method = {
-        "GET": guard(api.get_doc, always=False),
+        "GET": guard(api.get_doc, manage=False),
         "PUT": guard(api.put_doc),
         "DELETE": guard(api.delete_doc),
     }
@@ -374,11 +418,11 @@ def create_app(
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/events", api.events, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
-        Route("/state", guard(api.namespaces, always=False), methods=["GET"]),
-        Route("/state/{ns}", guard(api.namespace, always=False), methods=["GET"]),
+        Route("/state", guard(api.namespaces, manage=False), methods=["GET"]),
+        Route("/state/{ns}", guard(api.namespace, manage=False), methods=["GET"]),
         Route("/state/{ns}/{key:path}", document, methods=["GET", "PUT", "DELETE"]),
         Route("/nodes/{name}/drain", guard(api.drain), methods=["POST"]),
-        *schedule_routes(node, api.token, guard),
+        *schedule_routes(node, guard),
     ]
     middleware = [Middleware(BodyLimit, limit=max_body)]
     if session_manager is not None:

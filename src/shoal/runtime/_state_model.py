@@ -94,10 +94,16 @@ def store_key(namespace: str, key: str) -> str:
     return f"{PREFIX}{namespace}/{key}"
 
 
+def short_repr(value: object, limit: int = 80) -> str:
+    """``repr`` of a caller's value for a message, cut to ``limit`` characters."""
+    shown = repr(value)
+    return shown if len(shown) <= limit else f"{shown[:limit]}... ({len(shown)} characters)"
+
+
 def check_namespace(namespace: object) -> str:
     if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
         raise InvalidDocument(
-            f"bad namespace {namespace!r}: a namespace must match {NAMESPACE_RULE} "
+            f"bad namespace {short_repr(namespace)}: a namespace must match {NAMESPACE_RULE} "
             "(1-128 letters, digits, '.', '_' or '-', starting with a letter or digit)"
         )
     return namespace
@@ -106,7 +112,7 @@ def check_namespace(namespace: object) -> str:
 def check_key(key: object) -> str:
     if not isinstance(key, str) or not _KEY.fullmatch(key):
         raise InvalidDocument(
-            f"bad key {key!r}: a key must match {KEY_RULE} "
+            f"bad key {short_repr(key)}: a key must match {KEY_RULE} "
             "(1-512 letters, digits, '.', '_', ':', '/', '@' or '-', starting with a "
             "letter or digit)"
         )

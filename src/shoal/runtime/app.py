@@ -137,10 +137,17 @@ def _check_partitions(
 
 
 class App:
-    """A named set of duty declarations shared by every node of a cluster."""
+    """A named set of duty declarations shared by every node of a cluster.
 
-    def __init__(self, name: str) -> None:
+    ``management_role(session) -> bool``: which user sessions may change the
+    cluster through the node's HTTP API (state writes, drain). Default: none;
+    a plain session never gets management rights (docs/http.md "Authority")."""
+
+    def __init__(
+        self, name: str, *, management_role: Callable[[Any], bool] | None = None
+    ) -> None:
         self.name = name
+        self.management_role = management_role
         self._decls: dict[str, DutyDecl] = {}
         self._pools: dict[str, PoolDecl] = {}
 
