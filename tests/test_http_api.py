@@ -171,7 +171,7 @@ async def test_state_read_write_conflict_and_delete(cluster: Cluster) -> None:
                      400, "invalid_precondition")
         deep = b"[" * 100_000 + b"]" * 100_000
         assert_error(await http.put("/state/cfg/x", content=deep, headers=AUTH), 400,
-                     "invalid_json")
+                     "invalid_document")  # the one nesting-depth limit
         # delete (If-Match too), then 404
         wrong = await http.delete("/state/cfg/feature-x", headers={**AUTH, "If-Match": "1"})
         assert_error(wrong, 409, "conflict")

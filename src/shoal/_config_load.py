@@ -19,6 +19,7 @@ from pydantic import BaseModel, SecretStr
 
 from shoal._config_errors import Loc, dotted, known_keys, suggest, walk
 from shoal._errors import ConfigError
+from shoal._yaml import load_yaml
 
 ENV_PREFIX = "SHOAL__"
 _RAW_TYPES = (str, SecretStr, Path)  # environment values used verbatim, never as JSON
@@ -39,8 +40,7 @@ def read_yaml(path: Path) -> tuple[dict[str, Any], dict[Loc, str]]:
         reason = exc.strerror or type(exc).__name__
         raise ConfigError(f"{name}: cannot read the config file ({reason})") from None
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        root, data = load_yaml(text, name)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{name}:{mark.line + 1}" if mark else name

@@ -28,7 +28,7 @@ from shoal._errors import (
 )
 from shoal.cli._common import EXIT_BAD_INPUT, report_error, run_async
 from shoal.config import NodeConfig, load_config
-from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES
+from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES, MAX_DEPTH
 from shoal.runtime._state_snapshot import (
     Diff,
     Restored,
@@ -124,6 +124,12 @@ async def _get(
 ) -> tuple[Snapshot, list[str]]:
     async with _opened(config) as store:
         cur = await read_current(store)
+    if cur.too_deep:
+        more = f" and {len(cur.too_deep) - 1} more" if len(cur.too_deep) > 1 else ""
+        raise InvalidDocument(
+            f"{cur.too_deep[0]}{more}: nested more than {MAX_DEPTH} levels deep, which no "
+            "node accepts — rewrite or delete it, then back up again"
+        )
     chosen, docs = take(cur, namespaces)
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     snap = Snapshot(chosen, tuple(docs), describe(config), cur.revision, now)

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shoal._errors import InvalidArgument
+from shoal.runtime._state_model import TooDeep
 
 __all__ = [
     "DEFAULT_MAX_BODY",
@@ -84,7 +85,8 @@ class BodyLimit:
 
 
 def parse_json(body: bytes) -> Any:
-    """The JSON value of a body; ValueError (with a reason) when it is not JSON."""
+    """The JSON value of a body; InvalidArgument (with a reason) when it is not JSON,
+    :class:`TooDeep` when it is nested too deeply to parse."""
     if not body.strip():
         raise InvalidArgument("the request body is empty; send a JSON value")
     try:
@@ -94,7 +96,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return json.loads(text, parse_constant=_no_constant)
     except RecursionError:
-        raise InvalidArgument("the JSON value is nested too deeply") from None
+        raise TooDeep("the request body") from None
     except json.JSONDecodeError as exc:
         raise InvalidArgument(f"the request body is not JSON: {exc}") from None
 

@@ -51,6 +51,18 @@ class EventFeed:
     def full(self) -> bool:
         return self.closed or self.open >= self.max_streams
 
+    def reserve(self) -> bool:
+        """Take a stream slot in the same step as the check (no await between
+        them, so concurrent opens cannot overshoot the cap); False when full."""
+        if self.full():
+            return False
+        self.open += 1
+        return True
+
+    def release(self) -> None:
+        """Give a slot back (when the response ends, whether or not it streamed)."""
+        self.open -= 1
+
     def close(self) -> None:
         """End every open stream now (before the server shuts down); refuse new ones."""
         self.closed = True
@@ -61,8 +73,8 @@ class EventFeed:
         return sse_message(name, cluster_view(self.node.status()), msg_id)
 
     async def stream(self) -> AsyncIterator[bytes]:
-        """The messages of one stream, until the client goes away."""
-        self.open += 1
+        """The messages of one stream, until the client goes away (the caller
+        holds a slot from :meth:`reserve`)."""
         sub = self.node.subscribe(maxsize=1000)
         self._subs.add(sub)
         msg_id = 0
@@ -87,7 +99,6 @@ class EventFeed:
                 chunks.append(self._view("view", msg_id))
                 yield b"".join(chunks)
         finally:
-            self.open -= 1
             self._subs.discard(sub)
             sub.close()
 

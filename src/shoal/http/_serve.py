@@ -18,6 +18,7 @@ import uvicorn
 
 from shoal._errors import ConfigError
 from shoal.http._events import EventFeed
+from shoal.http._protocol import DEFAULT_HEADER_TIMEOUT, protocol_with_header_timeout
 from shoal.http.api import create_app
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["HttpServer", "serve_http"]
 
 log = logging.getLogger("shoal.http")
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers
 
 
 class _Server(uvicorn.Server):
@@ -87,9 +89,16 @@ def session_manager_for(config: NodeConfig, node: Node) -> SessionManager | None
     return SessionManager.from_config(config, revoked=revoked_in(node.state))
 
 
-async def serve_http(node: Node, config: NodeConfig, port: int | None = None) -> HttpServer:
+async def serve_http(
+    node: Node, config: NodeConfig, port: int | None = None, *,
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+) -> HttpServer:
     """Start serving ``create_app(node)`` on ``http.host``:``port`` (default
-    ``http.port``; 0 = any free port). Raises ConfigError when it cannot listen."""
+    ``http.port``; 0 = any free port). Raises ConfigError when it cannot listen.
+
+    A connection must send a complete request head within ``header_timeout``
+    seconds (else it is closed: slowloris guard); request heads are at most
+    16 KiB; idle keep-alive connections close after 5 s."""
     host = config.http.host
     sock = _bind(host, config.http.port if port is None else port)
     bound_port = sock.getsockname()[1]
@@ -100,7 +109,9 @@ async def serve_http(node: Node, config: NodeConfig, port: int | None = None) ->
                      management_role=node.app.management_role)
     uv_config = uvicorn.Config(
         app, log_config=None, access_log=False, lifespan="off", server_header=False,
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=3, timeout_keep_alive=5,
+        http=protocol_with_header_timeout(header_timeout),
+        h11_max_incomplete_event_size=MAX_HEAD_BYTES,
     )
     server = _Server(uv_config)
     task = asyncio.create_task(server.serve(sockets=[sock]), name="shoal-http")

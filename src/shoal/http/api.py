@@ -171,6 +171,20 @@ def _csp(html: str) -> str:
     )
 
 
+class _SlotResponse(StreamingResponse):
+    """A live-feed response that gives its stream slot back when it ends."""
+
+    def __init__(self, feed: EventFeed, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._feed = feed
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._feed.release()
+
+
 class _Api:
     def __init__(
         self, node: Node, token: str | None, *, public_state: bool, feed: EventFeed,
@@ -213,13 +227,13 @@ class _Api:
         return Response(render_metrics(self.registry), media_type=CONTENT_TYPE)
 
     async def events(self, request: Request) -> Response:
-        if self.feed.full():
+        if not self.feed.reserve():
             why = ("the server is shutting down" if self.feed.closed
                    else f"{self.feed.max_streams} event streams are open")
             return error(503, "too_many_streams", f"{why}; retry later",
                          headers={"Retry-After": "5"})
-        return StreamingResponse(
-            self.feed.stream(), media_type="text/event-stream",
+        return _SlotResponse(
+            self.feed, self.feed.stream(), media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -307,6 +321,8 @@ class _Api:
         expect = _expected_revision(request, create_only=True)
         try:
             value = parse_json(await request.body())
+        except InvalidDocument:
+            raise
         except ValueError as exc:
             raise _BadRequest("invalid_json", str(exc)) from None
         rev = await self.node.state.put(ns, key, value, expect_revision=expect)

@@ -17,6 +17,9 @@ from shoal._errors import DocumentTooLarge, InvalidArgument, InvalidDocument
 
 PREFIX = "state/"
 DEFAULT_MAX_DOC_BYTES = 1 << 20  # 1 MiB per document
+# Nesting depth limit of a document (objects and arrays inside each other), the
+# same on every path: the HTTP API, node.state, ctx.put, state set and state get.
+MAX_DEPTH = 100
 # etcd refuses a transaction with more than --max-txn-ops (default 128) operations
 # or a request over --max-request-bytes (default 1.5 MiB): stay under both.
 DEFAULT_MAX_TXN_OPS = 128
@@ -132,13 +135,29 @@ class _Bad(Exception):
 _ALLOWED = "use dict (with str keys), list, str, int, float, bool or None"
 
 
-def _walk(value: Any) -> None:
+class _TooDeep(Exception):
+    pass
+
+
+class TooDeep(InvalidDocument):
+    """A document nested more than :data:`MAX_DEPTH` levels deep."""
+
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: the value is nested more than {MAX_DEPTH} levels deep — flatten it "
+            f"(at most {MAX_DEPTH} objects/arrays inside each other)"
+        )
+
+
+def _walk(value: Any, depth: int = 0) -> None:
     if value is None or isinstance(value, str | bool | int):
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise _Bad(f"float {value!r} is not allowed in JSON")
         return
+    if isinstance(value, dict | list | tuple) and depth >= MAX_DEPTH:
+        raise _TooDeep()
     if isinstance(value, dict):
         for k, item in value.items():
             if not isinstance(k, str):
@@ -147,7 +166,7 @@ def _walk(value: Any) -> None:
                     "(JSON object keys must be strings)"
                 )
             try:
-                _walk(item)
+                _walk(item, depth + 1)
             except _Bad as bad:
                 bad.path.append(f"[{k!r}]")
                 raise
@@ -155,7 +174,7 @@ def _walk(value: Any) -> None:
     if isinstance(value, list | tuple):
         for i, item in enumerate(value):
             try:
-                _walk(item)
+                _walk(item, depth + 1)
             except _Bad as bad:
                 bad.path.append(f"[{i}]")
                 raise
@@ -164,7 +183,8 @@ def _walk(value: Any) -> None:
 
 
 def encode_value(value: Any, what: str, limit: int) -> bytes:
-    """``value`` as compact UTF-8 JSON, or InvalidDocument / DocumentTooLarge.
+    """``value`` as compact UTF-8 JSON, or InvalidDocument / DocumentTooLarge
+    (also when it is nested more than :data:`MAX_DEPTH` levels deep).
 
     ``what`` names the document in the message (``"cfg/a"``). Tuples are
     stored as lists."""
@@ -176,8 +196,8 @@ def encode_value(value: Any, what: str, limit: int) -> bytes:
     except _Bad as bad:
         where = "value" + "".join(reversed(bad.path))
         raise InvalidDocument(f"{what}: {where}: {bad.reason}") from None
-    except RecursionError:
-        raise InvalidDocument(f"{what}: the value is nested too deeply for JSON") from None
+    except (_TooDeep, RecursionError):
+        raise TooDeep(what) from None
     except UnicodeEncodeError:
         raise InvalidDocument(
             f"{what}: the value holds a string that is not valid Unicode (a lone surrogate)"
@@ -192,8 +212,30 @@ def _no_constant(name: str) -> Any:
 
 
 def decode_value(data: bytes) -> Any:
-    """Parse a stored document (strict JSON: no NaN/Infinity). Raises ValueError."""
-    return json.loads(data, parse_constant=_no_constant)
+    """Parse a stored document (strict JSON: no NaN/Infinity). Raises ValueError,
+    or :class:`TooDeep` when the parser runs out of stack."""
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except RecursionError:
+        raise TooDeep("the stored value") from None
+
+
+def check_raw(key: str, data: bytes, limit: int = DEFAULT_MAX_DOC_BYTES) -> None:
+    """A raw write to a document key ``state/NS/KEY`` must be a valid document
+    (JSON, size, depth): InvalidDocument / DocumentTooLarge otherwise. Keys that
+    are not documents pass (replicated state ignores them)."""
+    parts = split_key(key[len(PREFIX):]) if key.startswith(PREFIX) else None
+    if parts is None:
+        return
+    try:
+        ns, name = check_names(*parts)
+    except InvalidDocument:
+        return
+    try:
+        value = decode_value(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidDocument(f"{ns}/{name}: the value is not JSON ({exc})") from None
+    encode_value(value, f"{ns}/{name}", limit)
 
 
 def canonical(value: Any) -> str:

@@ -29,6 +29,7 @@ from typing import Any
 from shoal._errors import InvalidArgument, InvalidDocument, InvalidSnapshot, StateError
 from shoal.runtime._state_model import (
     PREFIX,
+    TooDeep,
     canonical,
     check_key,
     check_namespace,
@@ -97,6 +98,7 @@ class Current:
     values: dict[tuple[str, str], Any] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
     revision: int = 0
+    too_deep: list[str] = field(default_factory=list)  # documents over MAX_DEPTH
 
 
 async def read_current(store: Store, *, limit: int = 1 << 62) -> Current:
@@ -117,6 +119,8 @@ async def read_current(store: Store, *, limit: int = 1 << 62) -> Current:
         except (ValueError, InvalidDocument) as exc:
             cur.docs[parts] = (None, kv.mod_revision)
             cur.skipped.append(f"{kv.key}: {exc}")
+            if isinstance(exc, TooDeep):
+                cur.too_deep.append(kv.key)
             continue
         cur.docs[parts] = (canonical(value), kv.mod_revision)
         cur.values[parts] = value

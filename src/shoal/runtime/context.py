@@ -13,6 +13,7 @@ from shoal._clock import Clock
 from shoal._errors import DutyLost, WrongState
 from shoal._tasks import event_or_tick
 from shoal.primitives.ownership import guard
+from shoal.runtime._state_model import check_raw
 from shoal.store.protocol import Compare, Put, Store, TxnOp, TxnResult
 
 
@@ -115,7 +116,10 @@ class DutyContext:
         return res
 
     async def put(self, key: str, value: bytes) -> int:
-        """A fenced put. Returns the revision; raises DutyLost when superseded."""
+        """A fenced put. Returns the revision; raises DutyLost when superseded.
+        A key under ``state/`` must get a valid document (JSON, at most 1 MiB and
+        ``MAX_DEPTH`` levels deep), else InvalidDocument and nothing is written."""
+        check_raw(key, value)
         res = await self.store.txn([self.guard()], [Put(key, value)])
         if not res.succeeded:
             raise DutyLost(f"duty {self.name!r}: token {self.token} superseded; write refused")

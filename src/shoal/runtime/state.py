@@ -48,6 +48,7 @@ from shoal.runtime._state_model import (
     Doc,
     PutDoc,
     StateOp,
+    TooDeep,
     decode_value,
     split_key,
 )
@@ -264,7 +265,7 @@ class ReplicatedState:
     def _decode(self, name: str, kv: KeyValue) -> Doc | None:
         try:
             value = decode_value(kv.value)
-        except ValueError as exc:
+        except (ValueError, TooDeep) as exc:
             log.warning("state: %s%s is not a JSON document (%s); ignored", PREFIX, name, exc)
             return None
         return Doc(value, kv.mod_revision, kv.version, kv.create_revision)
