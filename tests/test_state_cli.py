@@ -115,7 +115,8 @@ def test_get_prints_a_stable_self_describing_snapshot(tmp_path: Path) -> None:
     assert list(snap) == ["format", "version", "source", "revision", "created_at", "namespaces",
                           "checksum", "documents"]
     assert snap["format"] == "shoal-state" and snap["version"] == 1
-    assert snap["source"] == {"backend": "sqlite", "path": str((tmp_path / "a.db").resolve())}
+    assert snap["source"] == {"backend": "sqlite", "path": str((tmp_path / "a.db").resolve()),
+                              "cluster": "shoal"}
     assert snap["revision"] == raw(tmp_path / "a.db")[1]
     assert snap["created_at"].endswith("Z") and snap["namespaces"] == ["config", "users"]
     assert [(d["namespace"], d["key"]) for d in snap["documents"]] == sorted(DOCS)
@@ -234,7 +235,7 @@ def test_a_large_restore_is_chunked_with_progress(tmp_path: Path) -> None:
     backup = tmp_path / "backup.json"
     backup.write_text(get_ok("-c", str(a)))
     populate(tmp_path / "b.db", {("bulk", "old"): 0, ("bulk", "k000"): "x"})
-    res = cli("state", "set", str(backup), "-c", str(b), "--max-txn-ops", "10")
+    res = cli("state", "set", str(backup), "-c", str(b), "--max-txn-ops", "10", "--force")
     assert res.exit_code == 0, res.output
     assert "restoring (chunked, not atomic)" in res.stderr
     assert "24 added, 1 changed, 1 removed" in res.stdout

@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from shoal._errors import ConfigError
+from shoal._files import write_private
 from shoal._procfs import children as _children
 from shoal._procfs import is_reaper as _is_reaper
 
@@ -67,7 +68,7 @@ class DemoNode:
         self.reapers: set[int] = set()
         self.expected_exit = False  # we signalled it: its exit is no surprise
         self.exit_reported = False
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        write_private(self.config_path, yaml.safe_dump(config, sort_keys=False).encode())
 
     @property
     def pid(self) -> int | None:

@@ -34,6 +34,7 @@ from typing import Any
 import click
 
 from shoal._errors import ConfigError
+from shoal._files import private_dir
 from shoal.cli._demo_procs import DemoNode, free_ports, node_configs, pdeathsig, stdin_lines
 from shoal.cli.status import NodeApiError, fetch_view, render
 from shoal.core.node_state import Phase
@@ -383,7 +384,7 @@ def demo(count: int, store: str, endpoints: str | None, dsn: str | None, base_po
             raise ConfigError(f"--store {store}: {get_backend(store).install_hint}")
     temp = workdir is None
     directory = Path(tempfile.mkdtemp(prefix="shoal-demo-")) if workdir is None else workdir
-    directory.mkdir(parents=True, exist_ok=True)
+    private_dir(directory)  # the configs hold the HTTP token: owner only
     try:
         ports = free_ports(count, base_port)
         configs = node_configs(count, ports, directory, store=store, endpoints=urls,

@@ -11,11 +11,12 @@ File format and restore rules: ``docs/state.md``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -25,7 +26,9 @@ from shoal._errors import (
     ConfigError,
     InvalidDocument,
     InvalidSnapshot,
+    StoreUnavailable,
 )
+from shoal._files import write_private
 from shoal.cli._common import EXIT_BAD_INPUT, report_error, run_async
 from shoal.config import NodeConfig, load_config
 from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES, MAX_DEPTH
@@ -75,7 +78,34 @@ def describe(config: NodeConfig) -> dict[str, Any]:
     """Where the state comes from, for the snapshot header."""
     from shoal.store.factory import identity
 
-    return identity(config)
+    return {**identity(config), "cluster": config.cluster}
+
+
+def _name(source: dict[str, Any]) -> str:
+    """``cluster 'billing' (etcd prefix /billing)``: a backup's or a store's identity."""
+    where = str(source.get("backend", "store"))
+    parts = [f"{k} {v}" for k, v in source.items() if k not in _NOT_IDENTITY]
+    where += " " + ", ".join(parts) if parts else ""
+    cluster = source.get("cluster")
+    return f"cluster {cluster!r} ({where})" if cluster else where
+
+
+_NOT_IDENTITY = frozenset({"backend", "cluster", "endpoints"})  # endpoints may differ
+
+
+def foreign_source(source: dict[str, Any] | None, target: dict[str, Any]) -> bool:
+    """Whether a backup taken at ``source`` belongs to another cluster than
+    ``target``: another cluster name, or the same backend at another place (sqlite
+    path, etcd prefix, postgres database and schema). A different backend alone is
+    a migration, not foreign."""
+    if not source:
+        return False
+    if source.get("cluster") and source["cluster"] != target.get("cluster"):
+        return True
+    if source.get("backend") != target.get("backend"):
+        return False
+    keys = (set(source) | set(target)) - _NOT_IDENTITY
+    return any(source.get(k) != target.get(k) for k in keys)
 
 
 def _require_file(config: NodeConfig) -> None:
@@ -89,10 +119,29 @@ def _require_file(config: NodeConfig) -> None:
         raise ConfigError(f"{why} — there is no state to read")
 
 
-def _opened(config: NodeConfig) -> contextlib.AbstractAsyncContextManager[Store]:
-    from shoal.store.factory import opened_store
+@contextlib.asynccontextmanager
+async def _opened(config: NodeConfig, *, read_only: bool = False) -> AsyncIterator[Store]:
+    """The configured store; ``read_only``: a sqlite file is opened for reading only
+    (a read-only file can be backed up)."""
+    from shoal.store.factory import open_timeout, opened_store, store_section
 
-    return opened_store(config)
+    section = store_section(config)
+    if not (read_only and section.descriptor.name == "sqlite"):
+        async with opened_store(config) as store:
+            yield store
+        return
+    from shoal.store.sqlite import SqliteStore
+
+    limit = open_timeout(config)
+    try:
+        async with asyncio.timeout(limit):
+            store = await SqliteStore.open(section.selected.path, read_only=True)
+    except TimeoutError:
+        raise StoreUnavailable(f"the store did not answer within {limit:g} s") from None
+    try:
+        yield store
+    finally:
+        await store.aclose()
 
 
 # -- get --------------------------------------------------------------------------------
@@ -102,27 +151,37 @@ def _opened(config: NodeConfig) -> contextlib.AbstractAsyncContextManager[Store]
 @click.option("--documents-only", is_flag=True,
               help="Leave out source, revision and created_at: the same documents then give "
                    "byte-identical output on any store.")
+@click.option("--output", "-o", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the snapshot to this file (mode 0600, a new directory 0700; written "
+                   "whole or not at all) instead of stdout.")
 @_config_option
 @_bad_input
-def state_get(namespaces: tuple[str, ...], documents_only: bool, config_file: Path | None) -> None:
-    """Print a snapshot of the replicated state as JSON on stdout.
+def state_get(
+    namespaces: tuple[str, ...], documents_only: bool, output: Path | None,
+    config_file: Path | None,
+) -> None:
+    """Print a snapshot of the replicated state as JSON on stdout (or --output).
 
     The output is stable (documents sorted, object keys sorted) and restorable
     with `shoal state set`. Keys under state/ that are not valid documents are
-    skipped with a warning on stderr.
+    skipped with a warning on stderr. A sqlite store is opened read-only.
     """
     config = load_config(config_file)
     _require_file(config)
     snap, skipped = run_async(_get(config, namespaces or None))
     for line in skipped:
         click.echo(f"warning: skipped {line}", err=True)
-    click.echo(render(snap, documents_only=documents_only), nl=False)
+    text = render(snap, documents_only=documents_only)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        write_private(output, text.encode("utf-8"))
 
 
 async def _get(
     config: NodeConfig, namespaces: tuple[str, ...] | None
 ) -> tuple[Snapshot, list[str]]:
-    async with _opened(config) as store:
+    async with _opened(config, read_only=True) as store:
         cur = await read_current(store)
     if cur.too_deep:
         more = f" and {len(cur.too_deep) - 1} more" if len(cur.too_deep) > 1 else ""
@@ -149,11 +208,15 @@ async def _get(
                    "atomic.")
 @click.option("--max-doc-bytes", type=click.IntRange(min=1), default=DEFAULT_MAX_DOC_BYTES,
               show_default=True, help="Refuse documents larger than this (encoded JSON).")
+@click.option("--force", is_flag=True,
+              help="Restore even though the backup was taken from another cluster (another "
+                   "cluster name, sqlite path or etcd prefix) and the restore would change or "
+                   "remove documents here.")
 @_config_option
 @_bad_input
 def state_set(
     file: Path, dry_run: bool, merge: bool, max_txn_ops: int | None, max_doc_bytes: int,
-    config_file: Path | None,
+    force: bool, config_file: Path | None,
 ) -> None:
     """Restore the replicated state from FILE (a `shoal state get` snapshot; - for stdin).
 
@@ -162,7 +225,9 @@ def state_set(
     REPLACED: its documents become exactly those of the file (others are
     removed); namespaces not in the file are untouched. --merge only adds and
     overwrites. The restore is one atomic transaction when it fits, otherwise
-    it is written in chunks (progress on stderr) and is not atomic.
+    it is written in chunks (progress on stderr) and is not atomic. A backup
+    from another cluster is refused (exit 2) when it would change or remove
+    documents here, unless --force.
     """
     name = "<stdin>" if str(file) == "-" else str(file)
     try:
@@ -179,8 +244,9 @@ def state_set(
         _require_file(config)
     ops = max_txn_ops or backend.max_txn_ops or sys.maxsize
     size = backend.max_txn_bytes or sys.maxsize
+    foreign = not force and foreign_source(snap.source, describe(config))
     with _progress() as progress:
-        d, done = run_async(_set(config, snap, merge, dry_run, ops, size, progress))
+        d, done = run_async(_set(config, snap, merge, dry_run, ops, size, progress, foreign))
     mode = "merge" if merge else "replace"
     where = ", ".join(snap.namespaces) or "none"
     if dry_run:
@@ -224,11 +290,21 @@ def _progress() -> Iterator[Callable[[int, int], None]]:
 
 async def _set(
     config: NodeConfig, snap: Snapshot, merge: bool, dry_run: bool, max_ops: int,
-    max_bytes: int, progress: Callable[[int, int], None],
+    max_bytes: int, progress: Callable[[int, int], None], foreign: bool = False,
 ) -> tuple[Diff, Restored | None]:
     from shoal.runtime._state_snapshot import diff
 
     async with _opened(config) as store:
+        if foreign:
+            planned = diff(snap, await read_current(store), merge=merge)
+            if planned.changed or planned.removed:
+                assert snap.source is not None
+                raise InvalidSnapshot(
+                    f"the backup was taken from {_name(snap.source)}, not from "
+                    f"{_name(describe(config))}, whose state the restore would change "
+                    f"({len(planned.changed)} changed, {len(planned.removed)} removed) — "
+                    "check --config, or add --force to restore anyway"
+                )
         if dry_run:
             return diff(snap, await read_current(store), merge=merge), None
         done = await restore(store, snap, merge=merge, max_ops=max_ops, max_bytes=max_bytes,

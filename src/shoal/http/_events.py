@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
+from shoal.http._redact import redact_event, redact_view
 from shoal.http._view import cluster_view
 
 if TYPE_CHECKING:
@@ -69,34 +70,38 @@ class EventFeed:
         for sub in list(self._subs):
             sub.close()
 
-    def _view(self, name: str, msg_id: int) -> bytes:
-        return sse_message(name, cluster_view(self.node.status()), msg_id)
+    def _view(self, name: str, msg_id: int, full: bool) -> bytes:
+        """A view message; error texts redacted unless ``full`` (authenticated)."""
+        view = cluster_view(self.node.status())
+        return sse_message(name, view if full else redact_view(view), msg_id)
 
-    async def stream(self) -> AsyncIterator[bytes]:
+    async def stream(self, *, full: bool = False) -> AsyncIterator[bytes]:
         """The messages of one stream, until the client goes away (the caller
-        holds a slot from :meth:`reserve`)."""
+        holds a slot from :meth:`reserve`). Error texts are redacted unless
+        ``full`` (an authenticated caller)."""
         sub = self.node.subscribe(maxsize=1000)
         self._subs.add(sub)
         msg_id = 0
         try:
-            yield b"retry: 2000\n\n" + self._view("snapshot", msg_id)
+            yield b"retry: 2000\n\n" + self._view("snapshot", msg_id, full)
             while True:
                 try:
                     async with asyncio.timeout(self.refresh):
                         ev = await sub.get()
                 except TimeoutError:
                     msg_id += 1
-                    yield self._view("view", msg_id)
+                    yield self._view("view", msg_id, full)
                     continue
                 if ev is None or self.closed:  # the feed or the node closed
                     return
                 chunks = []
                 while ev is not None:  # everything queued goes out in one write
                     msg_id += 1
-                    chunks.append(sse_message("cluster", _event(ev), msg_id))
+                    shown = _event(ev) if full else redact_event(_event(ev))
+                    chunks.append(sse_message("cluster", shown, msg_id))
                     ev = sub.get_nowait()
                 msg_id += 1
-                chunks.append(self._view("view", msg_id))
+                chunks.append(self._view("view", msg_id, full))
                 yield b"".join(chunks)
         finally:
             self._subs.discard(sub)

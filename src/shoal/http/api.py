@@ -64,6 +64,7 @@ from shoal.http._common import (
 from shoal.http._events import EventFeed
 from shoal.http._metrics import CONTENT_TYPE, node_registry, render_metrics
 from shoal.http._openapi import NODE_NAME_RULE, openapi_document
+from shoal.http._redact import redact_view
 from shoal.http._schedules import schedule_routes
 from shoal.http._view import cluster_view, readiness
 from shoal.http.session_middleware import SessionMiddleware
@@ -220,8 +221,13 @@ class _Api:
                 "reason": reason, "message": message}
         return JSONResponse(body, status_code=200 if ok else 503)
 
+    def authenticated(self, request: Request) -> bool:
+        """Whether an open endpoint may show full error texts (not counted as a failure)."""
+        return isinstance(identify(request, self.token, self.management_role), Caller)
+
     async def cluster(self, request: Request) -> Response:
-        return JSONResponse(cluster_view(self.node.status()))
+        view = cluster_view(self.node.status())
+        return JSONResponse(view if self.authenticated(request) else redact_view(view))
 
     async def metrics(self, request: Request) -> Response:
         return Response(render_metrics(self.registry), media_type=CONTENT_TYPE)
@@ -233,7 +239,8 @@ class _Api:
             return error(503, "too_many_streams", f"{why}; retry later",
                          headers={"Retry-After": "5"})
         return _SlotResponse(
-            self.feed, self.feed.stream(), media_type="text/event-stream",
+            self.feed, self.feed.stream(full=self.authenticated(request)),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 

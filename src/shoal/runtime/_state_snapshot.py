@@ -6,7 +6,7 @@ Works on a :class:`~shoal.store.protocol.Store` directly (no running node), for
     {
       "format": "shoal-state",
       "version": 1,
-      "source": {"backend": "sqlite", "path": "/srv/shoal.db"},   # informational
+      "source": {"backend": "sqlite", "path": "/srv/shoal.db", "cluster": "shoal"},
       "revision": 42,                                            # informational
       "created_at": "2024-05-01T12:00:00Z",                      # informational
       "namespaces": ["config", "users"],     # what a restore replaces

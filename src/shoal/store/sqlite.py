@@ -31,6 +31,7 @@ import os
 import secrets
 import sqlite3
 import time
+import urllib.parse
 import weakref
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -190,23 +191,28 @@ class SqliteStore:
         poll_interval: float = 0.01,
         log_retention: int = 10_000,
         lock_timeout: float = 5.0,
+        read_only: bool = False,
     ) -> SqliteStore:
         """Open (creating if needed) the store in file ``path``; start its poller and
         expiry check. Waits off the loop up to ``lock_timeout`` s for the write lock.
+        A new file is created 0600 (readable by its owner only).
 
-        ``log_retention``: revisions of watch history kept. Raises ConfigError for a
-        path that cannot hold a file, StoreUnavailable when the file cannot be opened.
+        ``log_retention``: revisions of watch history kept. ``read_only``: open an
+        existing file for reading only (backups of a read-only file): no expiry
+        check, and every write fails. Raises ConfigError for a path that cannot
+        hold a file, StoreUnavailable when the file cannot be opened.
         """
         self = cls(Path(path), clock or SYSTEM_CLOCK, poll_interval, log_retention, lock_timeout)
         try:
-            self._seen = await self._call(self._open_sync)
+            opener = self._open_read_only if read_only else self._open_sync
+            self._seen = await self._call(opener)
         except BaseException:
             await self.aclose()
             raise
-        self._tasks = [
-            asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {path}"),
-            asyncio.create_task(self._expiry_loop(), name=f"shoal-sqlite-expiry {path}"),
-        ]
+        self._tasks = [asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {path}")]
+        if not read_only:
+            self._tasks.append(
+                asyncio.create_task(self._expiry_loop(), name=f"shoal-sqlite-expiry {path}"))
         return self
 
     # -- the worker-thread boundary ------------------------------------------------
@@ -242,9 +248,18 @@ class SqliteStore:
     def _meta(self, key: str) -> int:
         return int(self._x("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()[0])
 
+    def _open_read_only(self) -> int:
+        if not self.path.is_file():
+            raise ConfigError(f"store path {str(self.path)!r}: no such file")
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, timeout=self._timeout, isolation_level=None)
+        return self._read(lambda: self._meta("rev"))
+
     def _open_sync(self) -> int:
         if not self.path.parent.is_dir() or self.path.is_dir():
             raise ConfigError(f"store path {str(self.path)!r}: not a file in an existing directory")
+        with contextlib.suppress(FileExistsError):  # new: owner only (-wal, -shm follow it)
+            os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         self._db = sqlite3.connect(self.path, timeout=self._timeout, isolation_level=None)
         # Switching a NEW file to WAL needs an exclusive lock and sqlite does not
         # call its busy handler for it: two processes opening the file at once
