@@ -26,7 +26,8 @@ from shoal._errors import (
 from shoal.cli.main import ShoalGroup, exit_code_for, handle_errors, main
 from shoal.config import NodeConfig
 
-SECRET = "k" * 64
+SECRET = "bRSTrWRpMZvcihnTlnK2WkU2qEamLKSkd4_RvhO9uKKZ2LyCPb3mDkQTkqFFL8MKK6nG3bboxY3DCs5l4MEULQ"
+PREVIOUS = "jWQriUWU5e27mA2WALxX1hOSNLuJnwt-tSxVOEjK2_5GirZnnKK7VqQIitDnhiByl8qupPhjvEF4sOdL6tO30w"
 ENDPOINT_FIX = "use http://HOST:PORT or https://HOST:PORT"
 
 
@@ -54,7 +55,7 @@ store:
   sqlite: {{path: store.db}}
   etcd: {{username: root, password: etcd-pass-123}}
 http: {{token: http-token-123-0123456789-abcdefghij}}
-auth: {{secret: {SECRET}, previous_secrets: [{"p" * 64}]}}
+auth: {{secret: {SECRET}, previous_secrets: [{PREVIOUS}]}}
 """,
     )
 
@@ -77,7 +78,7 @@ def test_check_prints_the_effective_config_with_secrets_masked(tmp_path: Path) -
     assert data["timings"]["ttl"] == 5 and data["timings"]["keepalive_interval"] == 1.667
     assert data["auth"] == {"secret": "***", "previous_secrets": ["***"]}
     assert data["http"]["token"] == "***" and data["store"]["etcd"]["password"] == "***"
-    for secret in (SECRET, "p" * 64, "etcd-pass-123", "http-token-123-0123456789-abcdefghij"):
+    for secret in (SECRET, PREVIOUS, "etcd-pass-123", "http-token-123-0123456789-abcdefghij"):
         assert secret not in result.output
     assert result.stderr == ""
 

@@ -177,12 +177,20 @@ class HttpSection(Section):
 
 
 def _check_secret(secret: SecretStr, what: str) -> None:
+    """The one secret check, shared with ``shoal run`` (:func:`shoal._secrets.check_secret`)."""
+    from shoal._errors import ConfigError
+    from shoal._secrets import check_secret
+
     length = len(secret.get_secret_value())
     if length < MIN_SECRET_LENGTH:
         raise ValueError(
             f"bad value '***' ({what} is {length} characters) — use at least "
             f"{MIN_SECRET_LENGTH} random characters; make one with `shoal secret generate`"
         )
+    try:
+        check_secret(secret, what=what)
+    except ConfigError as exc:
+        raise ValueError(f"bad value '***' — {exc}") from None
 
 
 class AuthSection(Section):

@@ -92,7 +92,12 @@ def config_group() -> None:
 @click.option(
     "--connect", is_flag=True, help="Also open the configured store and report reachability."
 )
-def config_check(file: Path, as_json: bool, connect: bool) -> None:
+@click.option(
+    "--app", "app_spec", metavar="MODULE:APP", default=None,
+    help="Also check the configuration against this App, as `shoal run` does (every "
+         "duties: key must name a duty, family or pool of it; for_each params must be set).",
+)
+def config_check(file: Path, as_json: bool, connect: bool, app_spec: str | None) -> None:
     """Validate FILE (plus SHOAL__* environment variables) and print the
     effective configuration, secrets masked.
 
@@ -100,6 +105,14 @@ def config_check(file: Path, as_json: bool, connect: bool) -> None:
     with --connect when the store cannot be reached.
     """
     config = load_config(file)
+    if app_spec is not None:
+        from shoal.cli.run import AppImportError, import_app
+
+        try:
+            app = import_app(app_spec)
+        except AppImportError as exc:
+            raise ConfigError(str(exc)) from None
+        app.check_config(config)
     if as_json:
         click.echo(json.dumps(config.masked(), indent=2))
     else:

@@ -126,6 +126,7 @@ def run(app_spec: str, config_file: Path | None, log_level: str, http_port: int 
     except AppImportError as exc:
         raise _fail(str(exc), EXIT_BAD_INPUT) from None
     config = load_config(config_file)  # ConfigError -> exit 2 (by the group)
+    app.check_config(config)  # a duties: key naming no duty is an error, not a no-op
     try:
         code = _run_loop(_serve(app, config, http_port))
     except NameTaken as exc:

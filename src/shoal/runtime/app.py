@@ -20,6 +20,8 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import logging
 import re
 import string
@@ -134,6 +136,21 @@ def _check_partitions(
         raise InvalidArgument(
             f"duty {name!r}: partitions are placed independently; with_duty= is not supported"
         )
+
+
+def _unmatched(key: str, names: list[str], app: str) -> str:
+    shown = sorted(names)
+    guesses = difflib.get_close_matches(key.rstrip("*").replace("_", "-"), shown, n=1, cutoff=0.5)
+    guesses = guesses or difflib.get_close_matches(key, shown, n=1, cutoff=0.5)
+    if guesses:
+        fix = f"did you mean {guesses[0]!r}?"
+        if any(c in guesses[0] for c in "-:"):
+            fix += (" (from the environment, names with '-' or ':' go in JSON: "
+                    f"SHOAL__DUTIES='{{\"{guesses[0]}\": false}}')")
+    else:
+        listed = ", ".join(shown[:10]) + (", ..." if len(shown) > 10 else "")
+        fix = f"the duties and pools of app {app!r} are: {listed or 'none'}"
+    return f"duties.{key}: matches no duty or worker pool of app {app!r} — {fix}"
 
 
 class App:
@@ -314,6 +331,29 @@ class App:
     def leader_duty(self, name: str, **kwargs: Any) -> Callable[[F], F]:
         """Declare a duty that runs on whichever node is the leader."""
         return self.duty(name, with_duty=LEADER, **kwargs)
+
+    def check_config(self, config: Any) -> list[Duty]:
+        """The app's concrete duties for ``config`` (a NodeConfig); ConfigError,
+        one line per problem, when a ``duties:`` key names no duty or pool of
+        this app (a typo would otherwise silently do nothing). A key matches a
+        duty or pool name, a family (``import`` or ``import:*``) or, ending in
+        ``*``, any duty name."""
+        duties = self.expand(config.params)
+        names = [d.name for d in duties if d.name != LEADER] + [p.name for p in self.pools]
+        # families of every declaration too: data-driven duties (for_each_doc) have
+        # no concrete names until their documents exist
+        families = {d.family for d in duties} | {family_of(d.pattern) for d in self.declarations}
+        families |= {f"{f}:*" for f in families}
+        problems = []
+        for key in config.duties:
+            if key in names or key in families or (
+                key.endswith("*") and any(fnmatch.fnmatchcase(n, key) for n in names)
+            ):
+                continue
+            problems.append(_unmatched(key, names, self.name))
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return duties
 
     def expand(
         self, params: Mapping[str, Any], docs: DocSource | None = None
