@@ -21,6 +21,7 @@ from shoal.config import (
 
 ConfigError = _errors.ConfigError
 SECRET = "gR4j9Qjxan4arkfszebe06BfpzVGsFvr7hzvAhKHHM_AbBU_iIaiOMu58I7EaP4jk6ma2SpzEPOhFVNIUb3pTA"
+ENV_SECRET = "mSA9djG0otvAFnpX6A2BUvu87nFRAHZ480u8mF7cDo7qSvyLG8oOVqcs6FZRcYZtBewrUxJ0TdowVZZbKa"
 PREVIOUS = "X2dnP-uy1u8YfYqdJWS9hUILhQcdSzXyLm1nMB0vGaZQ4roQxpIzNDVPmE1IaOOEa2oRhVbj62xeZFQ93Mfc_g"
 ENDPOINT_FIX = "use http://HOST:PORT or https://HOST:PORT"
 
@@ -341,7 +342,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
         "shoal__node__can_lead": "false",
         "SHOAL__NODE__WEIGHT": "2.5",
         "SHOAL__NODE__ZONE": "123",
-        "SHOAL__AUTH__SECRET": "mSA9djG0otvAFnpX6A2BUvu87nFRAHZ480u8mF7cDo7qSvyLG8oOVqcs6FZRcYZtBewrUxJ0TdowVZZbKa-TEg",
+        "SHOAL__AUTH__SECRET": ENV_SECRET,
         "SHOAL__TIMINGS__TTL": "3",
         "SHOAL__DUTIES__CLEANUP__ENABLED": "false",
         "SHOAL__PARAMS__ENGINES": '["x"]',
@@ -353,7 +354,7 @@ def test_env_overrides_file(tmp_path: Path) -> None:
     assert config.store.etcd.endpoints == ["http://127.0.0.1:2379", "http://b:2380"]
     assert (config.node.name, config.node.can_lead, config.node.weight) == ("n2", False, 2.5)
     assert config.node.zone == "123"  # text settings are taken verbatim
-    assert config.auth.secret is not None and config.auth.secret.get_secret_value() == "mSA9djG0otvAFnpX6A2BUvu87nFRAHZ480u8mF7cDo7qSvyLG8oOVqcs6FZRcYZtBewrUxJ0TdowVZZbKa-TEg"
+    assert config.auth.secret is not None and config.auth.secret.get_secret_value() == ENV_SECRET
     assert config.effective_timings().ttl == 3
     assert not config.duty_override("cleanup").enabled
     assert config.params == {"engines": ["x"], "label": "not json"}
