@@ -112,3 +112,12 @@ def test_config_check_and_run_share_one_secret_check(tmp_path: Path) -> None:
     assert "not random enough" in res.stderr and weak not in res.output
     res = cli("run", "shoal.demo_app:app", "-c", str(path))
     assert res.exit_code == 2 and "not random enough" in res.stderr
+
+
+def test_a_millisecond_timeout_is_told_the_unit_is_seconds() -> None:
+    with pytest.raises(ConfigError) as err:
+        NodeConfig(store={"etcd": {"timeout": 10000}})
+    assert str(err.value) == (
+        "store.etcd.timeout: bad value 10000 — use a value of at most 300 seconds (the unit is "
+        "seconds, not milliseconds: for 10000 ms write 10)"
+    )

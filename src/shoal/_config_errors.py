@@ -44,6 +44,23 @@ _FIXES: dict[str, str] = {
 
 
 _CTX_KEYS = ("gt", "ge", "lt", "le", "expected")
+# Settings measured in seconds: their range errors say so (operators coming from
+# tools that count milliseconds write 10000 for 10 s).
+SECONDS_KEYS = frozenset({
+    "timeout", "ttl", "keepalive_interval", "safety_margin", "rebalance_delay",
+    "drain_timeout", "grace", "retry_backoff_max",
+})
+_RANGE_KINDS = frozenset({"greater_than", "greater_than_equal", "less_than", "less_than_equal"})
+
+
+def _with_unit(fix: str, loc: Loc, kind: str, value: Any) -> str:
+    if not loc or str(loc[-1]) not in SECONDS_KEYS or kind not in _RANGE_KINDS:
+        return fix
+    fix += " seconds"
+    if kind.startswith("less") and isinstance(value, int | float) and value >= 1000:
+        seconds = _num(value / 1000)
+        fix += f" (the unit is seconds, not milliseconds: for {value} ms write {seconds})"
+    return fix
 
 
 def _num(value: Any) -> Any:
@@ -197,6 +214,7 @@ def problem_lines(
                 fix = fix[:1].lower() + fix[1:]
             else:
                 fix = fix.format(**{k: _num(ctx.get(k, "")) for k in _CTX_KEYS})
+                fix = _with_unit(fix, loc, kind, err.get("input"))
             text = f"bad value {show(err.get('input'), secret=secret)} — {fix}"
         line = f"{dotted(loc)}: {text}{locate(loc, sources)}"
         if line not in lines:

