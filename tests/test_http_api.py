@@ -76,24 +76,38 @@ async def test_health_and_ready_follow_the_node_phase(cluster: Cluster) -> None:
         health = (await http.get("/health")).json()
         assert health == {"status": "ok", "node": "a", "phase": "STOPPED"}
         resp = await http.get("/ready")
-        assert resp.status_code == 503 and resp.json()["reason"] == "not_joined"
+        assert resp.status_code == 503 and resp.json()["reason"] == "starting"
         await a.start()
         await cluster.add("b")
         await cluster.run(0.5)
         resp = await http.get("/ready")
         assert resp.status_code == 200 and resp.json()["ready"] is True, resp.text
-        cluster.links["a"].cut()  # store lost: SUSPENDED, state stale -> not ready
-        await cluster.run(2.0)
+        assert resp.json()["stale"] is False
+        assert (await http.get("/ready?coordinated=1")).status_code == 200
+        cluster.links["a"].cut()  # store lost: keep serving from the stale cache
+        await cluster.run(TTL + 1.0)
+        assert a.phase == "LOST"
         resp = await http.get("/ready")
-        assert resp.status_code == 503 and resp.json()["reason"] in ("not_joined", "stale")
+        body = resp.json()
+        assert resp.status_code == 200 and body["reason"] == "stale", resp.text
+        assert body["stale"] is True and body["stale_seconds"] >= TTL
+        resp = await http.get("/ready?coordinated=1")  # but it holds no lease
+        assert resp.status_code == 503 and resp.json()["reason"] == "not_coordinated"
         assert (await http.get("/health")).status_code == 200  # still alive
         cluster.links["a"].heal()
-        await cluster.run(2.0)
-        assert (await http.get("/ready")).status_code == 200
+        await cluster.run(3.0)
+        assert (await http.get("/ready?coordinated=1")).status_code == 200
+        assert (await http.get("/ready")).json()["stale"] is False
+        assert (await http.get("/ready?role=api")).status_code == 200
+        resp = await http.get("/ready?role=frontend")  # not a frontend node
+        assert resp.status_code == 503 and resp.json()["reason"] == "no_role"
+        assert_error(await http.get("/ready?coordinated=maybe"), 400, "invalid_query")
         await a.drain()
         resp = await http.get("/ready")
         assert resp.status_code == 503 and resp.json()["reason"] == "draining"
         assert (await http.get("/health")).status_code == 200
+        await a.aclose()
+        assert (await http.get("/ready")).status_code == 503
 
 
 # -- cluster view -----------------------------------------------------------------------------

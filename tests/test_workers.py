@@ -51,10 +51,10 @@ class Journal:
         return {n: s for n, s in out.items() if s}
 
 
-def pool_app(journal: Journal, per_node: int = 4) -> App:
+def pool_app(journal: Journal, per_node: int = 4, needs_store: bool = False) -> App:
     app = App("t")
 
-    @app.workers(POOL, per_node=per_node, roles=["ingest"])
+    @app.workers(POOL, per_node=per_node, roles=["ingest"], needs_store=needs_store)
     async def worker(ctx: WorkerContext) -> None:
         journal.events.append((ctx.node, ctx.worker_index, "start"))
         try:
@@ -174,9 +174,29 @@ async def test_drain_stops_workers(cluster_factory: Any) -> None:
     assert "i1" not in c.nodes["i2"].members
 
 
-async def test_lost_node_stops_workers_and_restarts_them_on_rejoin(cluster_factory: Any) -> None:
+async def test_workers_keep_running_through_a_store_outage(cluster_factory: Any) -> None:
     journal = Journal()
     c = cluster_factory(pool_app(journal))
+    await ingest_and_frontend(c)
+    c.links["i1"].blackhole()  # partition: keep-alives hang
+    await c.run(TTL + 1.0)
+    assert c.nodes["i1"].phase == "LOST" and not c.nodes["i1"].runners  # duties stopped
+    assert journal.live()["i1"] == {0, 1, 2, 3}  # the pool needs no coordination: it runs
+    assert not [e for e in journal.events if e[0] == "i1" and e[2] == "stop"]
+    c.links["i1"].heal()
+    await c.run(4.0)
+    assert c.nodes["i1"].phase == "ACTIVE"
+    assert journal.live()["i1"] == {0, 1, 2, 3}
+    assert [e for e in journal.events if e[0] == "i1" and e[2] == "start"] == [
+        ("i1", i, "start") for i in range(4)]  # never restarted
+    assert await c.record("i1") == {POOL: 4}
+
+
+async def test_lost_node_stops_needs_store_workers_and_restarts_them_on_rejoin(
+    cluster_factory: Any,
+) -> None:
+    journal = Journal()
+    c = cluster_factory(pool_app(journal, needs_store=True))
     await ingest_and_frontend(c)
     c.links["i1"].blackhole()  # partition: keep-alives hang
     await c.run(TTL + 1.0)

@@ -261,12 +261,19 @@ async def _lifetime(node: Node, config: NodeConfig, stop: asyncio.Event, signals
 
     async with asyncio.TaskGroup() as group:  # owns the reporter: it ends with the node
         reporter = group.create_task(report())
-        await stopper
-        click.echo(f"{signals[0]}: draining")
+        giving_up = group.create_task(node.gave_up.wait())
+        await asyncio.wait({stopper, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+        giving_up.cancel()
+        if node.fatal is not None:
+            click.echo(f"node {node.name} gave up: {node.fatal}", err=True)
+        else:
+            click.echo(f"{signals[0]}: draining")
         try:
             await node.aclose()  # the HTTP API keeps answering (/ready: 503) while draining
         finally:
             reporter.cancel()
+    if node.fatal is not None:
+        raise node.fatal  # NameTaken -> exit 2
     click.echo(f"node {node.name} stopped")
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from shoal.core.node_state import Phase
+from shoal.http._ready import readiness as ready_for_traffic
 from shoal.primitives.membership import Member
 from shoal.primitives.ownership import Owner
 from shoal.runtime.app import LEADER
@@ -23,19 +23,9 @@ __all__ = ["MAX_NAMESPACES", "cluster_json", "cluster_view", "readiness"]
 
 
 def readiness(status: NodeStatus) -> tuple[bool, str, str]:
-    """(ready, reason code, message). Ready = joined (ACTIVE), the replicated
-    state is in sync (not stale) and the node is not draining."""
-    name, phase = status.name, status.phase
-    if status.draining:
-        return False, "draining", f"node {name} is draining (handing its duties over)"
-    if phase is not Phase.ACTIVE:
-        return False, "not_joined", f"node {name} is {phase}, not ACTIVE"
-    if status.store.stale:
-        return False, "stale", (
-            f"replicated state is stale for {status.store.stale_seconds:.1f} s (store "
-            "unreachable or not loaded yet)"
-        )
-    return True, "ready", f"node {name} is ACTIVE and in sync"
+    """(ready, reason code, message) for user traffic: see :mod:`shoal.http._ready`."""
+    r = ready_for_traffic(status)
+    return r.ready, r.reason, r.message
 
 
 def session_json(session: SessionStatus | None) -> dict[str, Any] | None:

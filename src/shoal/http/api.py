@@ -64,9 +64,10 @@ from shoal.http._common import (
 from shoal.http._events import EventFeed
 from shoal.http._metrics import CONTENT_TYPE, node_registry, render_metrics
 from shoal.http._openapi import NODE_NAME_RULE, openapi_document
+from shoal.http._ready import readiness
 from shoal.http._redact import redact_view
 from shoal.http._schedules import schedule_routes
-from shoal.http._view import cluster_view, readiness
+from shoal.http._view import cluster_view
 from shoal.http.session_middleware import SessionMiddleware
 from shoal.runtime._state_model import check_names, check_namespace, short_repr
 from shoal.runtime.control import NodeNotLive, drain_in_background, request_drain
@@ -216,10 +217,18 @@ class _Api:
         return JSONResponse({"status": "ok", "node": self.node.name, "phase": self.node.phase})
 
     async def ready(self, request: Request) -> Response:
-        ok, reason, message = readiness(self.node.status())
-        body = {"ready": ok, "node": self.node.name, "phase": self.node.phase,
-                "reason": reason, "message": message}
-        return JSONResponse(body, status_code=200 if ok else 503)
+        query = request.query_params
+        flag = query.get("coordinated", "0")
+        if flag not in ("0", "1", "true", "false"):
+            raise _BadRequest("invalid_query", "coordinated must be 1 or 0 (or true, false)")
+        role = query.get("role") or None
+        if role is not None and len(role) > 63:
+            raise _BadRequest("invalid_query", "role is at most 63 characters")
+        status = self.node.status()
+        r = readiness(status, role=role, coordinated=flag in ("1", "true"))
+        body = {"ready": r.ready, "node": status.name, "phase": status.phase,
+                "reason": r.reason, "message": r.message, **r.details}
+        return JSONResponse(body, status_code=200 if r.ready else 503)
 
     def authenticated(self, request: Request) -> bool:
         """Whether an open endpoint may show full error texts (not counted as a failure)."""
@@ -250,6 +259,17 @@ class _Api:
             version=self.version, root_path=root, public_state=self.public_state))
 
     # -- guarded endpoints -----------------------------------------------------------
+    def guard_input(self, handler: Handler) -> Handler:
+        """An open endpoint whose bad input is a 400 (no credentials needed)."""
+
+        async def checked(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except _BadRequest as exc:
+                return error(400, exc.code, str(exc))
+
+        return checked
+
     def caller(self, request: Request) -> Caller | None:
         """The authenticated caller, or None (the refusal is counted and logged)."""
         who = identify(request, self.token, self.management_role)
@@ -436,7 +456,7 @@ def create_app(
     routes = [
         Route("/", api.dashboard, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
-        Route("/ready", api.ready, methods=["GET"]),
+        Route("/ready", api.guard_input(api.ready), methods=["GET"]),
         Route("/cluster", api.cluster, methods=["GET"]),
         Route("/metrics", api.metrics, methods=["GET"]),
         Route("/events", api.events, methods=["GET"]),

@@ -64,6 +64,7 @@ class PoolDecl:
     fn: Callable[..., Any]
     per_node: int
     roles: frozenset[str] = frozenset()
+    needs_store: bool = False  # stop while the node has lost its lease
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +299,8 @@ class App:
         return register
 
     def workers(
-        self, name: str, *, per_node: int, roles: list[str] | tuple[str, ...] = ()
+        self, name: str, *, per_node: int, roles: list[str] | tuple[str, ...] = (),
+        needs_store: bool = False,
     ) -> Callable[[F], F]:
         """Declare a worker pool: ``per_node`` concurrent copies of the function
         on EVERY eligible node (roles match, not disabled in the node's config).
@@ -306,7 +308,11 @@ class App:
         Not a singleton: no ownership key, no fencing token. Each copy gets a
         context with ``ctx.worker_index`` (0 .. per_node-1), ``ctx.stopping``
         and ``ctx.sleep``; a copy that raises is restarted with backoff. A node
-        may override the count: ``duties: {NAME: {per_node: 2}}``."""
+        may override the count: ``duties: {NAME: {per_node: 2}}``.
+
+        Copies keep running through a store outage (they need no coordination)
+        unless ``needs_store=True``: then they stop when the node loses its lease
+        and start again when it rejoins."""
         if not _NAME.match(name) or "{" in name:
             raise InvalidArgument(
                 f"invalid worker pool name {name!r}: use letters, digits and ._:/-"
@@ -323,7 +329,7 @@ class App:
             )
 
         def register(fn: F) -> F:
-            self._pools[name] = PoolDecl(name, fn, per_node, frozenset(roles))
+            self._pools[name] = PoolDecl(name, fn, per_node, frozenset(roles), needs_store)
             return fn
 
         return register

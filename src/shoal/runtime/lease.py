@@ -22,7 +22,8 @@ import logging
 from collections.abc import Callable
 
 from shoal._clock import Clock
-from shoal._errors import NameTaken, NotRunning, StoreError
+from shoal._errors import LeaseNotFound, NameTaken, NotRunning, StoreError
+from shoal._outage import OutageLog
 from shoal._retry import Backoff
 from shoal.core import node_state as fsm
 from shoal.core.node_state import Phase
@@ -35,7 +36,9 @@ from shoal.store.protocol import Store
 
 log = logging.getLogger("shoal.node")
 
-__all__ = ["LeaseKeeper"]
+__all__ = ["REJOIN_PROBE_MAX", "LeaseKeeper"]
+
+REJOIN_PROBE_MAX = 1.0  # seconds between store probes / rejoin attempts at most
 
 
 class LeaseKeeper:
@@ -59,6 +62,11 @@ class LeaseKeeper:
         self.session: LeaseSession | None = None
         self.lost = asyncio.Event()  # set by the node while LOST: probe() runs
         self._tally = tally
+        self._outage = OutageLog(log, f"node {name}: the store")  # rate-limited lines
+        # Set when the node cannot go on by itself (its name was taken while it was
+        # away): ``fatal`` says why; the node's owner (``shoal run``) stops it.
+        self.gave_up = asyncio.Event()
+        self.fatal: Exception | None = None
 
     def link_down_since(self) -> float | None:
         """When the last keep-alive was acknowledged, while the lease is in doubt (not
@@ -73,7 +81,10 @@ class LeaseKeeper:
             self._feed(event)
 
     def _backoff(self) -> Backoff:
-        limit = max(0.1, self._settings().retry_backoff_max)
+        # At most REJOIN_PROBE_MAX s between attempts, whatever retry_backoff_max: the
+        # store's return is noticed within a second, not after a back-off grown during
+        # a long outage (the p99 "store back -> duty started" in docs/guarantees.md).
+        limit = min(REJOIN_PROBE_MAX, max(0.1, self._settings().retry_backoff_max))
         return Backoff(0.1, limit, clock=self.clock)
 
     async def join(self) -> None:
@@ -112,18 +123,30 @@ class LeaseKeeper:
                 self._feed(fsm.StoreBack())
 
     async def rejoin(self, old_lease: int | None) -> None:
-        """The ``Rejoin`` action (see the module docstring)."""
-        if old_lease is not None:
-            with contextlib.suppress(StoreError, NotRunning):
-                await self.store.revoke(old_lease)
+        """The ``Rejoin`` action (see the module docstring). The old lease is revoked
+        first (it may have outlived the outage: etcd renews leases on a leader change),
+        so ``NameTaken`` then means another live node holds the name: give up (G6,
+        :attr:`gave_up`)."""
         backoff = self._backoff()
+        revoked = old_lease is None
         while not self._closing() and self._phase() is Phase.JOINING:
             try:
+                if not revoked:
+                    assert old_lease is not None
+                    with contextlib.suppress(LeaseNotFound):
+                        await self.store.revoke(old_lease)
+                    revoked = True
                 await self.join()
                 self._tally.rejoins += 1
+                self._outage.recovered("rejoin")
                 return
-            except (StoreError, NameTaken) as exc:
-                log.warning("node %s: rejoin failed: %s", self.name, exc)
+            except NameTaken as exc:  # another live node took our name meanwhile
+                log.error("node %s: gave up rejoining: %s", self.name, exc)
+                self.fatal = exc
+                self.gave_up.set()
+                return
+            except StoreError as exc:
+                self._outage.failed("rejoin", f"rejoin failed: {exc}")
             except NotRunning:  # the store was closed under us: the node is closing
                 return
             await backoff.sleep()

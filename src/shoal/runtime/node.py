@@ -184,6 +184,21 @@ class Node:
     def draining(self) -> bool:
         return self._fsm.draining
 
+    @property
+    def closing(self) -> bool:
+        """True once :meth:`aclose` (or :meth:`abandon`) started."""
+        return self._closing
+
+    @property
+    def gave_up(self) -> asyncio.Event:
+        """Set when the node cannot go on by itself (its name was taken by another
+        live node while it was away); :attr:`fatal` says why (``NameTaken``)."""
+        return self._lease.gave_up
+
+    @property
+    def fatal(self) -> Exception | None:
+        return self._lease.fatal
+
     def status(self) -> NodeStatus:
         """An immutable snapshot of everything this node knows (no I/O)."""
         return build_status(
@@ -222,7 +237,7 @@ class Node:
         """Carry out one action: at once, or as a tracked task for store I/O."""
         if isinstance(action, fsm.StopAllDuties):
             self._duties.stop_all(action.reason)
-            self.pools.stop_now(f"lease lost: {action.reason}")
+            self.pools.stop_now(f"lease lost: {action.reason}", store_lost=True)
         elif isinstance(action, fsm.StopPlacing):
             self._duties.placing = False
         elif isinstance(action, fsm.StartPlacing):

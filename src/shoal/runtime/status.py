@@ -129,6 +129,9 @@ class NodeStatus:
     time: float
     # every schedule (shoal.runtime.schedule_view rows: owner, next run, last runs, counts)
     schedules: tuple[Mapping[str, Any], ...] = ()
+    roles: tuple[str, ...] = ()  # this node's roles (readiness by role)
+    synced: bool = True  # replicated state loaded at least once (False: starting)
+    stopping: bool = False  # closing (after a drain)
 
     @property
     def is_leader(self) -> bool:
@@ -177,6 +180,9 @@ def build_status(
         store=_store(node.state),
         time=node.clock.time(),
         schedules=tuple(schedule_rows(node, owners or {})),
+        roles=tuple(node.settings.roles),
+        synced=node.state.ready,
+        stopping=node.closing,
     )
 
 

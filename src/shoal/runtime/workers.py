@@ -171,6 +171,7 @@ class WorkerPools:
         self.clock = clock
         self.sizes = pool_sizes(pools, settings)
         self._fns = {p.name: p.fn for p in pools if p.name in self.sizes}
+        self._need_store = {p.name for p in pools if p.needs_store}
         self._publish = publish
         self._on_crash = on_crash
         self.publish_interval = publish_interval
@@ -221,9 +222,15 @@ class WorkerPools:
             )
         self._dirty.set()
 
-    def stop_now(self, reason: str) -> None:
-        """Cancel every copy at once (lease lost, node closing)."""
-        copies, self.copies = self.copies, {}
+    def stop_now(self, reason: str, *, store_lost: bool = False) -> None:
+        """Cancel every copy at once (node closing). ``store_lost``: the lease
+        was lost — only pools declared ``needs_store=True`` stop; the others
+        keep consuming through the outage (they need no coordination)."""
+        if store_lost:
+            copies = {n: r for n, r in self.copies.items() if n in self._need_store}
+            self.copies = {n: r for n, r in self.copies.items() if n not in self._need_store}
+        else:
+            copies, self.copies = self.copies, {}
         for runners in copies.values():
             for runner in runners:
                 runner.cancel_now(reason)

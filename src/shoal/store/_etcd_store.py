@@ -44,6 +44,7 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
+from shoal._outage import OutageLog
 from shoal._retry import Backoff
 from shoal.store import _etcd_conn as conn
 from shoal.store import _etcd_pb as pb
@@ -102,6 +103,7 @@ class EtcdStore:
         self._auth_lock = asyncio.Lock()
         self._closed = False
         self._seen_revision = 0  # highest store revision any response showed
+        self._outage = OutageLog(logging.getLogger("shoal.store.etcd"), f"etcd ({prefix})")
         self._kv = KVService(channel, max_attempts=3)
         self._lease = LeaseService(channel, max_attempts=3)
         self._auth = AuthService(channel, max_attempts=1)
@@ -486,6 +488,7 @@ class EtcdStore:
             closed=lambda: self._closed,
             credentials=bool(self._username),
             timeout=self._timeout,
+            outage=self._outage,
         )
         if start_revision is not None and start_revision > 0:
             return _watch(ctx, full, range_end(full), start_revision, from_now=False)

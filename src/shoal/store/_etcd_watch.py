@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from shoal._errors import Compacted, StoreAuthError, StoreError
+from shoal._outage import OutageLog
 from shoal._retry import Backoff
 from shoal.store import _etcd_pb as pb
 from shoal.store._etcd_errors import NeedReauth, is_transient, translate
@@ -34,6 +36,7 @@ from shoal.store.protocol import Event
 
 _log = logging.getLogger("shoal.store.etcd")
 
+_WATCH_IDS = itertools.count(1)
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 1.0
 _AUTH_REASONS = ("permission denied", "invalid auth token", "auth store is old")
@@ -50,12 +53,14 @@ class WatchContext:
     closed: Callable[[], bool]
     credentials: bool
     timeout: float
+    outage: OutageLog | None = None  # shared by the store's watches: rate-limited lines
 
 
 async def watch(
     ctx: WatchContext, key: bytes, range_end: bytes, start_revision: int, *, from_now: bool
 ) -> AsyncGenerator[Event, None]:
     resume = start_revision  # 0: the server's current revision + 1
+    who = f"watch {key!r} #{next(_WATCH_IDS)}"
     skip = 0
     delivered = False
     backoff = Backoff(_BACKOFF_START, _BACKOFF_MAX)
@@ -90,6 +95,8 @@ async def watch(
                     if resume == 0:
                         resume = int(resp.header.revision) + 1
                     backoff.reset()
+                    if ctx.outage is not None:
+                        ctx.outage.recovered(who)
                     reauthed = False
                 for ev in resp.events:
                     rev = int(ev.kv.mod_revision)
@@ -128,12 +135,13 @@ async def watch(
                 raise (
                     err if not isinstance(err, NeedReauth) else StoreAuthError(str(err))
                 ) from exc
-            _log.warning(
-                "etcd watch interrupted (%s); reconnecting from revision %d within %.2fs",
-                err,
-                resume,
-                backoff.ceiling(),
-            )
+            if ctx.outage is not None:
+                ctx.outage.failed(who, f"watch: {err}")
+            else:
+                _log.warning(
+                    "etcd watch interrupted (%s); reconnecting from revision %d within %.2fs",
+                    err, resume, backoff.ceiling(),
+                )
         finally:
             call.cancel()
         await backoff.sleep()
