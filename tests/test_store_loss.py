@@ -127,7 +127,8 @@ def test_an_outage_is_logged_once_then_every_30_s_then_once_back(
     for i in range(4):
         outage.recovered(f"watch {i}")
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "etcd unreachable (connection refused); retrying, next report in 30 s at most"
+    assert lines[0] == (
+        "etcd unreachable (connection refused); retrying, next report in 30 s at most")
     assert [line.split(" (")[0] for line in lines[1:-1]] == [
         "etcd still unreachable after 30 s", "etcd still unreachable after 60 s",
         "etcd still unreachable after 90 s"]

@@ -54,7 +54,10 @@ _SCHEMAS: dict[str, Any] = {
             "ready": {"type": "boolean"},
             "node": {"type": "string"},
             "phase": {"type": "string"},
-            "reason": {"enum": ["ready", "draining", "not_joined", "stale"]},
+            "reason": {"enum": ["ready", "stale", "starting", "draining", "stopping",
+                                "stopped", "not_coordinated", "no_role"]},
+            "stale": {"type": "boolean"},
+            "stale_seconds": {"type": "number"},
             "message": {"type": "string"},
         },
     },
@@ -195,6 +198,12 @@ _SCHEMAS: dict[str, Any] = {
     },
 }
 
+_COORDINATED = {"name": "coordinated", "in": "query", "required": False,
+                "description": "1: also require the lease (phase ACTIVE)",
+                "schema": {"type": "string", "enum": ["0", "1", "true", "false"]}}
+_ROLE = {"name": "role", "in": "query", "required": False,
+         "description": "also require this node role",
+         "schema": {"type": "string", "maxLength": 63}}
 _NS = {"name": "ns", "in": "path", "required": True,
        "schema": {"type": "string", "pattern": NAMESPACE_RULE, "maxLength": 128}}
 _KEY = {"name": "key", "in": "path", "required": True,
@@ -245,9 +254,10 @@ def openapi_document(
         }})},
         "/health": {"get": _op("Liveness: 200 while the process runs",
                                {"200": _json(_ref("Health"), "Alive")})},
-        "/ready": {"get": _op("Readiness: joined, in sync, not draining", {
+        "/ready": {"get": _op("Readiness for user traffic (also from a stale cache)", {
             "200": _json(_ref("Ready"), "Ready"), "503": _json(_ref("Ready"), "Not ready"),
-        })},
+            "400": _err("Bad query parameter"),
+        }, params=[_COORDINATED, _ROLE])},
         "/cluster": {"get": _op("The cluster as this node sees it",
                                 {"200": _json(_ref("ClusterView"), "Cluster view")})},
         "/metrics": {"get": _op("Prometheus metrics", {"200": {
