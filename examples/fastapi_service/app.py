@@ -9,7 +9,10 @@ Every copy embeds a Shoal node in the app's lifespan (``async with node``):
 * **a duty** — ``report-mailer`` runs on exactly one copy at a time and writes
   its report with a fenced write (``guard=ctx.guard()``) into replicated state,
   which every copy reads locally (``GET /report``);
-* **Shoal's HTTP API and dashboard** mounted at ``/shoal/``.
+* **Shoal's HTTP API and dashboard** mounted at ``/shoal/``; a load balancer
+  health-checks ``/shoal/ready`` (examples/haproxy/haproxy.cfg);
+* **store lost** — reads keep working from the local copy; a write answers
+  ``503`` with a clear message (``StoreUnavailable``) instead of a 500.
 
 Run two copies (the same secret on both; SQLite file next to node.yaml)::
 
@@ -35,6 +38,7 @@ from typing import Annotated, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 import shoal
@@ -95,6 +99,12 @@ def create_api(config: NodeConfig) -> FastAPI:
     api = FastAPI(title="shop", lifespan=lifespan)
     api.add_middleware(SessionMiddleware, manager=manager)
 
+    @api.exception_handler(shoal.StoreUnavailable)
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # the store is lost: reads still work, writes must wait for it (retry later)
+        return JSONResponse({"error": {"code": "store_unavailable", "message": str(exc)}},
+                            status_code=503, headers={"Retry-After": "2"})
+
     @api.post("/login")
     async def login(form: Login, response: Response) -> dict[str, str]:
         # a real service checks a password here
@@ -109,6 +119,14 @@ def create_api(config: NodeConfig) -> FastAPI:
     @api.post("/logout", status_code=204)
     async def logout(session: Annotated[Session, Depends(require_session)]) -> None:
         await revoke_session(nodes["node"].state, session)  # on every copy
+
+    @api.post("/visits")
+    async def visit(session: Annotated[Session, Depends(require_session)]) -> dict[str, Any]:
+        state = nodes["node"].state
+        doc = state.get("visits", session.subject)
+        count = (doc.value if doc else 0) + 1
+        await state.put("visits", session.subject, count)  # replicated; 503 if store lost
+        return {"user": session.subject, "visits": count, "served_by": nodes["node"].name}
 
     @api.get("/report")
     async def report() -> dict[str, Any]:
