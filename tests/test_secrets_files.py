@@ -159,8 +159,8 @@ def test_a_backup_of_another_cluster_is_refused_unless_forced(tmp_path: Path) ->
     asyncio.run(_seed(tmp_path / "b.db", {"state/cfg/y": b"2"}))
     res = cli("state", "set", str(backup), "-c", str(b))
     assert res.exit_code == 2, res.output
-    assert f"from cluster 'billing' (sqlite {tmp_path / 'a.db'})" in res.stderr
-    assert f"not from cluster 'billing' (sqlite {tmp_path / 'b.db'})" in res.stderr
+    assert f"from cluster 'billing' (sqlite path {tmp_path / 'a.db'})" in res.stderr
+    assert f"not from cluster 'billing' (sqlite path {tmp_path / 'b.db'})" in res.stderr
     assert "(0 changed, 1 removed)" in res.stderr
     assert "--force" in res.stderr and res.stderr.count("\n") == 1
     forced = cli("state", "set", str(backup), "-c", str(b), "--force")

@@ -20,13 +20,15 @@ from pydantic import (
     model_validator,
 )
 
+from shoal._errors import ConfigError
+from shoal._secrets import MIN_SECRET_LENGTH as MIN_SECRET_LENGTH
+from shoal._secrets import check_secret
 from shoal.store.registry import Backend, backend_names, get_backend, load_backends
 from shoal.store.registry import Section as Section
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 _NAME_FIX = "use 1 to 63 letters, digits, '.', '_' or '-', starting with a letter or digit"
 _ROLE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,62}")
-MIN_SECRET_LENGTH = 64
 
 
 def check_name(value: str) -> str:
@@ -178,9 +180,6 @@ class HttpSection(Section):
 
 def _check_secret(secret: SecretStr, what: str) -> None:
     """The one secret check, shared with ``shoal run`` (:func:`shoal._secrets.check_secret`)."""
-    from shoal._errors import ConfigError
-    from shoal._secrets import check_secret
-
     length = len(secret.get_secret_value())
     if length < MIN_SECRET_LENGTH:
         raise ValueError(

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import click
 
-from shoal._errors import StoreUnavailable
+from shoal._errors import ConfigError, StoreUnavailable
 from shoal.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,

@@ -223,6 +223,10 @@ _IF_NONE_MATCH = {
 }
 
 
+_FORBIDDEN = _err("A session without the management role, or a write to Shoal's own "
+                  "namespace (sessions)")
+
+
 def _op(summary: str, responses: dict[str, Any], *, secure: bool = False,
         params: list[dict[str, Any]] | None = None, **more: Any) -> dict[str, Any]:
     op: dict[str, Any] = {"summary": summary, "responses": responses}
@@ -285,18 +289,20 @@ def openapi_document(
             }, secure=secure_reads, params=[_NS, _KEY]),
             "put": _op("Write a document (the body is its JSON value)", {
                 "200": _json(_ref("WriteResult"), "Written"), **write_errors,
+                "403": _FORBIDDEN,
             }, secure=True, params=[_NS, _KEY, _IF_MATCH, _IF_NONE_MATCH], requestBody={
                 "required": True, "content": {"application/json": {"schema": {}}},
             }),
             "delete": _op("Delete a document", {
                 "200": _json(_ref("WriteResult"), "Deleted (deleted=false: it did not exist)"),
-                **write_errors,
+                **write_errors, "403": _FORBIDDEN,
             }, secure=True, params=[_NS, _KEY, _IF_MATCH]),
         },
         "/nodes/{name}/drain": {"post": _op("Drain a node (hand its duties over, leave)", {
             "202": _json(_ref("DrainResult"), "Drain started or requested"),
             "400": bad_name, "404": _err("No live node of that name"),
             "413": _err("Body too large"), "503": _err("Store unavailable"),
+            "403": _FORBIDDEN,
         }, secure=True, params=[_NAME])},
         "/schedules": {"get": _op("Schedules: owner, next run, last runs, lateness", {
             "200": _json({"type": "object"}, "Schedules"),
