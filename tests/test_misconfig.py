@@ -121,3 +121,69 @@ def test_a_millisecond_timeout_is_told_the_unit_is_seconds() -> None:
         "store.etcd.timeout: bad value 10000 — use a value of at most 300 seconds (the unit is "
         "seconds, not milliseconds: for 10000 ms write 10)"
     )
+
+
+# -- session secrets that differ between nodes --------------------------------------------------
+async def test_a_node_with_a_secret_the_others_lack_is_shown_everywhere(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from shoal._secrets import generate_secret, key_id
+    from shoal.cli.status import render
+    from shoal.http._view import cluster_view
+    from shoal.runtime.node import Node
+    from shoal.runtime.settings import NodeSettings
+    from shoal.store.memory import MemoryStore
+    from shoal.testing.clock import FakeClock
+
+    old, new = generate_secret(), generate_secret()
+    configs = {
+        "a": NodeConfig(node={"name": "a"}, auth={"secret": old}),
+        "b": NodeConfig(node={"name": "b"}, auth={"secret": new, "previous_secrets": [old]}),
+        "c": NodeConfig(node={"name": "c"}, auth={"secret": new}),
+    }
+    settings = {n: NodeSettings.from_config(c) for n, c in configs.items()}
+    assert settings["b"].key_ids == (key_id(new), key_id(old))
+    assert all(old not in repr(s) and new not in repr(s) for s in settings.values())
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    caplog.set_level(logging.WARNING, "shoal.node")
+    nodes = [Node(App("t"), s, store=store, clock=clock) for s in settings.values()]
+    try:
+        for node in nodes:
+            await node.start()
+        await clock.run_for(1.0, step=0.1)
+        view = cluster_view(nodes[0])
+        assert {n["name"]: n["keys"] for n in view["nodes"]}["b"] == [key_id(new), key_id(old)]
+        assert view["warnings"] == [
+            f"node a signs sessions with key {key_id(old)}, which c does not accept — give "
+            "every node the same auth.secret (list the old one in auth.previous_secrets while "
+            "rotating)",
+            f"node b signs sessions with key {key_id(new)}, which a does not accept — give "
+            "every node the same auth.secret (list the old one in auth.previous_secrets while "
+            "rotating)",
+            f"node c signs sessions with key {key_id(new)}, which a does not accept — give "
+            "every node the same auth.secret (list the old one in auth.previous_secrets while "
+            "rotating)",
+        ]
+        assert f"WARNING: node a signs sessions with key {key_id(old)}" in render(view)
+        logged = [r.getMessage() for r in caplog.records if "signs sessions" in r.getMessage()]
+        assert any(m.startswith("node a: node c signs") for m in logged)
+        assert old not in caplog.text and new not in caplog.text
+    finally:
+        for node in nodes:
+            await node.aclose()
+
+
+def test_matching_secrets_and_nodes_without_sessions_give_no_warning() -> None:
+    from shoal.primitives.membership import Member
+    from shoal.runtime._keys import secret_warnings
+
+    members = {"a": Member("a", keys=("k1", "k0")), "b": Member("b", keys=("k1",)),
+               "c": Member("c")}  # c: no auth.secret, no sessions
+    assert secret_warnings(members) == []
+    members["d"] = Member("d", keys=("k0", "k1"))  # rotating: signs with the old one
+    assert secret_warnings(members) == [
+        "node d signs sessions with key k0, which b does not accept — give every node the "
+        "same auth.secret (list the old one in auth.previous_secrets while rotating)"]

@@ -220,7 +220,9 @@ def render(view: dict[str, Any], source: str = "") -> str:
     if view.get("owners_known") is False:
         owned_text = "owners unknown: the node is not ACTIVE"
     out = [head, f"nodes {view.get('node_count')} · leader {view.get('leader') or 'NONE'} · "
-                 f"duties {len(duties)} ({owned_text}) · {store_text}", ""]
+                 f"duties {len(duties)} ({owned_text}) · {store_text}"]
+    out += [f"WARNING: {line}" for line in view.get("warnings", [])]
+    out.append("")
     rows = []
     lease_notes = []
     for n in view.get("nodes", []):

@@ -15,6 +15,7 @@ from typing import Any
 from shoal.http._ready import readiness as ready_for_traffic
 from shoal.primitives.membership import Member
 from shoal.primitives.ownership import Owner
+from shoal.runtime._keys import secret_warnings
 from shoal.runtime.app import LEADER
 from shoal.runtime.schedule_view import summary
 from shoal.runtime.status import MAX_NAMESPACES, NodeStatus, SessionStatus
@@ -81,6 +82,7 @@ def cluster_json(
             "started_at": m.started_at, "draining": m.draining, "disabled": list(m.disabled),
             "leader": name == leader, "self": name == me,
             "duties": sorted(owned.get(name, [])), "workers": dict(m.workers),
+            "keys": list(m.keys),  # key ids of its session secrets, current first
         }
         entry.update((extra or {}).get(name, {}))
         nodes.append(entry)
@@ -129,5 +131,7 @@ def cluster_view(status: NodeStatus) -> dict[str, Any]:
         "counters": status.counters.as_dict(),
         "schedules": [summary(row) for row in status.schedules],
         "time": status.time,
+        # misconfiguration seen across the cluster (a session secret others lack)
+        "warnings": secret_warnings(status.members),
     })
     return view

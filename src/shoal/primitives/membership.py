@@ -30,6 +30,7 @@ class Member:
     disabled: tuple[str, ...] = ()  # duty names / families disabled on this node
     draining: bool = False
     workers: tuple[tuple[str, int], ...] = ()  # (pool, running copies); JSON: {pool: n}
+    keys: tuple[str, ...] = ()  # key ids of the session secrets it accepts, current first
     lease: int = field(default=0, compare=False)
     revision: int = field(default=0, compare=False)
 
@@ -45,6 +46,7 @@ class Member:
         data = json.loads(kv.value)
         data["roles"] = tuple(data.get("roles", ()))
         data["disabled"] = tuple(data.get("disabled", ()))
+        data["keys"] = tuple(str(k) for k in data.get("keys", ()))
         workers = data.get("workers", {})
         data["workers"] = tuple(sorted((str(k), int(v)) for k, v in workers.items()))
         known = set(Member.__dataclass_fields__)

@@ -36,6 +36,7 @@ from shoal.primitives.membership import NODES, Member
 from shoal.primitives.mirror import Mirror
 from shoal.primitives.ownership import DUTIES, Owner
 from shoal.primitives.session import LeaseSession
+from shoal.runtime._keys import warn_about_keys
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.control import watch_control
 from shoal.runtime.data_duties import documents_of, follow_documents
@@ -110,6 +111,7 @@ class Node:
             feed=self._feed, phase=lambda: self._fsm.phase, closing=lambda: self._closing,
             member=self._member, on_joined=self._on_joined, tally=self._tally,
         )
+        self._key_warnings: frozenset[str] = frozenset()  # logged already
         # worker pools (shoal.runtime.workers): per-node copies, not singletons
         self.pools = WorkerPools(
             app.pools, settings, store=store, clock=self.clock,
@@ -329,7 +331,7 @@ class Node:
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
             version=VERSION, started_at=self._started_at, can_lead=s.can_lead,
             disabled=s.disabled, draining=self.draining,
-            workers=tuple(sorted(self.pools.counts().items())),
+            workers=tuple(sorted(self.pools.counts().items())), keys=s.key_ids,
         )
 
     def _on_joined(self, session: LeaseSession) -> None:
@@ -360,6 +362,7 @@ class Node:
         for name in new.keys() & old.keys():
             if new[name] != old[name]:
                 self._emit("updated", name)
+        self._key_warnings = warn_about_keys(new, self._key_warnings, self.name)
         self._duties.members_changed(new)
 
     def _owners_changed(self, events: list[Event] | None) -> None:

@@ -11,6 +11,16 @@ if TYPE_CHECKING:
     from shoal.config import NodeConfig
 
 
+def _key_ids(config: NodeConfig) -> tuple[str, ...]:
+    from shoal._secrets import key_id
+
+    auth = config.auth
+    if auth.secret is None:
+        return ()
+    ids = [key_id(auth.secret), *(key_id(s) for s in auth.previous_secrets)]
+    return tuple(dict.fromkeys(ids))
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """Everything a Node needs to know about itself, resolved.
@@ -48,6 +58,9 @@ class NodeSettings:
     per_node: dict[str, int] = field(default_factory=dict)
     # config ``duties: {NAME or family:*: {cron | every}}`` -> (cron, every seconds)
     schedule_overrides: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
+    # key ids (shoal._secrets.key_id) of auth.secret then auth.previous_secrets: announced
+    # in the node record so a node signing with a secret the others lack is visible
+    key_ids: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: NodeConfig, *, workers: Iterable[str] = ()) -> NodeSettings:
@@ -78,6 +91,7 @@ class NodeSettings:
             params=dict(config.params),
             reaper=config.reaper.enabled and backend.reaper is not None,
             reaper_store=reaper_store, per_node=per_node, schedule_overrides=schedules,
+            key_ids=_key_ids(config),
         )
 
     @property
