@@ -99,6 +99,10 @@ async def test_shoal_namespaces_are_never_writable_through_the_api(node: Node) -
     assert node.state.get("sessions", "subject:victim") is None
     assert node.state.get("sessions", "subject:mallory") is not None
     assert manager.verify(victim).subject == "victim"
+    async with client(node) as http:  # control keys live outside state/: unreachable
+        resp = await http.put("/state/control/drain/a", json={"by": "x"}, headers=AUTH)
+        assert resp.status_code == 200
+    assert (await node.store.get("control/drain/a")) is None and not node.draining
 
 
 def test_the_management_token_is_long_and_never_empty() -> None:

@@ -4,7 +4,9 @@ log the outage sparingly, come back fast, and give up when the name was taken.""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -133,3 +135,44 @@ def test_an_outage_is_logged_once_then_every_30_s_then_once_back(
         "etcd still unreachable after 30 s", "etcd still unreachable after 60 s",
         "etcd still unreachable after 90 s"]
     assert lines[-1] == "etcd reachable again after 99.8 s" and len(lines) == 5
+
+
+# -- a real `shoal run` process -----------------------------------------------------------------
+async def _lease_of(db: Path, name: str) -> int:
+    from shoal.primitives.membership import NODES
+    from shoal.store.sqlite import SqliteStore
+
+    store = await SqliteStore.open(db)
+    try:
+        kv = await store.get(NODES + name)
+        if kv is None:
+            return 0
+        return kv.lease if await store.lease_ttl(kv.lease) >= 0 else 0
+    finally:
+        await store.aclose()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_shoal_run_exits_2_when_its_name_was_taken_while_it_was_paused(tmp_path: Path) -> None:
+    import asyncio
+
+    from shoal.testing.procs import ProcCluster
+
+    db = tmp_path / "shoal.db"
+    base = {"cluster": "names", "store": {"backend": "sqlite", "sqlite": {"path": str(db)}},
+            "timings": {"preset": "local"}, "reaper": {"enabled": True}}
+    with ProcCluster(tmp_path, base) as procs:
+        first = procs.spawn("a")
+        first.wait_for(r"joined cluster", timeout=60)
+        first.sigstop()  # paused longer than its lease: the store expires it
+        deadline = time.monotonic() + 30
+        while asyncio.run(_lease_of(db, "a")):
+            assert time.monotonic() < deadline, "the paused node's lease never expired"
+            time.sleep(0.1)
+        twin = procs.spawn("a")  # another process takes the name meanwhile
+        twin.wait_for(r"joined cluster", timeout=60)
+        first.sigcont()
+        assert first.wait_exit(30) == 2
+        assert "NameTaken" in first.output() and "held by a live node" in first.output()
+        assert twin.alive
