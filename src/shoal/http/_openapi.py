@@ -249,6 +249,8 @@ def openapi_document(
         "409": _err("If-Match did not match: error.current_revision holds the revision now"),
         "413": _err("Body or document too large"),
         "503": _err("Store unavailable (state stale): nothing written"),
+        # a key with a line break or other control character matches no route at all
+        "404": _err("No such path (a key with a control character)"),
     }
     secure_reads = not public_state
     paths: dict[str, Any] = {
