@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -138,11 +139,12 @@ def test_an_outage_is_logged_once_then_every_30_s_then_once_back(
 
 
 # -- a real `shoal run` process -----------------------------------------------------------------
-async def _lease_of(db: Path, name: str) -> int:
+async def _lease_of(endpoints: list[str], prefix: str, name: str) -> int:
+    """The live lease holding node ``name``'s record, else 0."""
     from shoal.primitives.membership import NODES
-    from shoal.store.sqlite import SqliteStore
+    from shoal.store.etcd import EtcdStore
 
-    store = await SqliteStore.open(db)
+    store = await EtcdStore.open(endpoints, prefix=prefix)
     try:
         kv = await store.get(NODES + name)
         if kv is None:
@@ -153,21 +155,25 @@ async def _lease_of(db: Path, name: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.etcd
 @pytest.mark.timeout(120)
-def test_shoal_run_exits_2_when_its_name_was_taken_while_it_was_paused(tmp_path: Path) -> None:
+def test_shoal_run_exits_2_when_its_name_was_taken_while_it_was_paused(
+    tmp_path: Path, etcd_endpoints: list[str]
+) -> None:
     import asyncio
 
     from shoal.testing.procs import ProcCluster
 
-    db = tmp_path / "shoal.db"
-    base = {"cluster": "names", "store": {"backend": "sqlite", "sqlite": {"path": str(db)}},
+    prefix = f"/names-{uuid.uuid4().hex[:8]}"  # etcd: a paused process holds no lock
+    base = {"cluster": "names",
+            "store": {"backend": "etcd", "etcd": {"endpoints": etcd_endpoints, "prefix": prefix}},
             "timings": {"preset": "local"}, "reaper": {"enabled": True}}
     with ProcCluster(tmp_path, base) as procs:
         first = procs.spawn("a")
         first.wait_for(r"joined cluster", timeout=60)
         first.sigstop()  # paused longer than its lease: the store expires it
         deadline = time.monotonic() + 30
-        while asyncio.run(_lease_of(db, "a")):
+        while asyncio.run(_lease_of(etcd_endpoints, prefix, "a")):
             assert time.monotonic() < deadline, "the paused node's lease never expired"
             time.sleep(0.1)
         twin = procs.spawn("a")  # another process takes the name meanwhile
