@@ -102,7 +102,7 @@ async def test_rejoin_revokes_the_old_lease_that_outlived_the_outage(cluster: Cl
     assert await cluster.store.lease_ttl(old) >= 0  # the store still holds the old lease
     cluster.links[a].heal()
     took = await cluster.until(lambda: a.phase == "ACTIVE" and "importer" in a.runners, 5)
-    assert took < 0.5 and not a.gave_up.is_set()  # not "NameTaken" by our own old record
+    assert took <= 1.5 and not a.gave_up.is_set()  # not "NameTaken" by our own old record
     assert await cluster.store.lease_ttl(old) == -1
 
 
