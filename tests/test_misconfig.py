@@ -154,7 +154,7 @@ async def test_a_node_with_a_secret_the_others_lack_is_shown_everywhere(
         for node in nodes:
             await node.start()
         await clock.run_for(1.0, step=0.1)
-        view = cluster_view(nodes[0])
+        view = cluster_view(nodes[0].status())
         assert {n["name"]: n["keys"] for n in view["nodes"]}["b"] == [key_id(new), key_id(old)]
         assert view["warnings"] == [
             f"node a signs sessions with key {key_id(old)}, which c does not accept — give "

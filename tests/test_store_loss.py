@@ -71,14 +71,14 @@ async def cluster() -> AsyncIterator[Cluster]:
 async def test_ownership_is_unknown_while_the_node_is_not_active(cluster: Cluster) -> None:
     a = await cluster.add("a")
     await cluster.run(2.0)
-    view = cluster_view(a)
-    assert view["ownership_known"] is True and view["duties"][0]["owner"] in ("a", None)
+    view = cluster_view(a.status())
+    assert view["owners_known"] is True and view["duties"][0]["owner"] in ("a", None)
     cluster.links[a].cut()
     await cluster.until(lambda: a.phase == "LOST", TTL + 1)
-    assert cluster_view(a)["ownership_known"] is False
+    assert cluster_view(a.status())["owners_known"] is False
     cluster.links[a].heal()
     await cluster.until(lambda: a.phase == "ACTIVE", 3)
-    assert cluster_view(a)["ownership_known"] is True
+    assert cluster_view(a.status())["owners_known"] is True
 
 
 async def test_rejoin_after_a_long_outage_is_prompt(cluster: Cluster) -> None:
