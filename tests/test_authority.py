@@ -99,6 +99,13 @@ async def test_shoal_namespaces_are_never_writable_through_the_api(node: Node) -
     assert node.state.get("sessions", "subject:victim") is None
     assert node.state.get("sessions", "subject:mallory") is not None
     assert manager.verify(victim).subject == "victim"
+    from shoal.runtime.schedule import RESERVED_NAMESPACES as SCHEDULE_NAMESPACES
+
+    async with client(node) as http:  # the schedules' records and triggers too
+        for ns in sorted(SCHEDULE_NAMESPACES):
+            resp = await http.put(f"/state/{ns}/nightly", json={"x": 1}, headers=AUTH)
+            assert resp.status_code == 403, resp.text
+            assert resp.json()["error"]["code"] == "reserved_namespace"
     async with client(node) as http:  # control keys live outside state/: unreachable
         resp = await http.put("/state/control/drain/a", json={"by": "x"}, headers=AUTH)
         assert resp.status_code == 200
