@@ -44,7 +44,7 @@ class SimCluster:
     def node(self, name: str, app: App | None = None, **settings: Any) -> Node:
         """Make node ``name`` without starting it (NodeSettings fields override
         the defaults); it is closed with the cluster."""
-        link = FaultyStore(self.store)
+        link = FaultyStore(self.store, self.clock)
         merged = {**self.defaults, **settings}
         node = Node(app or self.app, NodeSettings(name=name, **merged), store=link,
                     clock=self.clock)
