@@ -7,7 +7,9 @@ adds two things the generic checker does not know about this run:
   once only when the older one had a write acknowledged in the overlap, which fencing
   (G2) prevents; so an overlap that G1 alone should have prevented (the older owner
   was not paused) is found here, as a ``g1_overlap`` violation;
-* :func:`outage_recovery` -- seconds from the store's return to each duty started.
+* :func:`outage_recovery` -- seconds from the store's return to each duty started;
+* :func:`outage_reads` -- reads in each whole-store outage (from ``outage_grace_s`` on), so
+  a G5 check that saw no read at all (and so passed vacuously) shows.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from shoal.testing.history import (
 )
 
 __all__ = [
-    "ChaosResult", "analyse", "latest_applied", "outage_recovery", "unexplained_overlaps"
+    "ChaosResult", "analyse", "latest_applied", "outage_reads", "outage_recovery",
+    "unexplained_overlaps",
 ]
 
 FAULT_ORDER = ("kill9", "pause", "partition", "member_kill", "store_outage", "crash")
@@ -45,6 +48,7 @@ class ChaosResult:
     planned: list[str] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)  # e.g. a node that exited by itself
     recovery: list[float] = field(default_factory=list)  # store back -> each duty started
+    outage_reads: list[int] = field(default_factory=list)  # reads in each outage window
     final_revisions: dict[str, int] = field(default_factory=dict)
     unknown_writes: int = 0
     reads: int = 0
@@ -96,6 +100,8 @@ def _order(kind: str) -> int:
 
 
 def _hms(t: float) -> str:
+    if not math.isfinite(t):
+        return "the end of the run"
     return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
 
 
@@ -141,6 +147,15 @@ def outage_recovery(recs: Sequence[Record], duties: Iterable[str]) -> list[float
     return out
 
 
+def outage_reads(
+    recs: Sequence[Record], windows: Sequence[tuple[float, float]], grace: float
+) -> list[int]:
+    """Per outage window ``(start, end)``: the reads recorded from ``start + grace`` to
+    ``end`` -- the span that :func:`~shoal.testing.history.check` holds to G5."""
+    times = sorted(r.t for r in recs if r.kind == "read")
+    return [sum(a + grace <= t <= b for t in times) for a, b in windows]
+
+
 def latest_applied(history: Path, nodes: Iterable[str]) -> dict[str, int]:
     """Each node's last recorded ``applied_revision`` (from the tail of its file)."""
     out: dict[str, int] = {}
@@ -160,15 +175,16 @@ def analyse(
     duties: Sequence[str], bound_s: float, outage_grace_s: float, **extra: Any,
 ) -> ChaosResult:
     """Check the run's records (G1-G5, see the module doc); ``extra``: ChaosResult fields."""
+    windows = outage_windows(recs, "store_outage")
     report = check(
         recs, final_state=final_state, final_revisions=final_revisions, bound_s=bound_s,
-        duties=duties, outage_windows=outage_windows(recs, "store_outage"),
-        outage_grace_s=outage_grace_s,
+        duties=duties, outage_windows=windows, outage_grace_s=outage_grace_s,
     )
     report.violations += unexplained_overlaps(recs)
     report.violations.sort(key=lambda v: (v.t if v.t is not None else math.inf, v.kind))
     return ChaosResult(
         report, recovery=outage_recovery(recs, duties), final_revisions=dict(final_revisions),
+        outage_reads=outage_reads(recs, windows, outage_grace_s),
         unknown_writes=sum(r.kind == "write_refused" and bool(r.data.get("unknown"))
                            for r in recs),
         reads=sum(r.kind == "read" for r in recs), bound_s=bound_s, **extra,
