@@ -199,8 +199,13 @@ async def test_watch_from_now(single: EtcdCluster) -> None:
         await b.compact(await b.revision())  # a's resume point is gone
         async with aclosing(stale):
             pending = asyncio.ensure_future(anext(stale))
-            await asyncio.sleep(0.3)  # the stream is up (from the server's "now")
-            await b.put("z", b"after")
+            # sentinel writes until the stream (from the server's "now") delivers one:
+            # no sleep guessing when it is up; none of the compacted "y" writes may come
+            for i in range(50):
+                await b.put("z", b"after %d" % i)
+                done, _ = await asyncio.wait({pending}, timeout=0.1)
+                if done:
+                    break
             assert (await asyncio.wait_for(pending, 5)).kv.key == "z"
     finally:
         await a.aclose()
@@ -271,11 +276,17 @@ async def test_malformed_endpoint_is_config_error(endpoints: list[str]) -> None:
 
 
 async def test_hostname_endpoint_is_resolved(single: EtcdCluster) -> None:
-    s = await EtcdStore.open([single.endpoints[0].replace("127.0.0.1", "localhost")])
+    prefix = f"/host{time.monotonic_ns()}"
+    s = await EtcdStore.open([single.endpoints[0].replace("127.0.0.1", "localhost")],
+                             prefix=prefix)
+    direct = await EtcdStore.open(single.endpoints, prefix=prefix)
     try:
-        await s.revision()
+        rev = await s.put("k", b"via localhost")
+        kv = await direct.get("k")  # the same server, reached by its IP
+        assert kv is not None and kv.value == b"via localhost" and kv.mod_revision == rev
     finally:
         await s.aclose()
+        await direct.aclose()
 
 
 # -- TLS ------------------------------------------------------------------------------
@@ -301,7 +312,12 @@ async def test_tls_with_client_certificate(tls_cluster: EtcdCluster) -> None:
         cert_file=str(tls_cluster.client_cert_file),
         key_file=str(tls_cluster.client_key_file),
     )
-    await s.aclose()
+    try:
+        rev = await s.put("tls/b", b"2")
+        kv = await s.get("tls/b")
+        assert kv is not None and kv.value == b"2" and kv.mod_revision == rev
+    finally:
+        await s.aclose()
 
 
 async def test_tls_failures(tls_cluster: EtcdCluster, tmp_path: Path) -> None:
@@ -570,3 +586,20 @@ def test_cluster_endpoints_and_cleanup(single: EtcdCluster, trio: EtcdCluster) -
         assert all(e.startswith("http://127.0.0.1:") for e in cluster.endpoints)
         assert not any(e.endswith(":2379") for e in cluster.endpoints)
     assert len(trio.endpoints) == len(set(trio.endpoints)) == 3
+    own = EtcdCluster(members=1)
+    with own:
+        pids = [p for p in own.pids() if p is not None]
+        work = own._work_dir
+        assert pids and work is not None and work.exists() and own.running
+    for pid in pids:  # every member process is gone (reaped; the PID may be reused)
+        assert not Path(f"/proc/{pid}").exists() or _not_etcd(pid)
+    assert not work.exists() and not own.running
+
+
+def _not_etcd(pid: int) -> bool:
+    """True if /proc/pid is not a live etcd (PID reused by another program)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return True
+    return b"etcd" not in cmd

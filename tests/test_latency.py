@@ -177,6 +177,6 @@ async def test_faulty_store_modes_on_their_own() -> None:
     link.heal()
     with pytest.raises(StoreUnavailable, match="answer dropped"):
         await task
-    with pytest.raises(ValueError, match="delay must be >= 0"):
+    with pytest.raises(ValueError, match="delay: must be >= 0"):
         link.slow(-1)
     await store.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections import Counter
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from shoal._errors import DutyLost, NameTaken
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
+from shoal.store.protocol import Put
 from shoal.testing.clock import FixedRandom
 from shoal.testing.cluster import SimCluster
 
@@ -50,9 +52,14 @@ def assert_single_owners(c: Cluster) -> None:
 
 async def test_balanced_distribution_after_rebalance_delay(cluster_factory: Any) -> None:
     c = cluster_factory(managers_app(12))
-    for name in ("a", "b", "c"):
-        await c.add(name)
-        await c.run(0.5)
+    await c.add("a")
+    await c.run(1.0)
+    assert set(c.owners().values()) == {"a"} and len(c.owners()) == 13
+    await c.add("b")
+    await c.add("c")
+    delay = c.defaults["rebalance_delay"]
+    await c.run(delay - 0.3)  # membership stable for less than rebalance_delay
+    assert set(c.owners().values()) == {"a"}, "a duty moved before rebalance_delay"
     await c.run(5.0)
     counts = Counter(c.owners()[f"m{i}"] for i in range(12))
     assert sorted(counts.values()) == [4, 4, 4]
@@ -228,33 +235,64 @@ async def test_crashing_duty_is_restarted_with_backoff(
         raise RuntimeError("boom")
 
     c = cluster_factory(app)
-    a = await c.add("a", crash_backoff=1.0)
-    await c.run(8.0)
+    a = await c.add("a", crash_backoff=1.0, crash_backoff_max=4.0)
+    await c.run(20.0)
     gaps = [round(b - a_, 1) for a_, b in itertools.pairwise(calls)]
-    assert gaps[:3] == [0.5, 1.0, 2.0]  # half of 1, 2, 4: the jitter draws 0.5
+    # half of 1, 2, 4, 4, 4 (the jitter draws 0.5): doubles, then held at the cap
+    assert gaps[:5] == [0.5, 1.0, 2.0, 2.0, 2.0]
     assert a.runners["flaky"].crashes == len(calls)
     assert a.counters["crashes"] == len(calls)
 
 
 async def test_sync_duty_runs_in_a_thread(cluster_factory: Any) -> None:
     seen: list[str] = []
+    wrote = threading.Event()
+    loop_thread = threading.get_ident()
     app = App("t")
 
     @app.duty("sync-job")
     def job(ctx: DutyContext) -> None:
-        seen.append(ctx.name)
+        seen.append(threading.current_thread().name)
+        assert threading.get_ident() != loop_thread  # not on the event loop's thread
         ctx.put_sync("state/sync", b"1")
+        wrote.set()
         ctx.stopping.wait_sync(5.0)
 
     c = cluster_factory(app)
     a = await c.add("a")
-    for _ in range(50):
-        await c.run(0.1)
-        await asyncio.sleep(0.01)
-        if await c.store.get("state/sync"):
-            break
-    assert seen == ["sync-job"]
+    await c.run(0.5)
+    assert await asyncio.to_thread(wrote.wait, 10)  # the loop stays free meanwhile
+    assert len(seen) == 1 and seen[0] != threading.current_thread().name
+    assert (await c.store.get("state/sync")).value == b"1"  # type: ignore[union-attr]
     await a.drain()
+
+
+async def test_superseded_sync_and_txn_writes_are_refused(cluster_factory: Any) -> None:
+    """G2 for every fenced path of a context: ``put``, ``txn`` and ``put_sync``."""
+    contexts: list[DutyContext] = []
+    app = App("t")
+
+    @app.duty("job")
+    async def job(ctx: DutyContext) -> None:
+        contexts.append(ctx)
+        await ctx.stopping.wait()
+
+    c = cluster_factory(app)
+    await c.add("a")
+    await c.run(1.0)
+    await c.add("b")
+    await c.run(1.0)
+    old = contexts[-1]
+    await old.txn([], [Put("state/t", b"ok")])  # while it owns the duty: accepted
+    c.links[old.node].blackhole()
+    await c.run(TTL + 2.0)
+    assert contexts[-1].node != old.node
+    c.links[old.node].heal()
+    with pytest.raises(DutyLost):
+        await old.txn([], [Put("state/t", b"stale")])
+    with pytest.raises(DutyLost):
+        await asyncio.to_thread(old.put_sync, "state/t", b"stale")
+    assert (await c.store.get("state/t")).value == b"ok"  # type: ignore[union-attr]
 
 
 async def test_duty_writes_fenced_state_through_its_context(cluster_factory: Any) -> None:

@@ -16,8 +16,16 @@ from shoal import _errors
 
 
 def test_every_public_name_resolves() -> None:
+    """Each name is the real object, defined in shoal under that name (not a stand-in)."""
+    assert "App" in shoal.__all__
     for name in shoal.__all__:
-        assert getattr(shoal, name) is not None, name
+        if name == "__version__":
+            assert isinstance(shoal.__version__, str) and shoal.__version__[0].isdigit()
+            continue
+        obj = getattr(shoal, name)
+        assert obj.__module__.startswith("shoal."), (name, obj.__module__)
+        assert obj.__name__ == name, (name, obj)
+        assert getattr(importlib.import_module(obj.__module__), name) is obj
 
 
 def test_importing_shoal_loads_nothing_heavy() -> None:

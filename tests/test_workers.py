@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from typing import Any
 
 import pytest
@@ -210,24 +211,25 @@ async def test_lost_node_stops_needs_store_workers_and_restarts_them_on_rejoin(
 
 
 async def test_sync_worker_runs_in_a_thread_and_has_no_token(cluster_factory: Any) -> None:
-    seen: list[int] = []
+    seen: list[tuple[int, int]] = []  # (worker index, thread id)
+    both = threading.Barrier(3)  # the two workers and the test meet here
     app = App("t")
 
     @app.workers("sync-pool", per_node=2)
     def worker(ctx: WorkerContext) -> None:
-        seen.append(ctx.worker_index)
+        seen.append((ctx.worker_index, threading.get_ident()))
         with pytest.raises(TypeError, match="no fencing token"):
             ctx.put_sync("state/x", b"1")
+        both.wait(10)
         while ctx.sleep_sync(0.01):
             pass
 
     c = cluster_factory(app)
     node = await c.add("a")
-    for _ in range(100):
-        await c.run(0.1)
-        await asyncio.sleep(0.01)
-        if len(seen) == 2:
-            break
-    assert sorted(seen) == [0, 1]
+    await c.run(0.5)
+    await asyncio.to_thread(both.wait, 10)  # both copies are running, each in a thread
+    assert sorted(i for i, _ in seen) == [0, 1]
+    threads = {tid for _, tid in seen}
+    assert len(threads) == 2 and threading.get_ident() not in threads
     await node.drain()
     assert node.workers_status() == {"sync-pool": {"running": 0, "restarts": 0}}

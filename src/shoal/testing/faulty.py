@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import StoreUnavailable
+from shoal._errors import InvalidArgument, StoreUnavailable
 from shoal.store.protocol import (
     Compare,
     Event,
@@ -91,13 +91,13 @@ class FaultyStore:
 
     def slow(self, seconds: float, calls: Iterable[str] | None = None) -> None:
         if seconds < 0:
-            raise ValueError(f"delay must be >= 0 s, got {seconds}")
+            raise InvalidArgument(f"delay: must be >= 0 s, got {seconds}")
         self.delay = seconds
         self.delay_calls = None if calls is None else frozenset(calls)
 
     def delay_acks(self, seconds: float) -> None:
         if seconds < 0:
-            raise ValueError(f"delay must be >= 0 s, got {seconds}")
+            raise InvalidArgument(f"delay: must be >= 0 s, got {seconds}")
         self.ack_delay = seconds
 
     def drop_acks(self) -> None:
