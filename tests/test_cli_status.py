@@ -198,15 +198,20 @@ def test_status_falls_back_to_the_store(tmp_path: Path) -> None:
 
 
 def test_status_errors_are_one_line(tmp_path: Path) -> None:
+    results = []
     res = shoal("status")
+    results.append(res)
     assert res.returncode == 2 and res.stderr.startswith("error: say where the cluster is")
     port = free_port()  # nothing listens there
     res = shoal("status", "--url", f"http://127.0.0.1:{port}")
+    results.append(res)
     assert res.returncode == 1 and res.stderr.startswith(f"error: cannot reach http://127.0.0.1:{port}")
     missing = tmp_path / "missing.yaml"
     missing.write_text(yaml.safe_dump({"store": {"sqlite": {"path": str(tmp_path / "no.db")}}}))
     res = shoal("status", "--config", str(missing))
+    results.append(res)
     assert res.returncode == 2 and "does not exist" in res.stderr
-    for r in (res,):
-        assert len(r.stderr.strip().splitlines()) == 1
+    for r in results:  # every one: a single "error:" line, no traceback, nothing on stdout
+        assert r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+        assert r.stderr.startswith("error: ") and "Traceback" not in r.stderr and not r.stdout
     assert not (tmp_path / "no.db").exists()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -352,7 +351,7 @@ def test_recorder_is_safe_across_threads(tmp_path: Path) -> None:
     assert len(load_history([tmp_path / "t.jsonl"])) == 1200
 
 
-def test_checker_is_fast_on_a_long_history() -> None:
+def test_checker_on_a_long_history() -> None:
     hist: list[dict[str, Any]] = []
     t, rev = 0.0, 0
     for epoch in range(200):
@@ -368,9 +367,7 @@ def test_checker_is_fast_on_a_long_history() -> None:
             hist.append(r(t, node, "applied_revision", revision=rev))
         hist.append(r(t, "h", "fault", fault="kill9", target=node))
         t += 0.1
-    started = time.perf_counter()
-    report = check(hist, final_state={"k": rev}, bound_s=1.0)
-    assert time.perf_counter() - started < 3.0
+    report = check(hist, final_state={"k": rev}, bound_s=1.0)  # speed: benchmarks/unit_timings.py
     assert report.ok, report.summary()
     assert report.failover["kill9"].count == 199 and report.failover["kill9"].missing == 1
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import time
 from collections import Counter
 
 import pytest
@@ -76,7 +75,8 @@ def test_balanced_falls_back_when_eligible_nodes_are_full() -> None:
     assert all(o is not None for o in result.wanted.values())
 
 
-def test_fifty_nodes_ten_thousand_duties_is_fast() -> None:
+def test_fifty_nodes_ten_thousand_duties() -> None:
+    """Every duty placed (the time it takes: benchmarks/unit_timings.py)."""
     nodes = [
         n(
             f"node-{i}",
@@ -88,7 +88,7 @@ def test_fifty_nodes_ten_thousand_duties_is_fast() -> None:
     ]
     duties = [DutySpec(f"import:{i}" if i % 5 == 0 else f"duty-{i}") for i in range(10_000)]
     for balanced in (False, True):
-        started = time.perf_counter()
         result = place(duties, nodes, {}, balanced=balanced)
-        assert time.perf_counter() - started < 5.0  # ~0.5 s here; generous for shared CPUs
         assert all(o is not None for o in result.wanted.values())
+        off = {f"node-{i}" for i in range(0, 50, 7)}  # import:* disabled there
+        assert not any(result.wanted[f"import:{i}"] in off for i in range(0, 10_000, 5))

@@ -389,7 +389,8 @@ async def test_raw_keys_that_are_not_documents_are_ignored(cluster: Cluster) -> 
     assert a.state.get("cfg", "raw").value == "fixed" and "cfg/raw" not in a.state.invalid  # type: ignore[union-attr]
 
 
-async def test_reads_are_local_and_fast(cluster: Cluster) -> None:
+async def test_reads_are_local(cluster: Cluster) -> None:
+    """Reads never touch the store (their speed: benchmarks/unit_timings.py)."""
     a = await cluster.add("a")
     for chunk in range(10):
         await a.state.transaction([PutDoc("ns", f"k{chunk}-{i}", i) for i in range(100)])
@@ -397,15 +398,10 @@ async def test_reads_are_local_and_fast(cluster: Cluster) -> None:
     assert a.state.size == 1000
     keys = [f"k{i % 10}-{i % 100}" for i in range(1000)]
     calls = sum(cluster.links["a"].calls.values())
-    get = a.state.get
-    started = time.perf_counter()
-    for _ in range(200):
-        for key in keys:
-            get("ns", key)
-    elapsed = time.perf_counter() - started
+    for key in keys:
+        doc = a.state.get("ns", key)
+        assert doc is not None and doc.value == int(key.split("-")[1])
     assert sum(cluster.links["a"].calls.values()) == calls  # no I/O
-    rate = 200_000 / elapsed
-    assert rate > 500_000, f"{rate:,.0f} reads/s"
 
 
 async def test_closed_state_keeps_its_copy_and_refuses_the_rest() -> None:
