@@ -18,7 +18,7 @@ DOC = ROOT / "docs" / "guarantees.md"
 
 # The tables of the doc that are guarantees x faults: each must have a `tests` column.
 MAPPED_SECTIONS = (
-    "The guarantees", "Session (one lease per node)", "Membership", "Leader", "Duties",
+    "The guarantees", "Lease session (one lease per node)", "Membership", "Leader", "Duties",
     "Replicated state", "Store backends",
 )
 TEST_ID = re.compile(r"`(tests/[\w/]+\.py(?:::\w+)+)`")
@@ -115,7 +115,7 @@ def test_every_guarantee_has_a_row() -> None:
 
 
 DOC_OK = """
-## Session (one lease per node)
+## Lease session (one lease per node)
 
 | fault | promised | tests |
 |---|---|---|
@@ -131,16 +131,16 @@ DOC_OK = """
                         "see the process tests"), "names no test"),
         (DOC_OK.replace("::test_every_row", "::test_no_such_row"), "does not exist"),
         (DOC_OK.replace("test_guarantee_map.py", "test_gone.py"), "does not exist"),
-        (DOC_OK.replace("## Session", "## Sessions"), "no table"),
+        (DOC_OK.replace("## Lease session", "## Sessions"), "no table"),
     ],
 )
 def test_the_map_check_catches_a_broken_row(doc: str, expected: str) -> None:
-    found = [p for p in problems(doc) if p.startswith("section 'Session") or "crash" in p]
+    found = [p for p in problems(doc) if p.startswith("section 'Lease") or "crash" in p]
     assert any(expected in p for p in found), found
 
 
 def test_a_good_row_passes_and_classes_and_methods_are_collected() -> None:
-    assert not [p for p in problems(DOC_OK) if "Session" in p]
+    assert not [p for p in problems(DOC_OK) if "Lease session" in p]
     ids = collected("tests/test_guarantee_map.py")
     assert "test_the_map_check_catches_a_broken_row" in ids
     assert "tables" not in ids  # helpers are not tests

@@ -113,8 +113,8 @@ async def test_slow_keepalives_stop_duties_by_the_deadline(cluster: SimCluster) 
     c.links[owner].slow(TTL - MARGIN - 0.5, calls={"keepalive"})  # acked 0.5 s before it
     await w.run(4 * TTL)
     assert w.lost.get(owner), "the slow node never gave up its lease"
-    assert any(n == owner for n, _, _ in w.stops)
-    assert ("job", "b" if owner == "a" else "a") in w.ran  # taken over, without overlap
+    stops = [(t, d) for n, t, d in w.stops if n == owner]
+    assert stops and all(t <= d + 1e-9 for t, d in stops)  # each time by its deadline
 
 
 async def test_late_acks_stop_duties_by_the_deadline(cluster: SimCluster) -> None:

@@ -193,3 +193,14 @@ def test_plan_invariants(v: View) -> None:
             anchor = v.owners.get(d.with_duty)
             if anchor is None or anchor.node != ME or d.with_duty in released:
                 assert d.name in released  # it follows its anchor away
+
+
+def test_a_dependent_of_a_stale_anchor_is_released_too() -> None:
+    """Found by test_plan_invariants: X held by my PREVIOUS lease is released as stale, so a
+    duty following X on my current lease must go too (acquire demands X on this lease)."""
+    duties = [duty("x"), duty("y", with_duty="x")]
+    owners = {"x": owner("x", lease=OLD, token=3), "y": owner("y", token=4)}
+    acts = plan(view(duties, owners=owners, running={"y": 4}))
+    assert [a for a in acts if isinstance(a, Release)] == [
+        Release("y", 4, "follows x, which left this node"),
+        Release("x", 3, "stale record of a previous session")]

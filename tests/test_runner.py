@@ -11,11 +11,13 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.runner import DutyRunner
 from shoal.store.memory import MemoryStore
-from shoal.testing.clock import FakeClock
+from shoal.testing.clock import FakeClock, FixedRandom
 from shoal.testing.cluster import SimCluster
 
 
@@ -25,7 +27,8 @@ def make(fn: Callable[..., Any] | None, clock: FakeClock, **kw: Any) -> DutyRunn
     return DutyRunner(fn, ctx, clock, **kw)
 
 
-async def test_crash_backoff_doubles_up_to_its_cap() -> None:
+async def test_crash_backoff_doubles_up_to_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))  # half the ceiling
     clock = FakeClock()
     calls: list[float] = []
     crashes: list[str] = []
@@ -39,8 +42,8 @@ async def test_crash_backoff_doubles_up_to_its_cap() -> None:
     runner.start()
     await clock.run_for(30.0, step=0.5)
     gaps = [b - a for a, b in itertools.pairwise(calls)]
-    assert gaps[:5] == [1.0, 2.0, 4.0, 4.0, 4.0]  # capped at backoff_max
-    assert all(g == 4.0 for g in gaps[2:])
+    assert gaps[:5] == [0.5, 1.0, 2.0, 2.0, 2.0]  # half of 1, 2, 4 then the 4 s cap
+    assert all(g == 2.0 for g in gaps[2:])
     assert runner.crashes == len(calls) == len(crashes) and crashes[0] == "d: boom 1"
     assert runner.status == "crashed" and runner.last_error == f"RuntimeError: boom {len(calls)}"
     await runner.stop("test")
@@ -158,14 +161,15 @@ async def test_a_storm_of_changes_is_planned_in_few_passes() -> None:
         await c.store.delete("nodes/a")  # its record goes first: b is the preferred node
         await c.run(0.5)  # a quiet spell: the first event is acted on at once
         passes = 0
-        real = b.reconcile
+        reconciler = b._duties  # the node's reconcile loop (runtime/reconcile.py)
+        real = reconciler.reconcile
 
-        async def counted() -> None:
+        async def counted(*args: Any) -> None:
             nonlocal passes
             passes += 1
-            await real()
+            await real(*args)
 
-        b.reconcile = counted  # type: ignore[method-assign]
+        reconciler.reconcile = counted  # type: ignore[method-assign]
         for duty in mine:
             await c.store.delete(f"duties/{duty}")
             for _ in range(10):

@@ -87,7 +87,8 @@ def plan(view: View) -> list[Action]:
             reason = ""
             if duty.with_duty is not None:
                 anchor = view.owners.get(duty.with_duty)
-                if duty.with_duty in releasing or anchor is None or anchor.node != me:
+                if (duty.with_duty in releasing or anchor is None or anchor.node != me
+                        or anchor.lease != view.lease):  # X is a stale record: leaving too
                     reason = f"follows {duty.with_duty}, which left this node"
             elif not duty.sticky and wanted not in (None, me) and stable:
                 reason = f"rebalance to {wanted}"
