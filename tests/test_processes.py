@@ -25,8 +25,10 @@ import pytest
 
 from shoal._errors import NameTaken
 from shoal.config import StoreSection, parse_config
+from shoal.primitives.ownership import guard
 from shoal.runtime.thread import NodeThread
 from shoal.store.factory import open_store
+from shoal.store.protocol import Put
 from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import REPO, NodeProcess, ProcCluster
 
@@ -155,10 +157,23 @@ async def _writers_since(store_config: dict[str, Any], key: str, revision: int) 
         await store.aclose()
 
 
+async def _write_with_token(store_config: dict[str, Any], token: int) -> bool:
+    """Try a write fenced by ``ticker``'s ``token``, as the paused owner would."""
+    store = await open_store(StoreSection(**store_config))
+    try:
+        res = await store.txn([guard("ticker", token)], [Put("state/ticker", b"stale")])
+        return res.succeeded
+    finally:
+        await store.aclose()
+
+
 def test_sigstop_longer_than_ttl_is_replaced_and_fenced(
     cluster: ProcCluster, store_config: dict[str, Any]
 ) -> None:
     owner, other = two_nodes(cluster)
+    match = re.search(started("ticker"), owner.output())
+    assert match is not None
+    old_token = int(match.group(1))
     took, token = takeover(lambda: _sigstop_outside_sqlite_lock(owner, store_config), other)
     print(f"\n[{store_config['backend']}] SIGSTOP: replaced after {took:.2f} s (lease expiry)")
     assert took >= TTL - INTERVAL - 0.3, "replaced too early: was the lease revoked?"
@@ -172,6 +187,11 @@ def test_sigstop_longer_than_ttl_is_replaced_and_fenced(
     assert not re.search(started("ticker"), owner.output()[mark:])
     writers = asyncio.run(_writers_since(store_config, "state/ticker", token))
     assert writers and set(writers) == {other.name}, f"the old owner's write landed: {writers}"
+    # not vacuous: the old owner did write with its token before the pause, and a write
+    # with that token is now refused by the store itself (G2 even if it had not noticed)
+    before = asyncio.run(_writers_since(store_config, "state/ticker", old_token))
+    assert owner.name in before, f"the paused owner never wrote: {before}"
+    assert not asyncio.run(_write_with_token(store_config, old_token)), "stale token accepted"
     assert "revoked" not in owner.output()
 
 

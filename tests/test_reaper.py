@@ -70,6 +70,18 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, T stopped, Z zombie...)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def _pending(pid: int) -> int:
+    """Signals pending for the process (thread and shared masks)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("SigPnd:")[1].split()[0], 16) | int(
+        status.split("ShdPnd:")[1].split()[0], 16)
+
+
 def _ignores_sigint(pid: int) -> bool:
     """True once the reaper's main() set SIGINT to ignored (SigIgn in /proc)."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -147,8 +159,8 @@ async def test_revokes_on_kill9_and_ignores_sigint(
     parents.append(parent)
     await _until(lambda: _ignores_sigint(parent.reaper_pid), 5, "reaper ignores SIGINT")
     os.kill(parent.reaper_pid, signal.SIGINT)  # Ctrl-C is for the node, not the reaper
-    await asyncio.sleep(0.2)
-    assert _alive(parent.reaper_pid)
+    # an ignored signal is discarded when sent: nothing pending, nothing to wait for
+    assert _pending(parent.reaper_pid) == 0 and _alive(parent.reaper_pid)
     assert await store.lease_ttl(lease) > 0
     parent.kill9()
     took = await _wait_gone(store, lease, limit=3.0)
@@ -166,9 +178,9 @@ async def test_exit_means_no_revoke(
     lease = await _granted(store)
     parent = Parent(info, lease, "close", tmp_path / "parent.log")
     parents.append(parent)
-    assert not _alive(parent.reaper_pid)  # close() waited for it
+    assert not _alive(parent.reaper_pid)  # close() waited for it: nobody can revoke now
     parent.kill9()
-    await asyncio.sleep(0.5)
+    await _until(lambda: not _alive(parent.proc.pid), 5, "the parent is dead")
     assert await store.lease_ttl(lease) > 0
     assert "revoked" not in (tmp_path / "parent.log").read_text()
 
@@ -183,11 +195,13 @@ async def test_no_action_while_parent_is_stopped(
         parent = Parent(info, lease, "hold", tmp_path / "parent.log")
         parents.append(parent)
         os.kill(parent.proc.pid, signal.SIGSTOP)
-        await asyncio.sleep(1.5)
+        # the reaper acts only on end-of-file, which a stopped process never causes: once
+        # the kernel shows the parent stopped, a revoke can only come from a bug
+        await _until(lambda: _state(parent.proc.pid) == "T", 5, "the parent is stopped")
         assert _alive(parent.reaper_pid)
         assert await store.lease_ttl(lease) > 0, "the reaper acted on a paused (live) parent"
         os.kill(parent.proc.pid, signal.SIGCONT)
-        await asyncio.sleep(0.2)
+        await _until(lambda: _state(parent.proc.pid) != "T", 5, "the parent runs again")
         assert await store.lease_ttl(lease) > 0
         parent.kill9()  # and it still works afterwards
         await _wait_gone(store, lease, limit=3.0)
