@@ -304,6 +304,14 @@ def check_step(
         assert isinstance(actions[0], StopAllDuties)
     if before.phase is Phase.STOPPED:
         assert state == before
+    if state.phase is not before.phase:  # every transition is stamped with its time
+        assert state.since == now
+    if state.phase not in live:  # no deadline outside a live phase
+        assert state.lease_deadline is None
+    if state.phase in (Phase.ACTIVE, Phase.LOST):  # a failure is cleared by an ack or a loss
+        assert state.failed_at is None
+    if state.phase is Phase.JOINING:
+        assert state.lease is None and state.last_ack_at is None
     reports = [a.phase for a in actions if isinstance(a, ReportPhase)]
     assert (reports[-1] if reports else before.phase) is state.phase
     starts = [a for a in actions if isinstance(a, StartPlacing | StopPlacing)]
@@ -311,3 +319,21 @@ def check_step(
         assert isinstance(starts[-1], StartPlacing) is state.placing
     else:
         assert before.placing is state.placing
+
+
+def test_edge_of_validation_and_loss_reasons() -> None:
+    """Kills mutants that survived the mutation check (docs/testing.md)."""
+    assert initial(0.0, ttl=2.0, safety_margin=0.5).safety_margin == 0.5  # 0 < margin < 1
+    state, actions = step(active(), LeaseGone(), 3.0)
+    stop = [a for a in actions if isinstance(a, StopAllDuties)]
+    assert state.phase is Phase.LOST and stop and "lease gone at the store" in stop[0].reason
+
+
+def test_a_late_ack_while_draining_only_stops() -> None:
+    """SUSPENDED and draining, an ack whose deadline is already past: LOST with
+    StopAllDuties, and no graceful ReleaseAllDuties (the lease may be gone)."""
+    state, _ = step(suspended(), Drain(), 2.5)
+    state, actions = step(state, KeepaliveOk(at=0.0), TTL)  # deadline 0 + TTL - MARGIN passed
+    assert state.phase is Phase.LOST
+    assert any(isinstance(a, StopAllDuties) for a in actions)
+    assert not any(isinstance(a, ReleaseAllDuties) for a in actions)
