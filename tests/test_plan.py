@@ -219,3 +219,13 @@ def test_a_dependent_stays_while_its_anchor_is_mine() -> None:
 
 def test_a_duty_placement_does_not_know_is_left_alone() -> None:
     assert plan(view([duty("d")], placement=Placement(), free_since={"d": 0.0})) == []
+
+
+def test_duties_no_longer_declared_are_released_or_stopped() -> None:
+    """A for_each_doc duty whose document was deleted: my record is released (after
+    the duty stops), another node's is left alone, a runner without a record stops."""
+    owners = {"gone": owner("gone", token=8), "theirs": owner("theirs", node="n1", token=9)}
+    v = view([duty("d")], owners=owners, running={"gone": 8, "orphan": 2})
+    assert plan(v) == [Release("gone", 8, "no longer declared (document deleted)"),
+                       Stop("orphan", "no longer declared")]
+    assert plan(view([], owners={"theirs": owners["theirs"]}, running={})) == []
