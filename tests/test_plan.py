@@ -229,3 +229,9 @@ def test_duties_no_longer_declared_are_released_or_stopped() -> None:
     assert plan(v) == [Release("gone", 8, "no longer declared (document deleted)"),
                        Stop("orphan", "no longer declared")]
     assert plan(view([], owners={"theirs": owners["theirs"]}, running={})) == []
+
+
+def test_every_free_duty_wanted_here_is_acquired() -> None:
+    duties = [duty("a"), duty("b"), duty("c")]
+    place = Placement({"a": ME, "b": ME, "c": ME}, {n: [ME] for n in "abc"})
+    assert plan(view(duties, placement=place)) == [Acquire("a"), Acquire("b"), Acquire("c")]
