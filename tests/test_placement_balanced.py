@@ -174,3 +174,21 @@ def test_edge_weights_in_balanced_mode(count: int, weights: list[float]) -> None
             assert math.floor(share + 1e-9) <= counts[x.name] <= math.ceil(share - 1e-9)
     else:  # all standby: spread evenly
         assert max(counts.values()) - min(counts[x.name] for x in nodes) <= 1
+
+
+@pytest.mark.parametrize(("weight_a", "x_duties"), [(1.0, 10), (2.0, 13), (1.0, 11)])
+def test_duties_of_a_role_spread_over_its_nodes_by_weight(
+    weight_a: float, x_duties: int
+) -> None:
+    """Role-x duties stay on the x nodes, spread by weight (within one per weight unit),
+    and every duty is placed. (The "every eligible node full" fallback of _balance is
+    still never reached by any test: docs/testing.md, mutation check.)"""
+    x = frozenset({"x"})
+    nodes = [n("a", "x", weight=weight_a), n("b", "x"), n("c")]
+    duties = [*(DutySpec(f"x{i}", roles=x) for i in range(x_duties)), *names(2, "p")]
+    result = place(duties, nodes, {}, balanced=True)
+    assert all(o is not None for o in result.wanted.values())
+    assert all(result.wanted[f"x{i}"] in ("a", "b") for i in range(x_duties))
+    counts = Counter(result.wanted.values())
+    per_weight = [counts["a"] / weight_a, counts["b"] / 1.0]
+    assert max(per_weight) - min(per_weight) <= 1.0, counts
