@@ -48,7 +48,6 @@ def _check(result: ChaosResult, minimum: dict[str, int]) -> None:
         # from the fault: an outage counts from its start, so it adds its own length
         bound = result.bound_s + (LONGEST_FAULT_S if kind == "store_outage" else 0.0)
         assert max(stats.samples, default=0.0) <= bound, (kind, stats.samples, bound)
-    assert result.recovery and max(result.recovery) <= result.bound_s  # store back -> owned
     # G5 was really checked: every whole-store outage window held reads (all stale)
     assert len(result.outage_reads) == report.faults["store_outage"]
     assert all(n > 0 for n in result.outage_reads), result.outage_reads
