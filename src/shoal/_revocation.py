@@ -62,7 +62,7 @@ class RevocationState(Protocol):
 
     async def put(
         self, ns: str, key: str, value: Any, /, *, expect_revision: int | None = None
-    ) -> object: ...
+    ) -> int: ...
 
     async def wait_for(self, revision: int, /) -> None: ...
 
@@ -127,8 +127,9 @@ async def revoke_everywhere(
     The cut-off never moves back, even under concurrent calls on several
     nodes: the write is a compare-and-set on the document's revision, retried
     after a :class:`~shoal.Conflict` from the newer document (nothing is
-    written when it already covers ``before``). Waits for the replicated
-    write. If cancelled, the write may or may not be applied: call again, it
+    written when it already covers ``before``). Returns once the write is
+    replicated AND this node's own copy has it, so this node refuses the
+    subject's old sessions from the moment the call returns. If cancelled, the write may or may not be applied: call again, it
     is idempotent."""
     cutoff = before if before is not None else (clock or SystemClock()).time()
     key = revocation_key(subject=subject)
@@ -138,10 +139,11 @@ async def revoke_everywhere(
         if earlier is not None and earlier >= cutoff:
             return earlier
         try:
-            await state.put(
+            revision = await state.put(
                 NAMESPACE, key, {"before": cutoff},
                 expect_revision=doc.revision if doc is not None else 0,
             )
+            await state.wait_for(revision)  # our own copy refuses from now on
             return cutoff
         except Conflict as exc:  # another writer won: retry on top of its document
             if exc.current:
@@ -157,4 +159,4 @@ async def revoke_session(state: RevocationState, session: Session | str) -> None
     if not isinstance(session, str):
         value["expires_at"] = session.expires_at
         session = session.session_id
-    await state.put(NAMESPACE, revocation_key(session_id=session), value)
+    await state.wait_for(await state.put(NAMESPACE, revocation_key(session_id=session), value))
