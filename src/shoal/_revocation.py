@@ -129,8 +129,8 @@ async def revoke_everywhere(
     after a :class:`~shoal.Conflict` from the newer document (nothing is
     written when it already covers ``before``). Returns once the write is
     replicated AND this node's own copy has it, so this node refuses the
-    subject's old sessions from the moment the call returns. If cancelled, the write may or may not be applied: call again, it
-    is idempotent."""
+    subject's old sessions from the moment the call returns. If cancelled, the
+    write may or may not be applied: call again, it is idempotent."""
     cutoff = before if before is not None else (clock or SystemClock()).time()
     key = revocation_key(subject=subject)
     doc = state.get(NAMESPACE, key)
