@@ -17,12 +17,30 @@ Every node computes the same answer from the same membership view:
    * a co-located duty (``with_duty=X``) wants X's *wanted* owner if that node is
      eligible for it, else None: it moves together with X and its own ``sticky`` flag
      has no effect. Chains are resolved in order; a cycle or unknown X: ``ValueError``;
-   * ``balanced=True``: non-sticky, non-co-located duties are assigned greedily in
-     descending pair-score order (bounded-load consistent hashing); each node takes at
-     most its weighted share rounded down, plus one while the remainder lasts: 12
-     duties over 3 equal nodes give 4/4/4, 64 give 21/21/22, and a join or leave still
-     moves about 1/N. If eligibility differs between duties, a duty whose eligible
-     nodes are all full goes to its least-loaded (per weight) eligible node.
+   * ``balanced=True``: non-sticky, non-co-located duties are assigned by
+     :func:`shoal.core._balance.balance`: bounded-load consistent hashing (each
+     node takes at most its weighted share rounded down, plus one while the
+     remainder lasts: 12 duties over 3 equal nodes give 4/4/4, 64 give 21/21/22),
+     current owners kept while their caps allow (a join moves only the newcomer's
+     share, a leave only the lost node's duties), and a family's duties spread
+     over ``zone`` values so that losing one zone loses at most its fair share.
+
+   Operator rules, applied to a duty's eligible nodes before ranking:
+
+   * **cordon**: a ``cordoned`` node keeps the duties it owns (they stay there,
+     outside balancing) and is not eligible for any other duty;
+   * **preferred owners**: when some eligible node prefers the duty (its name is
+     in ``duty.prefer``, or one of ``node.prefers`` names the duty like
+     ``disabled`` does), only those nodes are eligible; the others are standbys,
+     used while no preferred node is live. A sticky duty on a standby is wanted
+     back on a preferred node (fail-back; the runtime waits ``rebalance_delay``);
+   * **newest version** (``newest_version=True``): a singleton (a duty outside
+     any family) is eligible only on the nodes running the newest ``version``
+     present, and stays on its owner while that owner runs it, so during a
+     rolling upgrade it moves once, to the first upgraded node. Such singletons
+     are placed by rank, outside balancing.
+
+   Placing again from the result (owners = wanted) changes nothing (fixpoint).
 
    Invariants: ``wanted[d]`` is None or ``ranks[d][0]``; ``ranks[d]`` lists only nodes
    eligible for ``d``, preferred first, for fallback after a grace period (co-located
@@ -34,7 +52,6 @@ Every node computes the same answer from the same membership view:
 
 from __future__ import annotations
 
-import heapq
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -43,6 +60,7 @@ from fnmatch import fnmatchcase
 from hashlib import blake2b
 
 from shoal._errors import InvalidArgument
+from shoal.core._balance import balance
 
 __all__ = [
     "DutySpec",
@@ -53,12 +71,13 @@ __all__ = [
     "is_disabled",
     "moves",
     "place",
+    "prefers",
     "rank",
+    "version_key",
 ]
 
 _PERSON = b"shoal-rdv-v1"  # domain separation; changing it reshuffles every cluster
 _TWO_52 = float(1 << 52)
-_EPS = 1e-6  # tolerance when rounding weighted shares
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +90,9 @@ class NodeInfo:
     can_lead: bool = True
     disabled: frozenset[str] = frozenset()
     zone: str = ""
+    version: str = ""
+    cordoned: bool = False  # keeps what it owns, gets nothing new
+    prefers: frozenset[str] = frozenset()  # duty names / families / patterns it prefers
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.weight) or self.weight < 0:
@@ -89,6 +111,7 @@ class DutySpec:
     leader_bound: bool = False
     with_duty: str | None = None
     family: str | None = None
+    prefer: frozenset[str] = frozenset()  # preferred owner node names
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,12 +129,30 @@ def duty_family(duty: DutySpec) -> str | None:
     return duty.family if duty.family is not None else (head if sep else None)
 
 
+def _names(duty: DutySpec, patterns: Iterable[str]) -> bool:
+    family = duty_family(duty)
+    whole = (family, f"{family}:*") if family is not None else ()
+    return any(p == duty.name or p in whole or fnmatchcase(duty.name, p) for p in patterns)
+
+
 def is_disabled(duty: DutySpec, node: NodeInfo) -> bool:
     """True if one of ``node.disabled`` names the duty, its family (``"import"`` or
     ``"import:*"``), or is an fnmatch pattern matching the duty's name."""
-    family = duty_family(duty)
-    whole = (family, f"{family}:*") if family is not None else ()
-    return any(p == duty.name or p in whole or fnmatchcase(duty.name, p) for p in node.disabled)
+    return _names(duty, node.disabled)
+
+
+def prefers(node: NodeInfo, duty: DutySpec) -> bool:
+    """True if ``node`` is a preferred owner of ``duty`` (``duty.prefer`` names it,
+    or one of ``node.prefers`` names the duty as ``disabled`` would)."""
+    return node.name in duty.prefer or _names(duty, node.prefers)
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for versions: parts split on ``.``, ``-`` and ``+``; numbers compare
+    numerically (``"1.10" > "1.9"``) and sort before words. Pre-release tags are
+    not special (``"2.0-rc1" > "2.0"``): use plain numbers for release order."""
+    parts = [p for p in version.replace("-", ".").replace("+", ".").split(".") if p]
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)
 
 
 def _fits(duty: DutySpec, node: NodeInfo) -> bool:
@@ -190,44 +231,6 @@ def _colocated_order(by_name: Mapping[str, DutySpec]) -> list[DutySpec]:
     return [by_name[n] for _, n in sorted((d, n) for n, d in depth.items() if d > 0)]
 
 
-def _balance(
-    pool: Mapping[str, tuple[tuple[str, ...], list[tuple[float, str]]]],
-    live: Mapping[str, NodeInfo],
-) -> dict[str, str]:
-    """Bounded-load assignment. ``pool``: duty -> (eligible names, scored ranks)."""
-    share: dict[str, float] = dict.fromkeys(live, 0.0)
-    groups: dict[tuple[str, ...], int] = {}
-    for names, _ in pool.values():
-        groups[names] = groups.get(names, 0) + 1
-    for names, count in groups.items():
-        total = sum(live[n].weight for n in names)
-        for n in names:
-            share[n] += count * (live[n].weight / total if total > 0 else 1 / len(names))
-    low = {n: math.floor(s + _EPS) for n, s in share.items()}
-    high = {n: max(low[n], math.ceil(s - _EPS)) for n, s in share.items()}
-    spare = max(0, len(pool) - sum(low.values()))
-    load = dict.fromkeys(live, 0)
-    out: dict[str, str] = {}
-    heap = [(sc[0][0], sc[0][1], d, 0) for d, (_, sc) in pool.items() if sc]
-    heapq.heapify(heap)
-    while heap:  # pops (duty, node) pairs in descending score order
-        _, node, duty, idx = heapq.heappop(heap)
-        if load[node] < low[node] or (load[node] < high[node] and spare > 0):
-            if load[node] >= low[node]:
-                spare -= 1
-            load[node] += 1
-            out[duty] = node
-        elif idx + 1 < len(pool[duty][1]):
-            neg_score, nxt = pool[duty][1][idx + 1]
-            heapq.heappush(heap, (neg_score, nxt, duty, idx + 1))
-    for duty in sorted(d for d in pool if d not in out and pool[d][1]):
-        ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
-        node = min(ranked, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300)
-        load[node] += 1
-        out[duty] = node
-    return out
-
-
 def _fits_cache(live: Mapping[str, NodeInfo]) -> Callable[[DutySpec], tuple[str, ...]]:
     """Eligible node names per duty, cached by what eligibility depends on."""
     restricted = [n for n in live.values() if n.disabled]
@@ -243,12 +246,35 @@ def _fits_cache(live: Mapping[str, NodeInfo]) -> Callable[[DutySpec], tuple[str,
     return names
 
 
+def _rules(
+    duty: DutySpec,
+    names: tuple[str, ...],
+    live: Mapping[str, NodeInfo],
+    owner: str | None,
+    newest_version: bool,
+) -> tuple[tuple[str, ...], bool]:
+    """Eligible names after cordon, preference and version rules, and whether
+    the current owner must stay (cordoned owner, singleton on the newest version)."""
+    if any(live[n].cordoned for n in names):
+        names = tuple(n for n in names if not live[n].cordoned or n == owner)
+    preferred = tuple(n for n in names if prefers(live[n], duty))
+    if preferred:
+        names = preferred
+    stay = owner is not None and owner in names and live[owner].cordoned
+    if newest_version and duty_family(duty) is None and names:
+        top = max(version_key(live[n].version) for n in names)
+        names = tuple(n for n in names if version_key(live[n].version) == top)
+        stay = stay or (owner is not None and owner in names)
+    return names, stay
+
+
 def place(
     duties: Sequence[DutySpec],
     nodes: Sequence[NodeInfo],
     owners: Mapping[str, str],
     *,
     balanced: bool = False,
+    newest_version: bool = False,
 ) -> Placement:
     """Wanted owner and fallback order of every duty (see the module docstring)."""
     _unique((d.name for d in duties), "duty")
@@ -257,6 +283,7 @@ def place(
     live = {n.name: n for n in sorted(nodes, key=lambda n: n.name)}
     ranker = _Ranker(live.values())
     fits = _fits_cache(live)
+    rules = newest_version or any(n.cordoned or n.prefers for n in live.values())
     wanted: dict[str, str | None] = {}
     ranks: dict[str, list[str]] = {}
     pool: dict[str, tuple[tuple[str, ...], list[tuple[float, str]]]] = {}
@@ -265,18 +292,22 @@ def place(
         duty = by_name[name]
         if duty.with_duty is not None:
             continue
-        names = fits(duty)
+        owner = owners.get(name)
+        names, stay = fits(duty), False
+        if rules or duty.prefer:
+            names, stay = _rules(duty, names, live, owner, newest_version)
         scored = ranker.scored(name, names)
         ranks[name] = [n for _, n in scored]
-        owner = owners.get(name)
-        if duty.sticky and owner is not None and owner in names:
+        pinned = newest_version and duty_family(duty) is None  # never balanced
+        if (duty.sticky or stay) and owner is not None and owner in names:
             wanted[name] = owner
-        elif balanced and not duty.sticky:
+        elif balanced and not duty.sticky and not pinned:
             pool[name] = (names, scored)
         else:
             wanted[name] = scored[0][1] if scored else None
     if pool:
-        assigned = _balance(pool, live)
+        families = {d: duty_family(by_name[d]) for d in pool}
+        assigned = balance(pool, live, owners, families)
         for name in pool:
             wanted[name] = assigned.get(name)
     for duty in chained:

@@ -10,6 +10,9 @@ Rules, per duty (``wanted`` comes from :func:`shoal.core.placement.place`):
     released) -> Release;
   - balanced, wanted elsewhere, and membership stable for
     ``rebalance_delay`` -> Release (handover: stop, then delete the key);
+  - sticky, but I am no longer eligible for it (a preferred owner or a
+    newer version came back: fail-back), wanted elsewhere, and membership
+    stable for ``rebalance_delay`` -> Release;
   - else make sure it runs with the current token -> Run.
 * owned by my previous lease (stale, after a rejoin) -> Release.
 * not owned by me but running here -> Stop at once (ownership lost).
@@ -90,8 +93,12 @@ def plan(view: View) -> list[Action]:
                 if (duty.with_duty in releasing or anchor is None or anchor.node != me
                         or anchor.lease != view.lease):  # X is a stale record: leaving too
                     reason = f"follows {duty.with_duty}, which left this node"
-            elif not duty.sticky and wanted not in (None, me) and stable:
-                reason = f"rebalance to {wanted}"
+            elif wanted not in (None, me) and stable:
+                ranks = view.placement.ranks.get(name, [])
+                if not duty.sticky:
+                    reason = f"rebalance to {wanted}"
+                elif me not in ranks:
+                    reason = f"fail-back to {wanted}"
             if reason:
                 releasing.add(name)
                 actions.append(Release(name, owner.token, reason))
