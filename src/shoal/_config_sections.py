@@ -62,6 +62,7 @@ class NodeSection(Section):
     zone: str = ""
     address: str = ""
     can_lead: bool = True
+    prefer_newest_version: bool = False  # singletons follow the newest app version
 
     @field_validator("roles", mode="before")
     @classmethod
@@ -140,6 +141,7 @@ class DutyOverride(Section):
     per_node: int | None = Field(default=None, ge=1)
     cron: str | None = None
     every: float | None = Field(default=None, ge=1)
+    prefer: bool | list[str] = False  # true: this node; [names]: those nodes
 
     @model_validator(mode="after")
     def _schedule(self) -> DutyOverride:

@@ -29,6 +29,9 @@ class Member:
     can_lead: bool = True
     disabled: tuple[str, ...] = ()  # duty names / families disabled on this node
     draining: bool = False
+    app_version: str = ""  # the app's own version (shoal.App(name, version=...))
+    cordoned: bool = False  # keeps serving, gets no new duties (shoal node cordon)
+    prefers: tuple[str, ...] = ()  # duties / families this node is a preferred owner of
     workers: tuple[tuple[str, int], ...] = ()  # (pool, running copies); JSON: {pool: n}
     keys: tuple[str, ...] = ()  # key ids of the session secrets it accepts, current first
     lease: int = field(default=0, compare=False)
@@ -47,6 +50,7 @@ class Member:
         data["roles"] = tuple(data.get("roles", ()))
         data["disabled"] = tuple(data.get("disabled", ()))
         data["keys"] = tuple(str(k) for k in data.get("keys", ()))
+        data["prefers"] = tuple(data.get("prefers", ()))
         workers = data.get("workers", {})
         data["workers"] = tuple(sorted((str(k), int(v)) for k, v in workers.items()))
         known = set(Member.__dataclass_fields__)

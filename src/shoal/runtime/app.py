@@ -162,9 +162,11 @@ class App:
     a plain session never gets management rights (docs/http.md "Authority")."""
 
     def __init__(
-        self, name: str, *, management_role: Callable[[Any], bool] | None = None
+        self, name: str, version: str = "", *,
+        management_role: Callable[[Any], bool] | None = None,
     ) -> None:
         self.name = name
+        self.version = version  # the app's own version, in every node record
         self.management_role = management_role
         self._decls: dict[str, DutyDecl] = {}
         self._pools: dict[str, PoolDecl] = {}

@@ -330,7 +330,8 @@ class Node:
         return Member(
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
             version=VERSION, started_at=self._started_at, can_lead=s.can_lead,
-            disabled=s.disabled, draining=self.draining,
+            disabled=s.disabled, draining=self.draining, app_version=self.app.version,
+            cordoned=self.cordoned, prefers=s.prefers,
             workers=tuple(sorted(self.pools.counts().items())), keys=s.key_ids,
         )
 

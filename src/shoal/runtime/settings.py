@@ -61,6 +61,8 @@ class NodeSettings:
     # key ids (shoal._secrets.key_id) of auth.secret then auth.previous_secrets: announced
     # in the node record so a node signing with a secret the others lack is visible
     key_ids: tuple[str, ...] = ()
+    prefers: tuple[str, ...] = ()  # duties this node is a preferred owner of
+    newest_version: bool = False  # singletons follow the newest app version
 
     @classmethod
     def from_config(cls, config: NodeConfig, *, workers: Iterable[str] = ()) -> NodeSettings:
@@ -76,6 +78,10 @@ class NodeSettings:
             k: (v.cron, v.every) for k, v in config.duties.items()
             if v.cron is not None or v.every is not None
         }
+        prefers = tuple(sorted(
+            k for k, v in config.duties.items()
+            if v.prefer is True or (isinstance(v.prefer, list) and config.node.name in v.prefer)
+        ))
         backend = config.store.descriptor
         # A backend without a reaper module (memory: one process, nothing
         # outlives it) runs without one; docs/configuration.md says which have it.
@@ -92,6 +98,8 @@ class NodeSettings:
             reaper=config.reaper.enabled and backend.reaper is not None,
             reaper_store=reaper_store, per_node=per_node, schedule_overrides=schedules,
             key_ids=_key_ids(config),
+            prefers=prefers,
+            newest_version=config.node.prefer_newest_version,
         )
 
     @property
