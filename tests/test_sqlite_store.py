@@ -178,6 +178,50 @@ async def test_watch_sees_other_process_writes_in_order(tmp_path: Path) -> None:
     # the lag goal (p99 < 100 ms) is a benchmark: benchmarks/store.py --backends sqlite
 
 
+ONE_PUT_CHILD = (
+    CHILD_PRELUDE
+    + """
+async def main(path):
+    store = await SqliteStore.open(path)
+    rev = await store.put("wake/k", b"v")
+    await store.aclose()
+    print(json.dumps(rev), flush=True)
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+)
+
+
+async def test_other_process_write_wakes_the_watch_without_waiting_for_the_poll(
+    tmp_path: Path,
+) -> None:
+    """Both fallback polls at 10 s: the event can only come through the wake-up
+    channel (the child wakes our poller with a datagram after its commit)."""
+    import socket
+
+    from shoal.store._sqlite_wake import wake_dir
+
+    path = tmp_path / "s.db"
+    store = await SqliteStore.open(path, poll_interval=10.0, wake_poll_interval=10.0)
+    try:
+        await store.put("wake/init", b"")
+        await asyncio.sleep(0)  # let the poller take our own write and go back to sleep
+        # a socket left by a dead process: the writer removes it
+        dead = wake_dir(path) / "999999-dead.s"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(str(dead))
+        sock.close()
+        async with children() as procs, aclosing(store.watch("wake/k")) as it:
+            writer = await spawn(procs, ONE_PUT_CHILD, str(path))
+            (event,) = await collect(it, 1, within=8.0)  # < the 10 s poll
+            assert event.revision == await read_json(writer)
+        assert not dead.exists()
+        assert oct(wake_dir(path).stat().st_mode & 0o777) == oct(0o700)
+    finally:
+        await store.aclose()
+    assert list(wake_dir(path).iterdir()) == []  # our socket is gone too
+
+
 async def test_lease_of_killed_process_expires_with_delete_events(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
     store = await SqliteStore.open(path)
@@ -237,7 +281,7 @@ async def test_compaction_reported_to_early_watchers(tmp_path: Path) -> None:
 
 async def test_watch_whose_poller_falls_behind_the_log_gets_compacted(tmp_path: Path) -> None:
     path = tmp_path / "s.db"
-    slow = await SqliteStore.open(path, poll_interval=0.5)  # polls rarely
+    slow = await SqliteStore.open(path, poll_interval=0.5, wake=False)  # polls rarely
     writer = await SqliteStore.open(path, log_retention=5)  # compacts as it writes
     try:
         async with aclosing(slow.watch("f/")) as it:

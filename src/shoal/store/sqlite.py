@@ -13,9 +13,12 @@ never wait for the lock (WAL), only for this store's call in flight (which may
 be a write waiting for it). Cancelling a call cancels the wait; a write that
 already reached the worker thread still happens.
 
-Background work while open: one poller checks ``PRAGMA data_version`` every
-``poll_interval`` (at once after a local write), fetches new log rows and fans
-them out to every watch; an expiry check every 100 ms deletes expired leases
+Background work while open: one poller checks ``PRAGMA data_version`` at once
+after a local write, at once when another process's store on the same file
+says it committed (a unix datagram, :mod:`shoal.store._sqlite_wake`), and
+otherwise every ``poll_interval`` as the fallback (``wake_poll_interval`` while
+the wake-up channel is up); it fetches new log rows and fans them out to every
+watch; an expiry check every 100 ms deletes expired leases
 and their keys (each lease's keys at one new revision, like etcd).
 """
 
@@ -51,6 +54,7 @@ from shoal._errors import (
     StoreUnavailable,
 )
 from shoal._retry import Backoff
+from shoal.store._sqlite_wake import WakeChannel, open_channel
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -74,6 +78,7 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 _EXPIRY_TICK = 0.1
+_WAKE_POLL = 0.5  # fallback poll while the wake-up channel is up
 _PUT, _DEL = 0, 1
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v)",
@@ -181,6 +186,7 @@ class SqliteStore:
         self._wake = asyncio.Event()
         self._watchers: weakref.WeakSet[_Watcher] = weakref.WeakSet()
         self._tasks: list[asyncio.Task[None]] = []
+        self._channel: WakeChannel | None = None
 
     @classmethod
     async def open(
@@ -192,6 +198,8 @@ class SqliteStore:
         log_retention: int = 10_000,
         lock_timeout: float = 5.0,
         read_only: bool = False,
+        wake_poll_interval: float = _WAKE_POLL,
+        wake: bool = True,
     ) -> SqliteStore:
         """Open (creating if needed) the store in file ``path``; start its poller and
         expiry check. Waits off the loop up to ``lock_timeout`` s for the write lock.
@@ -201,6 +209,12 @@ class SqliteStore:
         existing file for reading only (backups of a read-only file): no expiry
         check, and every write fails. Raises ConfigError for a path that cannot
         hold a file, StoreUnavailable when the file cannot be opened.
+
+        Other processes' changes wake the poller through a unix datagram channel;
+        ``poll_interval`` is the fallback poll without that channel,
+        ``wake_poll_interval`` (the larger of the two is used) with it. ``wake=False``
+        (and ``read_only``): no channel (this store neither wakes others nor is
+        woken; it polls).
         """
         self = cls(Path(path), clock or SYSTEM_CLOCK, poll_interval, log_retention, lock_timeout)
         try:
@@ -209,6 +223,10 @@ class SqliteStore:
         except BaseException:
             await self.aclose()
             raise
+        self._channel = open_channel(self.path) if wake and not read_only else None
+        if self._channel is not None:
+            self._channel.listen(self._wake.set)
+            self._poll_interval = max(poll_interval, wake_poll_interval)
         self._tasks = [asyncio.create_task(self._poll_loop(), name=f"shoal-sqlite-poll {path}")]
         if not read_only:
             self._tasks.append(
@@ -223,10 +241,13 @@ class SqliteStore:
 
     async def _write(self, fn: Callable[[], T]) -> tuple[T, int]:
         """``fn`` in one write transaction: its result and the revision after it."""
+        commits = self._commits
         try:
             return await self._call(functools.partial(self._write_sync, fn))
         finally:
             self._wake.set()  # the poller delivers our own change at once
+            if self._channel is not None and self._commits != commits:
+                self._channel.notify()  # ... and the other processes' pollers too
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """The one place sqlite3 errors become Shoal errors (on the worker thread)."""
@@ -580,6 +601,8 @@ class SqliteStore:
         for w in list(self._watchers):
             w.closed = True
             w.wake.set()
+        if self._channel is not None:
+            self._channel.close()
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
         self._pool.shutdown(wait=False)
 
@@ -620,6 +643,8 @@ class SqliteStore:
             try:
                 if await self._call(tick):
                     self._wake.set()
+                    if self._channel is not None:
+                        self._channel.notify()
             except Exception as exc:  # retried next tick
                 log.warning("sqlite store %s: lease expiry failed: %s", self.path, exc)
 
