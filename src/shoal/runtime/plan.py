@@ -75,6 +75,24 @@ class View:
     rebalance_delay: float = 5.0
 
 
+def batches(
+    actions: list[Action], duties: Mapping[str, Duty]
+) -> tuple[list[list[Release]], list[Acquire]]:
+    """The plan's releases in waves (a duty's wave comes before the wave of the
+    duty it follows, so dependents stop first; each wave may stop in parallel)
+    and its acquisitions (one batch: they do not depend on each other)."""
+    remaining = [a for a in actions if isinstance(a, Release)]
+    waves: list[list[Release]] = []
+    while remaining:
+        anchors = {
+            d.with_duty for r in remaining if (d := duties.get(r.duty)) and d.with_duty
+        }
+        wave = [r for r in remaining if r.duty not in anchors] or remaining
+        waves.append(wave)
+        remaining = [r for r in remaining if r not in wave]
+    return waves, [a for a in actions if isinstance(a, Acquire)]
+
+
 def plan(view: View) -> list[Action]:
     """The actions to take now, releases of dependents before their anchor."""
     actions: list[Action] = []

@@ -63,6 +63,7 @@ class NodeSettings:
     key_ids: tuple[str, ...] = ()
     prefers: tuple[str, ...] = ()  # duties this node is a preferred owner of
     newest_version: bool = False  # singletons follow the newest app version
+    max_txn_ops: int = 128  # ownership keys per batched transaction (the store's limit)
 
     @classmethod
     def from_config(cls, config: NodeConfig, *, workers: Iterable[str] = ()) -> NodeSettings:
@@ -100,6 +101,7 @@ class NodeSettings:
             key_ids=_key_ids(config),
             prefers=prefers,
             newest_version=config.node.prefer_newest_version,
+            max_txn_ops=backend.max_txn_ops or 1024,
         )
 
     @property
