@@ -95,6 +95,8 @@ def balance(
     out: dict[str, str] = {}
 
     def zone_key(duty: str, node: str) -> tuple[str, str] | None:
+        if not zone_cap:
+            return None
         fam = family_of.get(duty)
         key = (fam, live[node].zone) if fam is not None else None
         return key if key is not None and key in zone_cap else None

@@ -66,6 +66,7 @@ __all__ = [
     "DutySpec",
     "NodeInfo",
     "Placement",
+    "ScoreCache",
     "duty_family",
     "eligible",
     "is_disabled",
@@ -178,7 +179,10 @@ def eligible(
 class _Ranker:
     """Rendezvous scores with the per-node half of the hash precomputed."""
 
-    def __init__(self, nodes: Iterable[NodeInfo]) -> None:
+    def __init__(
+        self, nodes: Iterable[NodeInfo], logs: dict[tuple[str, str], float] | None = None
+    ) -> None:
+        self._logs = logs  # (duty, node) -> ln(unit hash), kept across calls
         self._hashers: dict[str, tuple[float, blake2b]] = {}
         for node in nodes:
             raw = node.name.encode()
@@ -189,13 +193,18 @@ class _Ranker:
     def scored(self, duty: str, names: Iterable[str]) -> list[tuple[float, str]]:
         """``(-score, name)`` for each node, best first (ties by name)."""
         raw = duty.encode()
+        logs = self._logs
         out = []
         for name in names:
             weight, base = self._hashers[name]
-            hasher = base.copy()
-            hasher.update(raw)
-            unit = ((int.from_bytes(hasher.digest(), "big") >> 12) + 0.5) / _TWO_52
-            out.append((weight / math.log(unit), name))  # log(unit) < 0: this is -score
+            if logs is None or (log_unit := logs.get((duty, name))) is None:
+                hasher = base.copy()
+                hasher.update(raw)
+                unit = ((int.from_bytes(hasher.digest(), "big") >> 12) + 0.5) / _TWO_52
+                log_unit = math.log(unit)
+                if logs is not None:
+                    logs[duty, name] = log_unit
+            out.append((weight / log_unit, name))  # log(unit) < 0: this is -score
         out.sort()
         return out
 
@@ -203,6 +212,22 @@ class _Ranker:
 def _unique(names: Iterable[str], what: str) -> None:
     if dupes := sorted(n for n, count in Counter(names).items() if count > 1):
         raise InvalidArgument(f"duplicate {what} names: {dupes}")
+
+
+class ScoreCache:
+    """Memo of the rendezvous hashes of (duty, node) pairs for repeated
+    :func:`place` calls: a pass after a node leaves or an ownership change then
+    hashes nothing. Answers never depend on it. Holds at most ``limit`` pairs
+    (cleared when full)."""
+
+    def __init__(self, limit: int = 1_000_000) -> None:
+        self._logs: dict[tuple[str, str], float] = {}
+        self._limit = limit
+
+    def logs(self) -> dict[tuple[str, str], float]:
+        if len(self._logs) > self._limit:
+            self._logs = {}
+        return self._logs
 
 
 def rank(duty_name: str, nodes: Sequence[NodeInfo]) -> list[str]:
@@ -275,13 +300,15 @@ def place(
     *,
     balanced: bool = False,
     newest_version: bool = False,
+    cache: ScoreCache | None = None,
 ) -> Placement:
-    """Wanted owner and fallback order of every duty (see the module docstring)."""
+    """Wanted owner and fallback order of every duty (see the module docstring).
+    ``cache``: reuse rendezvous scores across calls (same answer, less hashing)."""
     _unique((d.name for d in duties), "duty")
     _unique((n.name for n in nodes), "node")
     by_name = {d.name: d for d in duties}
     live = {n.name: n for n in sorted(nodes, key=lambda n: n.name)}
-    ranker = _Ranker(live.values())
+    ranker = _Ranker(live.values(), cache.logs() if cache is not None else None)
     fits = _fits_cache(live)
     rules = newest_version or any(n.cordoned or n.prefers for n in live.values())
     wanted: dict[str, str | None] = {}

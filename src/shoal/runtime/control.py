@@ -1,9 +1,12 @@
 """Control requests: ask another node to do something through the store.
 
-Only one request exists today: **drain**. Any node (the HTTP API's
+Two requests exist: **drain** and **cordon**. Any node (the HTTP API's
 ``POST /nodes/{name}/drain``, a tool) writes ``control/drain/{name}``; the
 named node sees it through :func:`watch_control` (started with the node) and
-drains itself, exactly as ``node.drain()`` would.
+drains itself, exactly as ``node.drain()`` would. ``control/cordon/{name}``
+(``shoal node cordon NAME``) makes the node keep serving and keep its duties
+while it gets no new ones; deleting the key (``shoal node uncordon NAME``)
+undoes it. The node publishes ``cordoned`` in its record, which placement reads.
 
 The request key hangs on the TARGET node's lease, and the write compares that
 the target's node record still hangs on that lease. So a request
@@ -34,11 +37,13 @@ if TYPE_CHECKING:
     from shoal.runtime.node import Node
 
 __all__ = [
-    "DRAIN", "NodeNotLive", "drain_in_background", "drain_key", "request_drain", "watch_control",
+    "CORDON", "DRAIN", "NodeNotLive", "drain_in_background", "drain_key", "request_cordon",
+    "request_drain", "request_uncordon", "watch_control",
 ]
 
 log = logging.getLogger("shoal.control")
 DRAIN = "control/drain/"
+CORDON = "control/cordon/"
 _draining: set[asyncio.Task[None]] = set()  # strong references to running drains
 
 
@@ -54,11 +59,30 @@ async def request_drain(
     Returns the revision of the request. Raises :class:`NodeNotLive` when the
     node is gone (or rejoined with another lease), StoreError when the store
     cannot be reached."""
+    return await _request(store, drain_key(name), name, lease, by=by, reason=reason)
+
+
+async def request_cordon(
+    store: Store, name: str, lease: int, *, by: str = "", reason: str = ""
+) -> int:
+    """Cordon node ``name`` (record on ``lease``): it keeps serving and keeps
+    its duties, but gets no new ones. Raises like :func:`request_drain`."""
+    return await _request(store, CORDON + name, name, lease, by=by, reason=reason)
+
+
+async def request_uncordon(store: Store, name: str) -> bool:
+    """Undo :func:`request_cordon`; False when the node was not cordoned."""
+    return await store.delete(CORDON + name) > 0
+
+
+async def _request(
+    store: Store, key: str, name: str, lease: int, *, by: str, reason: str
+) -> int:
     value = json.dumps({"by": by, "at": time.time(), "reason": reason}, sort_keys=True).encode()
     try:
         res = await store.txn(
             [Compare.lease(NODES + name, Op.EQUAL, lease)],
-            [Put(drain_key(name), value, lease)],
+            [Put(key, value, lease)],
         )
     except LeaseNotFound:
         raise NodeNotLive(f"node {name!r} is not live (its lease {lease:#x} is gone)") from None
@@ -105,13 +129,21 @@ async def watch_control(node: Node) -> None:
     itself runs in its own task, so cancelling the watcher never cuts a drain
     short."""
     mirror = Mirror(node.store, DRAIN, node.clock)
+    cordons = Mirror(node.store, CORDON, node.clock)
     seen = asyncio.Event()
     mirror.listen(lambda _events: seen.set())
+    cordons.listen(lambda _events: seen.set())
     mirror.start()
+    cordons.start()
     try:
         while True:
             await seen.wait()
             seen.clear()
+            cordoned = _requested(node, cordons.items) is not None
+            if cordoned != node.cordoned and not node.draining and node.phase != "STOPPED":
+                log.warning("node %s: %s", node.name, "cordoned" if cordoned else "uncordoned")
+                with contextlib.suppress(ShoalError):
+                    await node.set_cordoned(cordoned)
             request = _requested(node, mirror.items)
             if request is None or node.draining or node.phase is Phase.STOPPED:
                 continue
@@ -123,3 +155,5 @@ async def watch_control(node: Node) -> None:
     finally:
         with contextlib.suppress(NotRunning):
             await mirror.aclose()
+        with contextlib.suppress(NotRunning):
+            await cordons.aclose()
