@@ -1,4 +1,5 @@
 """``shoal node drain NAME``: ask a live node to hand its duties over and leave.
+``shoal node cordon NAME`` / ``uncordon NAME``: stop / resume giving it new duties.
 
 Two ways to reach it:
 
@@ -137,3 +138,52 @@ def node_drain(name: str, config_file: Path | None, url: str | None, token: str 
         if time.monotonic() - started > timeout:
             raise ShoalError(f"{name} is still in the cluster after {timeout:g} s")
         time.sleep(0.2)
+
+
+async def _cordon_store(config: NodeConfig, name: str, cordon: bool) -> str:
+    from shoal.primitives.membership import NODES
+    from shoal.runtime.control import NodeNotLive, request_cordon, request_uncordon
+
+    async with open_store_bounded(config) as store:
+        kv = await store.get(NODES + name)
+        if kv is None:
+            raise NodeNotLive(f"no live node named {name!r} in the configured store")
+        if not cordon:
+            done = await request_uncordon(store, name)
+            return "done" if done else "it was not cordoned"
+        revision = await request_cordon(store, name, kv.lease, by="shoal node cordon",
+                                        reason="shoal node cordon (CLI)")
+    return f"done (control key written at revision {revision})"
+
+
+_CONFIG = click.option("--config", "-c", "config_file", type=click.Path(path_type=Path),
+                       required=True, help="Node configuration naming the store.")
+
+
+@node_group.command("cordon")
+@click.argument("name")
+@_CONFIG
+def node_cordon(name: str, config_file: Path) -> None:
+    """Keep node NAME serving and running its duties, but give it no new ones.
+
+    Writes control/cordon/NAME into the store (on the node's lease: a restart
+    clears it). Undo with `shoal node uncordon NAME`.
+
+    Exit codes: 0 done, 1 no such live node, 2 bad configuration, 3 store
+    unreachable.
+    """
+    outcome = asyncio.run(_cordon_store(load_config(config_file), name, True))
+    click.echo(f"cordon of {name}: {outcome}")
+
+
+@node_group.command("uncordon")
+@click.argument("name")
+@_CONFIG
+def node_uncordon(name: str, config_file: Path) -> None:
+    """Let node NAME take new duties again (undoes `shoal node cordon NAME`).
+
+    Exit codes: 0 done, 1 no such live node, 2 bad configuration, 3 store
+    unreachable.
+    """
+    outcome = asyncio.run(_cordon_store(load_config(config_file), name, False))
+    click.echo(f"uncordon of {name}: {outcome}")
