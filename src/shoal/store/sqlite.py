@@ -241,13 +241,10 @@ class SqliteStore:
 
     async def _write(self, fn: Callable[[], T]) -> tuple[T, int]:
         """``fn`` in one write transaction: its result and the revision after it."""
-        commits = self._commits
         try:
             return await self._call(functools.partial(self._write_sync, fn))
         finally:
             self._wake.set()  # the poller delivers our own change at once
-            if self._channel is not None and self._commits != commits:
-                self._channel.notify()  # ... and the other processes' pollers too
 
     def _guard(self, fn: Callable[[], T]) -> T:
         """The one place sqlite3 errors become Shoal errors (on the worker thread)."""
@@ -331,7 +328,10 @@ class SqliteStore:
             if keep_from - self._meta("compact") >= max(1, self._retention // 10):
                 self._compact_to(keep_from)
         self._x("COMMIT")
-        self._commits += self._rev != self._start_rev
+        if self._rev != self._start_rev:
+            self._commits += 1
+            if self._channel is not None:  # wake the other processes' pollers, from here
+                self._channel.notify()
         self._known = max(self._known, self._rev)
         return result, self._rev
 
@@ -643,8 +643,6 @@ class SqliteStore:
             try:
                 if await self._call(tick):
                     self._wake.set()
-                    if self._channel is not None:
-                        self._channel.notify()
             except Exception as exc:  # retried next tick
                 log.warning("sqlite store %s: lease expiry failed: %s", self.path, exc)
 
