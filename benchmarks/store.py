@@ -74,6 +74,7 @@ OPS = ("put", "get", "txn", "watch", "delivery")
 TIMEOUT = 5.0  # per call, for Shoal's etcd backend and raw etcd3aio alike
 TARGET_RATIO = 1.3
 TARGET_SQLITE_WATCH_P99_MS = 50.0
+TARGET_SQLITE_DELIVERY_P99_MS = 2.0
 perf = time.perf_counter
 
 
@@ -447,11 +448,35 @@ async def bench_all(
             for bench in benches:
                 await bench.stop_watch()
         early = {b.name: b.early for b in benches}
-        return {"samples": results, "early": early}
+        idle: dict[str, float] = {}
+        if "sqlite" in args.backends and args.idle_seconds > 0:
+            for wake in (False, True):
+                idle["wake-up channel" if wake else "poll only (10 ms)"] = await idle_cpu(
+                    tmp / f"idle-{wake}.sqlite", args.idle_seconds, wake
+                )
+        return {"samples": results, "early": early, "idle": idle}
     finally:
         for bench in benches:
             with contextlib.suppress(Exception):
                 await bench.close()
+
+
+async def idle_cpu(path: Path, seconds: float, wake: bool) -> float:
+    """CPU % of this process while one SqliteStore with one watch sits idle."""
+    store = await SqliteStore.open(path, wake=wake)
+    watch = store.watch("idle/")
+    waiter = asyncio.ensure_future(anext(watch))
+    try:
+        await asyncio.sleep(0.5)
+        used = time.process_time()
+        await asyncio.sleep(seconds)
+        return 100 * (time.process_time() - used) / seconds
+    finally:
+        waiter.cancel()
+        with contextlib.suppress(BaseException):
+            await waiter
+        await watch.aclose()
+        await store.aclose()
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -506,12 +531,20 @@ def verdicts(samples: dict[str, dict[str, list[float]]], backends: list[str]) ->
             f"- sqlite watch lag p99 = {p99:.1f} ms (target < {TARGET_SQLITE_WATCH_P99_MS:.0f}"
             f" ms): {ok}"
         )
+        p99 = percentile(samples["delivery"]["sqlite"], 99)
+        ok = "met" if p99 < TARGET_SQLITE_DELIVERY_P99_MS else "NOT met"
+        out.append(
+            f"- sqlite watch delivery p99 = {p99:.2f} ms (target < "
+            f"{TARGET_SQLITE_DELIVERY_P99_MS:.0f} ms): {ok}"
+        )
     return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--ops", type=int, default=2000, help="timed ops per op kind and backend")
+    p.add_argument("--idle-seconds", type=float, default=3.0,
+                   help="sqlite: idle CPU of an open store with a watch, per mode (0: skip)")
     p.add_argument("--warmup", type=int, default=200, help="untimed ops before each op kind")
     p.add_argument(
         "--backends",
@@ -590,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in verdicts(samples, args.backends):
         print(line)
+    for mode, pct in result["idle"].items():
+        print(f"- sqlite idle CPU, one store with one watch, {mode}: {pct:.2f}%")
     early = {LABELS[k]: v for k, v in result["early"].items() if v}
     if early:
         print(f"- watch events that arrived before their put returned (counted 0 ms): {early}")
