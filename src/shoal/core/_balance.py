@@ -61,6 +61,8 @@ def _zone_caps(
     pool: Pool, live: Mapping[str, _Node], family_of: Mapping[str, str | None]
 ) -> dict[tuple[str, str], int]:
     """(family, zone) -> most duties of that family the zone may hold."""
+    if len({node.zone for node in live.values()}) < 2:
+        return {}
     members: dict[str, list[str]] = {}
     for duty in pool:
         if (fam := family_of.get(duty)) is not None:
