@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -211,11 +212,21 @@ def _no_constant(name: str) -> Any:
     raise InvalidArgument(f"{name} is not valid JSON")
 
 
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): v for k, v in pairs}
+
+
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_interned)
+
+
 def decode_value(data: bytes) -> Any:
     """Parse a stored document (strict JSON: no NaN/Infinity). Raises ValueError,
-    or :class:`TooDeep` when the parser runs out of stack."""
+    or :class:`TooDeep` when the parser runs out of stack.
+
+    Object keys are interned: documents of one shape share their key strings,
+    which is a large part of their memory when a node holds many of them."""
     try:
-        return json.loads(data, parse_constant=_no_constant)
+        return _DECODER.decode(data.decode("utf-8"))
     except RecursionError:
         raise TooDeep("the stored value") from None
 

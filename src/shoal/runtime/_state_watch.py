@@ -41,6 +41,29 @@ class StateMirror(Mirror):
             self.down_since = self._clock.monotonic()
             self.up.clear()
 
+    async def _reload(self) -> None:
+        """Like Mirror's, without keeping the range result alive during the
+        notification: the listener consumes ``items`` (pops what it parsed), so
+        a full load never holds every raw document next to every parsed one."""
+        res = await self._store.range(self.prefix)
+        n = len(self.prefix)
+        self.items = {kv.key[n:]: kv for kv in res.kvs}
+        self.revision = res.revision
+        del res
+        await asyncio.sleep(0)  # the loop's handle that resumed us still holds the result
+        self.reloads += 1
+        self.ready.set()
+        self._notify(None)
+
+    def _apply(self, ev: Event) -> None:
+        """Only the revision: ReplicatedState keeps each document once, parsed."""
+        self.revision = ev.revision
+
+    def _notify(self, events: list[Event] | None) -> None:
+        super()._notify(events)
+        if events is None:
+            self.items = {}  # the full load has been parsed: drop the raw copy
+
     def _confirm(self, gen: int) -> None:
         if gen == self._gen:
             self.down_since = None

@@ -23,7 +23,7 @@ import heapq
 import itertools
 import logging
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from shoal._clock import SYSTEM_CLOCK, Clock
@@ -233,11 +233,14 @@ class ReplicatedState:
                 self._apply(ev)
         self._wake()
 
-    def _reload(self, items: Mapping[str, KeyValue], revision: int) -> None:
+    def _reload(self, items: dict[str, KeyValue], revision: int) -> None:
+        """Replace every document with ``items`` (consumed: each raw record is
+        dropped once parsed, so the peak stays near one copy)."""
         old = self._docs
         docs: dict[str, dict[str, Doc]] = {}
         invalid: set[str] = set()
-        for name, kv in items.items():
+        while items:
+            name, kv = items.popitem()
             parts = split_key(name)
             if parts is None:
                 invalid.add(name)

@@ -1,0 +1,58 @@
+"""Replicated state keeps each document once (parsed), not raw bytes as well;
+a full load never holds every raw record next to every parsed document; keys
+of same-shaped documents share one string."""
+
+from __future__ import annotations
+
+import gc
+import json
+import tracemalloc
+from pathlib import Path
+
+from shoal._clock import SYSTEM_CLOCK
+from shoal.runtime.state import ReplicatedState
+from shoal.store.protocol import Put
+from shoal.store.sqlite import SqliteStore
+
+
+def doc(i: int) -> bytes:
+    body = {"seq": i, "name": f"item-{i:06d}", "tags": ["a", "b"], "pad": "x" * 900}
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+async def test_each_document_is_held_once_and_loading_does_not_double_it(
+    tmp_path: Path,
+) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db", wake=False)
+    count, encoded = 3000, 0
+    for start in range(0, count, 100):
+        batch = [Put(f"state/docs/k{i:05d}", doc(i)) for i in range(start, start + 100)]
+        encoded += sum(len(p.value) for p in batch)
+        await store.txn([], batch)
+    state = ReplicatedState(store, SYSTEM_CLOCK)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        state.start()
+        await state.wait_ready()
+        gc.collect()
+        held, peak = (m - base for m in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    try:
+        assert state.size == count
+        assert state._mirror.items == {}  # no raw copy kept by the watch
+        # raw bytes alongside the parsed values would be >= 1x more on top of this
+        assert held < 2.0 * encoded, (held, encoded)
+        assert peak < 1.25 * held, (peak, held)  # the load frees raw records as it parses
+        first, second = state.get("docs", "k00001"), state.get("docs", "k00002")
+        assert first is not None and second is not None
+        key_a = next(k for k in first.value if k == "pad")
+        key_b = next(k for k in second.value if k == "pad")
+        assert key_a is key_b  # interned across documents
+        await state.put("docs", "k00001", {"seq": 1})
+        assert state._mirror.items == {}  # nor after a change
+    finally:
+        await state.aclose()
+        await store.aclose()
