@@ -217,6 +217,8 @@ async def test_other_process_write_wakes_the_watch_without_waiting_for_the_poll(
             assert event.revision == await read_json(writer)
         assert not dead.exists()
         assert oct(wake_dir(path).stat().st_mode & 0o777) == oct(0o700)
+        (ours,) = wake_dir(path).iterdir()  # the child's socket went with it
+        assert oct(ours.stat().st_mode & 0o777) == oct(0o600)
     finally:
         await store.aclose()
     assert list(wake_dir(path).iterdir()) == []  # our socket is gone too

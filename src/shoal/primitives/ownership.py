@@ -14,7 +14,9 @@ one transaction per ``limit`` keys (the store's ``max_txn_ops``), chunks in
 parallel. A transaction's compares are all-or-nothing, so the failure branch
 reads every key of the batch: the keys found taken (or superseded) are dropped
 and the rest retried at once. Each retry drops at least one key, so a race on
-one key costs one more round trip, never the batch.
+one key costs one more round trip, never the batch. The keys created by one
+transaction share its revision as their token: a token is unique per duty, not
+across duties.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Wake-up channel between the processes sharing one SQLite store file.
 
 Each open store binds one unix datagram socket in a directory next to the
-database (``{db}.wake/``, 0700; a short path under the temp directory when
-that would exceed the socket path limit). After a commit a store sends one
+database (``{db}.wake/``, 0700, sockets 0600; a short path under the temp
+directory when that would exceed the socket path limit; a directory owned by
+another user is not used). After a commit a store sends one
 byte to every other socket there; a receiver only wakes its poller, which then
 reads the change log by revision as always. So a lost or late datagram costs
 latency, never correctness: polling stays as the fallback.
@@ -96,11 +97,14 @@ def open_channel(db: Path) -> WakeChannel | None:
     directory = wake_dir(db)
     try:
         directory.mkdir(mode=0o700, exist_ok=True)
+        if directory.stat().st_uid != os.getuid():
+            raise PermissionError(f"{directory} belongs to another user")
         path = directory / f"{os.getpid()}-{secrets.token_hex(4)}.s"
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
             sock.bind(str(path))
+            os.chmod(path, 0o600)
         except BaseException:
             sock.close()
             raise
