@@ -2,6 +2,10 @@
 
     python benchmarks/scale.py                      # 10 + 10 kill -9 runs + ops, ~4 min
     python benchmarks/scale.py --reps 3 --no-reaper-reps 0 --ops-seconds 10
+    python benchmarks/scale.py --store sqlite --reps 10 --no-reaper-reps 0 --ops-seconds 0
+
+``--store sqlite``: the same on one SQLite file (the embedded default) instead of
+etcd; no etcd is started and the etcd counters (1.) are not measured.
 
 This file is also the benchmarked app (``shoal run benchmarks/scale.py:app``): one
 duty ``p`` with ``partitions=$SHOAL_SCALE_PARTITIONS`` (default 1000) that idles.
@@ -202,14 +206,19 @@ class Rig:
     """5 node processes of the app with ``partitions`` partitions, one prefix."""
 
     def __init__(self, workdir: Path, endpoints: Sequence[str], partitions: int) -> None:
-        self.endpoints = list(endpoints)
+        self.endpoints = list(endpoints)  # empty: the SQLite store in workdir
         self.partitions = partitions
         self.prefix = f"/scale-{partitions}-{uuid.uuid4().hex[:8]}"
         workdir.mkdir(parents=True, exist_ok=True)
+        self.sqlite_path = workdir / "shoal.db"
+        store_config: dict[str, Any] = (
+            {"backend": "etcd", "etcd": {"endpoints": self.endpoints, "prefix": self.prefix}}
+            if self.endpoints else
+            {"backend": "sqlite", "sqlite": {"path": str(self.sqlite_path)}}
+        )
         base = {
             "cluster": "scale-bench",
-            "store": {"backend": "etcd",
-                      "etcd": {"endpoints": self.endpoints, "prefix": self.prefix}},
+            "store": store_config,
             "timings": {"preset": "local", "ttl": TTL},
             "reaper": {"enabled": True},
         }
@@ -219,9 +228,14 @@ class Rig:
         self.view: View | None = None
 
     async def start(self) -> float:
-        from shoal.store.etcd import EtcdStore
+        if self.endpoints:
+            from shoal.store.etcd import EtcdStore
 
-        self.store = await EtcdStore.open(self.endpoints, prefix=self.prefix)
+            self.store = await EtcdStore.open(self.endpoints, prefix=self.prefix)
+        else:
+            from shoal.store.sqlite import SqliteStore
+
+            self.store = await SqliteStore.open(self.sqlite_path)
         self.view = View(self.store, self.partitions)
         await self.view.start()
         os.environ["SHOAL_SCALE_PARTITIONS"] = str(self.partitions)
@@ -328,7 +342,7 @@ def report(results: dict[str, Any]) -> str:
         lines += ["", "| etcd counter, per second | "
                   + " | ".join(f"{c} partitions" for c in counts) + " |",
                   "|---|" + "---|" * len(counts)]
-    for k in keys:
+    for k in keys if counts else []:
         lines.append(f"| {k} | " + " | ".join(f"{ops[c].get(k, 0.0):.2f}" for c in counts) + " |")
     return "\n".join(lines)
 
@@ -336,12 +350,19 @@ def report(results: dict[str, Any]) -> str:
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {"reown": [], "rebalance": [], "owned": [],
                                "reown_noreaper": [], "rebalance_noreaper": [], "ops": {}}
-    etcd = EtcdCluster(members=1)
+    etcd = EtcdCluster(members=1) if args.store == "etcd" else None
     try:
-        etcd.start()
-        endpoints = list(etcd.endpoints)
-        metrics = f"{endpoints[0]}/metrics"
-        log(f"etcd at {endpoints[0]}; work dir {workdir}")
+        endpoints: list[str] = []
+        metrics = ""
+        if etcd is not None:
+            etcd.start()
+            endpoints = list(etcd.endpoints)
+            metrics = f"{endpoints[0]}/metrics"
+            log(f"etcd at {endpoints[0]}; work dir {workdir}")
+        else:
+            log(f"sqlite store; work dir {workdir}")
+            args.ops_seconds = 0  # etcd's counters only
+            args.ops_partitions = [args.partitions]
         for count in sorted(args.ops_partitions, reverse=True):
             rig = Rig(workdir / f"p{count}", endpoints, count)
             try:
@@ -366,7 +387,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             finally:
                 await rig.close()
     finally:
-        etcd.stop()
+        if etcd is not None:
+            etcd.stop()
     return results
 
 
@@ -381,6 +403,8 @@ def run_main(argv: list[str] | None = None) -> int:
                         help="partition counts for the steady-state ops measurement")
     parser.add_argument("--ops-seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--store", choices=("etcd", "sqlite"), default="etcd",
+                        help="the store the nodes share (default etcd)")
     parser.add_argument("--json", type=Path, default=None, help="also write raw samples here")
     parser.add_argument("--max-seconds", type=int, default=470)
     parser.add_argument("--keep-logs", action="store_true")
@@ -409,7 +433,8 @@ def run_main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     print()
-    print(f"{dt.date.today()}: {NODES_COUNT} nodes, {args.partitions} partitions, TTL {TTL} s, "
+    print(f"{dt.date.today()}: {args.store}, {NODES_COUNT} nodes, {args.partitions} partitions, "
+          f"TTL {TTL} s, "
           f"reps {args.reps} + {args.no_reaper_reps} (no reaper), ops window "
           f"{args.ops_seconds:g} s, seed {seed}, {os.cpu_count()} CPUs, took {elapsed:.0f} s")
     print()
