@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from shoal.config import NodeConfig, load_config
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
+from shoal.runtime.settings import NodeSettings
 from shoal.testing.cluster import SimCluster
 
 SINGLETONS = [f"s{i}" for i in range(8)]
@@ -80,3 +82,21 @@ async def test_rolling_upgrade_moves_each_singleton_at_most_once(cluster: SimClu
     assert sum(voluntary.values()) >= 1  # the first upgraded node drew singletons
     owners = cluster.owners()
     assert all(owners[d] in names for d in SINGLETONS)
+
+
+def test_settings_resolve_preferences_version_rule_and_batch_size() -> None:
+    config = NodeConfig(
+        node={"name": "node-a", "prefer_newest_version": True},
+        duties={"engine-x": {"prefer": True}, "engine-y": {"prefer": ["node-a", "node-b"]},
+                "engine-z": {"prefer": ["node-b"]}, "import:*": {"prefer": ["node-a"]}},
+    )
+    settings = NodeSettings.from_config(config)
+    assert settings.prefers == ("engine-x", "engine-y", "import:*")
+    assert settings.newest_version
+    assert settings.max_txn_ops >= 128  # sqlite: no store limit, large batches
+    etcd = NodeConfig(store={"backend": "etcd", "etcd": {"endpoints": ["http://127.0.0.1:2379"]}})
+    assert NodeSettings.from_config(etcd).max_txn_ops == 128
+    env = load_config(None, env={"SHOAL__DUTIES__ENGINE__PREFER": "node-a, node-b"})
+    assert env.duties["engine"].prefer == ["node-a", "node-b"]
+    env = load_config(None, env={"SHOAL__DUTIES__ENGINE__PREFER": "true"})
+    assert env.duties["engine"].prefer is True

@@ -143,6 +143,13 @@ class DutyOverride(Section):
     every: float | None = Field(default=None, ge=1)
     prefer: bool | list[str] = False  # true: this node; [names]: those nodes
 
+    @field_validator("prefer", mode="before")
+    @classmethod
+    def _prefer_csv(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() not in ("true", "false", "1", "0"):
+            return _split_csv(value)
+        return value
+
     @model_validator(mode="after")
     def _schedule(self) -> DutyOverride:
         from shoal.core.schedule import check_cron
