@@ -70,3 +70,13 @@ async def test_release_many_deletes_only_keys_still_held_by_their_token(store: S
     # the old token no longer fences anything
     res = await store.txn([guard("r0", tokens["r0"])], [Put("state/x", b"1")])
     assert not res.succeeded
+
+
+async def test_a_full_batch_of_the_store_limit_fits_one_transaction(store: Store) -> None:
+    lease = (await store.grant(30)).id
+    names = [f"full-{i:03d}" for i in range(128)]  # etcd's default --max-txn-ops
+    await ownership.acquire(store, "full-127", "rival", (await store.grant(30)).id, 0.0)
+    tokens = await acquire_many(store, names, "me", lease, 0.0, limit=128)
+    assert len(tokens) == 127 and len(set(tokens.values())) == 1  # failed once, then one txn
+    done = await release_many(store, tokens, limit=128)
+    assert set(done) == set(tokens) and len(set(done.values())) == 1
