@@ -1,4 +1,5 @@
-"""Batched ownership: acquire_many / release_many on memory, sqlite and a REAL etcd.
+"""Batched ownership: acquire_many / release_many on memory, sqlite, a REAL etcd and
+a REAL PostgreSQL.
 
 A race on one key never fails the batch; limits split the work into several
 transactions; tokens fence like single acquisitions."""
@@ -15,6 +16,7 @@ from shoal.primitives import ownership
 from shoal.primitives.ownership import DUTIES, acquire_many, guard, release_many
 from shoal.store.etcd import EtcdStore
 from shoal.store.memory import MemoryStore
+from shoal.store.postgres import PostgresStore
 from shoal.store.protocol import Put, Store
 from shoal.store.sqlite import SqliteStore
 from shoal.testing.clock import FakeClock
@@ -22,7 +24,7 @@ from shoal.testing.clock import FakeClock
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["memory", "sqlite", "etcd"])
+@pytest.fixture(params=["memory", "sqlite", "etcd", "postgres"])
 async def store(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[Store]:
@@ -31,6 +33,9 @@ async def store(
         s = MemoryStore(FakeClock())
     elif request.param == "sqlite":
         s = await SqliteStore.open(tmp_path / "s.db")
+    elif request.param == "postgres":
+        dsn = request.getfixturevalue("pg_dsn")
+        s = await PostgresStore.open(dsn, schema=f"batch{time.monotonic_ns()}")
     else:
         endpoints = request.getfixturevalue("etcd_endpoints")
         s = await EtcdStore.open(endpoints, prefix=f"/batch{time.monotonic_ns()}")
