@@ -122,10 +122,11 @@ def test_a_join_moves_at_most_one_and_a_half_ideal_shares(
     after = place(duties, nodes, owned(before), balanced=True)
     moved = sum(1 for d in duties if before.wanted[d.name] != after.wanted[d.name])
     ideal = size * nodes[count].weight / sum(n.weight for n in nodes)
-    assert moved <= 1.5 * ideal
+    assert moved <= max(1.5 * ideal, ideal + 2)  # whole duties: +2 for rounding of tiny shares
     if len(set(zones[: count + 1])) == 1:  # (with zones, a zone's new share may shift)
-        assert all(o == "node-" + str(count) for d, o in after.wanted.items()
-                   if o != before.wanted[d])  # every move goes to the newcomer
+        elsewhere = [d for d, o in after.wanted.items()
+                     if o != before.wanted[d] and o != f"node-{count}"]
+        assert len(elsewhere) <= 2  # the newcomer takes the moves; rounding may pass one on
 
 
 def test_cordoned_node_keeps_its_duties_and_gets_no_new_ones() -> None:
