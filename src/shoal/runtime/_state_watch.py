@@ -9,7 +9,7 @@ from collections.abc import Callable
 from shoal._clock import Clock
 from shoal.primitives.mirror import Mirror
 from shoal.runtime._state_model import PREFIX
-from shoal.store.protocol import Store
+from shoal.store.protocol import Event, Store
 
 QUEUE_LIMIT = 10_000  # a subscriber further behind gets one "reload" instead
 

@@ -27,7 +27,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from shoal._errors import LeaseNotFound, NodeNotLive, NotRunning
+from shoal._errors import LeaseNotFound, NodeNotLive, NotRunning, ShoalError
 from shoal.core.node_state import Phase
 from shoal.primitives.membership import NODES
 from shoal.primitives.mirror import Mirror
@@ -140,7 +140,7 @@ async def watch_control(node: Node) -> None:
             await seen.wait()
             seen.clear()
             cordoned = _requested(node, cordons.items) is not None
-            if cordoned != node.cordoned and not node.draining and node.phase != "STOPPED":
+            if cordoned != node.cordoned and not node.draining and node.phase is not Phase.STOPPED:
                 log.warning("node %s: %s", node.name, "cordoned" if cordoned else "uncordoned")
                 with contextlib.suppress(ShoalError):
                     await node.set_cordoned(cordoned)

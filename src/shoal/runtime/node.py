@@ -88,6 +88,7 @@ class Node:
         self._started = False
         self._started_at = 0.0
         self.members: dict[str, Member] = {}
+        self.cordoned = False  # set by a cordon request (shoal.runtime.control)
         self._tally = Tally()
         self._subscribers: Fanout[ClusterEvent] = Fanout(maxsize=10_000)
         self._nodes = Mirror(store, NODES, self.clock, on_change=self._nodes_changed)
@@ -373,6 +374,13 @@ class Node:
     def workers_status(self) -> dict[str, dict[str, int]]:
         """Worker pools on this node: {pool: {"running": n, "restarts": k}}."""
         return self.pools.status()
+
+    async def set_cordoned(self, cordoned: bool) -> bool:
+        """Cordon (keep serving and owning, take nothing new) or uncordon this
+        node: republish its record, which every node's placement reads."""
+        self.cordoned = cordoned
+        self._duties.wake.set()
+        return await self._publish_workers()
 
     async def _publish_workers(self) -> bool:
         """Rewrite our member record with the current worker counts."""

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from shoal._clock import Clock
 from shoal._errors import InvalidArgument, StoreError
 from shoal._tasks import event_or_tick
-from shoal.core.placement import DutySpec, NodeInfo, Placement, place
+from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
 from shoal.primitives import ownership
 from shoal.primitives.membership import Member
 from shoal.primitives.mirror import Mirror
@@ -30,7 +30,7 @@ from shoal.primitives.ownership import Owner
 from shoal.runtime.app import LEADER, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.owners import OwnerTable
-from shoal.runtime.plan import Acquire, Release, Run, Stop, View, plan
+from shoal.runtime.plan import Release, Run, Stop, View, batches, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
@@ -78,6 +78,8 @@ class Reconciler:
         self._stable_since = 0.0
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self._cache: tuple[object, Placement] | None = None
+        self._scores = ScoreCache()  # rendezvous hashes, reused by every placement pass
+        self._specs: list[DutySpec] = []
         self._leader: str | None = None  # last leader reported
 
     # -- inputs ---------------------------------------------------------------------
@@ -113,23 +115,26 @@ class Reconciler:
         self.wake.set()
 
     def placement(self, members: Mapping[str, Member]) -> Placement:
-        """Where every duty should run (cached while members and sticky owners hold)."""
+        """Where every duty should run (cached while members and owners hold: the
+        balanced placement keeps current owners)."""
         live = [m for m in members.values() if not m.draining]
         owners = {n: o.node for n, o in self.owners.view().items()}
-        sticky = tuple(sorted((d.name, owners.get(d.name, "")) for d in self.duties if d.sticky))
-        key = (frozenset(live), sticky)
+        key = (frozenset(live), frozenset(owners.items()))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
         nodes = [
             NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead, frozenset(m.disabled),
-                     m.zone)
+                     m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
             for m in live
         ]
-        specs = [
-            DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty, d.family)
-            for d in self.duties
-        ]
-        result = place(specs, nodes, owners, balanced=self.settings.balanced)
+        if len(self._specs) != len(self.duties):  # the duties are fixed at start()
+            self._specs = [  # a singleton's family is its own name: no family
+                DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
+                         d.family if d.family != d.name else None)
+                for d in self.duties
+            ]
+        result = place(self._specs, nodes, owners, balanced=self.settings.balanced,
+                       newest_version=self.settings.newest_version, cache=self._scores)
         self._cache = (key, result)
         return result
 
@@ -183,18 +188,17 @@ class Reconciler:
             grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
         )
         by_name = {d.name: d for d in self.duties}
-        stale = False  # an acquire lost a race: our view is behind, wait for the watch
-        for action in plan(view):
-            if lease() != current:
-                return
+        actions = plan(view)
+        for action in actions:  # no await in this loop: the lease cannot change in it
             if isinstance(action, Stop):
                 self.stop_now(action.duty, action.reason)
             elif isinstance(action, Run):
                 self._run(by_name[action.duty], action.owner)
-            elif isinstance(action, Release):
-                await self._release(action.duty, action.token, action.reason)
-            elif isinstance(action, Acquire) and self.placing and not stale:
-                stale = not await self._acquire(by_name[action.duty], current)
+        releases, acquires = batches(actions, by_name)  # one transaction per max_txn_ops
+        if releases and lease() == current:
+            await self._release_batch(releases)
+        if acquires and lease() == current and self.placing:
+            await self._acquire_batch([by_name[a.duty] for a in acquires], current)
 
     # -- duties -----------------------------------------------------------------------
     def stop_now(self, duty: str, reason: str) -> None:
@@ -252,22 +256,36 @@ class Reconciler:
         runner.start()
         self._emit("started", duty.name, f"token {owner.token}")
 
-    async def _acquire(self, duty: Duty, lease: int) -> bool:
-        """Try to take ``duty``; False when another node had it already."""
-        if self.owners.get(duty.name) is not None:  # taken while this pass was running
-            return True
-        token = await ownership.acquire(self.store, duty.name, self.name, lease, self.clock.time())
-        if token is None:
-            return False
-        owner = Owner(duty.name, self.name, token, self.clock.time(), lease)
-        self.owners.wrote(duty.name, token, owner)
-        self.tally.acquired += 1
-        self._free_since.pop(duty.name, None)
-        self._run(duty, owner)
+    async def _acquire_batch(self, duties: list[Duty], lease: int) -> None:
+        """Take the free ``duties`` in batched transactions (``max_txn_ops`` keys
+        each, conflict-tolerant: a key taken by another node is skipped); run the
+        ones won."""
+        free = {d.name: d for d in duties if self.owners.get(d.name) is None}
+        tokens = await ownership.acquire_many(
+            self.store, free, self.name, lease, self.clock.time(),
+            limit=self.settings.max_txn_ops,
+        )
+        for name, token in sorted(tokens.items()):
+            owner = Owner(name, self.name, token, self.clock.time(), lease)
+            self.owners.wrote(name, token, owner)
+            self.tally.acquired += 1
+            self._free_since.pop(name, None)
+            self._run(free[name], owner)
         self.wake.set()  # co-located duties may follow at once
-        return True
 
-    async def _release(self, duty: str, token: int, reason: str) -> None:
+    async def _release_batch(self, waves: list[list[Release]]) -> None:
+        """Stop each wave's runners in parallel (dependents before their anchor),
+        then delete every key still held by its token, batched."""
+        for wave in waves:
+            await asyncio.gather(*(self._stop_gracefully(r.duty, r.reason) for r in wave))
+        tokens = {r.duty: r.token for wave in waves for r in wave}
+        done = await ownership.release_many(self.store, tokens, limit=self.settings.max_txn_ops)
+        for duty, revision in done.items():
+            self.owners.wrote(duty, revision, None)
+            self.tally.released += 1
+        self.wake.set()
+
+    async def _stop_gracefully(self, duty: str, reason: str) -> None:
         runner = self.runners.pop(duty, None)
         if runner is not None:
             self._stopping.add(runner)
@@ -276,11 +294,6 @@ class Reconciler:
             finally:
                 self._stopping.discard(runner)
             self._emit("stopped", duty, reason)
-        revision = await ownership.release(self.store, duty, token)
-        if revision:
-            self.owners.wrote(duty, revision, None)
-            self.tally.released += 1
-        self.wake.set()
 
 
 def order_duties(duties: list[Duty]) -> list[Duty]:
