@@ -79,7 +79,7 @@ class Reconciler:
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self._cache: tuple[object, Placement] | None = None
         self._scores = ScoreCache()  # rendezvous hashes, reused by every placement pass
-        self._specs: list[DutySpec] = []
+        self._specs: tuple[list[Duty], list[DutySpec]] | None = None  # for that list
         self._leader: str | None = None  # last leader reported
 
     # -- inputs ---------------------------------------------------------------------
@@ -127,13 +127,13 @@ class Reconciler:
                      m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
             for m in live
         ]
-        if len(self._specs) != len(self.duties):  # the duties are fixed at start()
-            self._specs = [  # a singleton's family is its own name: no family
+        if self._specs is None or self._specs[0] is not self.duties:
+            self._specs = (self.duties, [  # a singleton's family is its own name: no family
                 DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
                          d.family if d.family != d.name else None)
                 for d in self.duties
-            ]
-        result = place(self._specs, nodes, owners, balanced=self.settings.balanced,
+            ])
+        result = place(self._specs[1], nodes, owners, balanced=self.settings.balanced,
                        newest_version=self.settings.newest_version, cache=self._scores)
         self._cache = (key, result)
         return result
