@@ -58,7 +58,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from shoal._clock import SYSTEM_CLOCK
+from shoal.clock import SYSTEM_CLOCK
 from shoal.core.placement import DutySpec, NodeInfo, place
 from shoal.primitives.membership import NODES, Member
 from shoal.primitives.mirror import Mirror

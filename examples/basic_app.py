@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 
-from shoal._errors import DutyLost
+from shoal.errors import DutyLost
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 

@@ -38,3 +38,13 @@ def test_ruff_is_clean() -> None:
 def test_mypy_strict_is_clean() -> None:
     done = _run(sys.executable, "-m", "mypy", timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_top_of_the_package_holds_public_modules_only() -> None:
+    """Private helpers live in the package they serve (config/, sessions/, aio/, cli/)."""
+    top = ROOT / "src" / "shoal"
+    private = sorted(p.name for p in top.glob("_*.py") if p.name != "__init__.py")
+    assert private == []
+    assert not (top / "demo_app.py").exists()  # the demo's app belongs to the CLI
+    for package in ("config", "sessions", "aio", "cli", "core", "store", "runtime", "http"):
+        assert (top / package / "__init__.py").is_file(), package

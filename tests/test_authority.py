@@ -12,9 +12,9 @@ import httpx2
 import pytest
 from click.testing import CliRunner
 
-from shoal._errors import ConfigError
 from shoal.cli.main import main as cli
 from shoal.config import NodeConfig
+from shoal.errors import ConfigError
 from shoal.http.api import create_app
 from shoal.runtime.app import App
 from shoal.runtime.node import Node

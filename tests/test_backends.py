@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 import shoal.store.registry as registry
-from shoal._errors import ConfigError, UnsupportedBackend
 from shoal.config import parse_config
+from shoal.errors import ConfigError, UnsupportedBackend
 from shoal.runtime.settings import NodeSettings
 from shoal.store import Features
 from shoal.store.factory import open_store, opened_store

@@ -15,16 +15,16 @@ import yaml
 from click.testing import CliRunner, Result
 from pydantic import BaseModel
 
-from shoal._config_errors import is_model, unwrap
-from shoal._errors import (
+from shoal.cli.main import ShoalGroup, exit_code_for, handle_errors, main
+from shoal.config import NodeConfig
+from shoal.config._errors import is_model, unwrap
+from shoal.errors import (
     ConfigError,
     NotRunning,
     StoreAuthError,
     StoreUnavailable,
     UnsupportedBackend,
 )
-from shoal.cli.main import ShoalGroup, exit_code_for, handle_errors, main
-from shoal.config import NodeConfig
 
 SECRET = "bRSTrWRpMZvcihnTlnK2WkU2qEamLKSkd4_RvhO9uKKZ2LyCPb3mDkQTkqFFL8MKK6nG3bboxY3DCs5l4MEULQ"
 PREVIOUS = "jWQriUWU5e27mA2WALxX1hOSNLuJnwt-tSxVOEjK2_5GirZnnKK7VqQIitDnhiByl8qupPhjvEF4sOdL6tO30w"

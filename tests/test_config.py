@@ -10,7 +10,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal import _errors
+import shoal.errors as _errors
 from shoal.config import (
     DutyOverride,
     NodeConfig,

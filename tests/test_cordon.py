@@ -82,7 +82,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         "http": {"host": "127.0.0.1"},
         "reaper": {"enabled": True},
     }
-    with ProcCluster(tmp_path, base, app="shoal.demo_app:app") as procs:
+    with ProcCluster(tmp_path, base, app="shoal.cli.demo_app:app") as procs:
         yield Cluster(procs)
 
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from shoal._procfs import pid_alive
+from shoal.cli._procfs import pid_alive
 from shoal.cli.status import NodeApiError, fetch_view
 
 pytestmark = pytest.mark.slow

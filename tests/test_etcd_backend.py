@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal._errors import (
+from shoal.errors import (
     Compacted,
     ConfigError,
     LeaseNotFound,
@@ -513,7 +513,7 @@ async def test_three_members_each_killed_in_turn(
             assert seen.get(key) == revision
         for key in unknown:  # an unknown outcome shows up in the watch iff it happened
             assert (key in seen) == (await s.get(key) is not None)
-        # the interruption is reported (rate-limited: once per outage, see shoal._outage)
+        # the interruption is reported (rate-limited: once per outage, see shoal.aio._outage)
         assert any("unreachable (watch:" in r.getMessage() for r in caplog.records)
     finally:
         await s.aclose()

@@ -30,7 +30,7 @@ from typing import Any
 
 import pytest
 
-from shoal._procfs import descendants, pid_alive
+from shoal.cli._procfs import descendants, pid_alive
 from shoal.sessions import generate_secret
 
 pytestmark = pytest.mark.slow

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from shoal._procfs import descendants
+from shoal.cli._procfs import descendants
 from shoal.sessions import generate_secret
 from shoal.testing.etcd_server import EtcdCluster
 

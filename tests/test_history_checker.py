@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import NotRunning
+from shoal.errors import NotRunning
 from shoal.testing.history import (
     HistoryRecorder,
     Record,

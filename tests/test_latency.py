@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shoal._errors import LeaseNotFound, StoreUnavailable
+from shoal.errors import LeaseNotFound, StoreUnavailable
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.store.memory import MemoryStore

@@ -12,8 +12,8 @@ import httpx2
 import pytest
 from click.testing import CliRunner, Result
 
-from shoal._errors import InvalidDocument
 from shoal.cli.main import main
+from shoal.errors import InvalidDocument
 from shoal.http.api import create_app
 from shoal.runtime._state_model import MAX_DEPTH
 from shoal.runtime.app import App

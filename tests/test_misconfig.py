@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from shoal._errors import ConfigError
 from shoal.cli.main import main
 from shoal.config import NodeConfig
+from shoal.errors import ConfigError
 from shoal.runtime.app import App
 from shoal.sessions import SessionManager
 
@@ -110,7 +110,7 @@ def test_config_check_and_run_share_one_secret_check(tmp_path: Path) -> None:
     res = cli("config", "check", str(path))
     assert res.exit_code == 2 and "auth.secret: bad value '***'" in res.stderr
     assert "not random enough" in res.stderr and weak not in res.output
-    res = cli("run", "shoal.demo_app:app", "-c", str(path))
+    res = cli("run", "shoal.cli.demo_app:app", "-c", str(path))
     assert res.exit_code == 2 and "not random enough" in res.stderr
 
 
@@ -129,8 +129,8 @@ async def test_a_node_with_a_secret_the_others_lack_is_shown_everywhere(
 ) -> None:
     import logging
 
-    from shoal._secrets import generate_secret, key_id
     from shoal.cli.status import render
+    from shoal.config._secrets import generate_secret, key_id
     from shoal.http._view import cluster_view
     from shoal.runtime.node import Node
     from shoal.runtime.settings import NodeSettings

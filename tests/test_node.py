@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import DutyLost, NameTaken
+from shoal.errors import DutyLost, NameTaken
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.store.protocol import Put
@@ -225,7 +225,7 @@ async def test_graceful_drain_hands_over_quickly(cluster_factory: Any) -> None:
 async def test_crashing_duty_is_restarted_with_backoff(
     cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))
+    monkeypatch.setattr("shoal.aio._retry._random", FixedRandom(0.5))
     calls: list[float] = []
     app = App("t")
 

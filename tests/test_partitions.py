@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import ConfigError
+from shoal.errors import ConfigError
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.workers import forget_partition_count

@@ -25,14 +25,14 @@ import psycopg
 import pytest
 from click.testing import CliRunner, Result
 
-from shoal._errors import (
+from shoal.cli.main import main
+from shoal.errors import (
     LeaseNotFound,
     OutcomeUnknown,
     StoreAuthError,
     StoreUnavailable,
     UnsupportedBackend,
 )
-from shoal.cli.main import main
 from shoal.store._pg_sql import LOCK_CLASS
 from shoal.store.postgres import PostgresStore
 from shoal.store.protocol import Compare, Event, EventType, Op

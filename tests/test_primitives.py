@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Sequence
 
 import pytest
 
-from shoal._errors import NameTaken, OutcomeUnknown
 from shoal.core.node_state import KeepaliveFailed, KeepaliveOk, LeaseGone
+from shoal.errors import NameTaken, OutcomeUnknown
 from shoal.primitives import membership, ownership
 from shoal.primitives.membership import Member
 from shoal.primitives.mirror import Mirror

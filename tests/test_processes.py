@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import NameTaken
 from shoal.config import StoreSection, parse_config
+from shoal.errors import NameTaken
 from shoal.primitives.ownership import guard
 from shoal.runtime.thread import NodeThread
 from shoal.store.factory import open_store

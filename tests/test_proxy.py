@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import pytest
 
-from shoal._errors import StoreUnavailable
+from shoal.errors import StoreUnavailable
 from shoal.store.etcd import EtcdStore
 from shoal.store.protocol import Compare, Put
 from shoal.testing.proxy import FaultProxy, Mode, ProxyThread, parse_target

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import shoal
-from shoal import _errors
+import shoal.errors as _errors
 
 
 def test_every_public_name_resolves() -> None:
@@ -60,7 +60,7 @@ def test_all_is_exactly_the_public_names() -> None:
 def _tree() -> list[type[BaseException]]:
     return [obj for obj in vars(_errors).values()
             if isinstance(obj, type) and issubclass(obj, BaseException)
-            and obj.__module__ == "shoal._errors"]
+            and obj.__module__ == "shoal.errors"]
 
 
 def test_every_exported_error_is_in_the_tree_and_every_tree_error_is_exported() -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import StoreUnavailable
+from shoal.errors import StoreUnavailable
 from shoal.runtime.reaper import Reaper, revoke
 from shoal.store.protocol import Store
 from shoal.store.sqlite import SqliteStore

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from shoal._errors import InvalidArgument, ShoalError
-from shoal._retry import Backoff
-from shoal._tasks import event_or_tick
+from shoal.aio._retry import Backoff
+from shoal.aio._tasks import event_or_tick
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.testing.clock import FakeClock
 
 

@@ -28,7 +28,7 @@ def make(fn: Callable[..., Any] | None, clock: FakeClock, **kw: Any) -> DutyRunn
 
 
 async def test_crash_backoff_doubles_up_to_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))  # half the ceiling
+    monkeypatch.setattr("shoal.aio._retry._random", FixedRandom(0.5))  # half the ceiling
     clock = FakeClock()
     calls: list[float] = []
     crashes: list[str] = []

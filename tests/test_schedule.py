@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import ConfigError, DutyLost
 from shoal.core.schedule import Record
+from shoal.errors import ConfigError, DutyLost
 from shoal.runtime.app import App
 from shoal.runtime.schedule import (
     NAMESPACE,

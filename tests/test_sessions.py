@@ -20,9 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from shoal._errors import ConfigError, Conflict, InvalidSession, ShoalError
 from shoal.cli.main import main
 from shoal.config import NodeConfig
+from shoal.errors import ConfigError, Conflict, InvalidSession, ShoalError
 from shoal.http import (
     SCOPE_ERROR_KEY,
     SessionMiddleware,

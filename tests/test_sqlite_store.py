@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal._errors import Compacted, ConfigError, NotRunning, StoreUnavailable
+from shoal.errors import Compacted, ConfigError, NotRunning, StoreUnavailable
 from shoal.store.protocol import Event, EventType, Put
 from shoal.store.sqlite import SqliteStore
 

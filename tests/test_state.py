@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from shoal._errors import (
+from shoal.errors import (
     Conflict,
     DocumentTooLarge,
     DutyLost,

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from shoal._errors import StateError
 from shoal.cli.main import main
+from shoal.errors import StateError
 from shoal.runtime.app import App
 from shoal.runtime.node import Node
 from shoal.runtime.settings import NodeSettings

@@ -9,7 +9,7 @@ import json
 import tracemalloc
 from pathlib import Path
 
-from shoal._clock import SYSTEM_CLOCK
+from shoal.clock import SYSTEM_CLOCK
 from shoal.runtime.state import ReplicatedState
 from shoal.store.protocol import Put
 from shoal.store.sqlite import SqliteStore

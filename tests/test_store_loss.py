@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal._outage import OutageLog
+from shoal.aio._outage import OutageLog
 from shoal.http._view import cluster_view
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 import shoal.testing
-from shoal._retry import Backoff
+from shoal.aio._retry import Backoff
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.store.memory import MemoryStore

@@ -130,7 +130,7 @@ def test_per_node_override_is_resolved_from_config() -> None:
 async def test_a_crashing_worker_is_restarted_with_backoff_and_counted(
     cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))
+    monkeypatch.setattr("shoal.aio._retry._random", FixedRandom(0.5))
     calls: list[float] = []
     app = App("t")
 

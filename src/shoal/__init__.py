@@ -30,38 +30,38 @@ _EXPORTS: dict[str, str] = {
     "Delete": "shoal.store.protocol",
     "Get": "shoal.store.protocol",
     "Op": "shoal.store.protocol",
-    "ShoalError": "shoal._errors",
-    "ConfigError": "shoal._errors",
-    "StoreError": "shoal._errors",
-    "StoreUnavailable": "shoal._errors",
-    "OutcomeUnknown": "shoal._errors",
-    "Compacted": "shoal._errors",
-    "LeaseNotFound": "shoal._errors",
-    "StoreAuthError": "shoal._errors",
-    "UnsupportedBackend": "shoal._errors",
-    "NameTaken": "shoal._errors",
-    "NotRunning": "shoal._errors",
-    "DutyLost": "shoal._errors",
+    "ShoalError": "shoal.errors",
+    "ConfigError": "shoal.errors",
+    "StoreError": "shoal.errors",
+    "StoreUnavailable": "shoal.errors",
+    "OutcomeUnknown": "shoal.errors",
+    "Compacted": "shoal.errors",
+    "LeaseNotFound": "shoal.errors",
+    "StoreAuthError": "shoal.errors",
+    "UnsupportedBackend": "shoal.errors",
+    "NameTaken": "shoal.errors",
+    "NotRunning": "shoal.errors",
+    "DutyLost": "shoal.errors",
     "ReplicatedState": "shoal.runtime.state",
     "SessionManager": "shoal.sessions",
     "Session": "shoal.sessions",
-    "InvalidSession": "shoal._errors",
-    "StateError": "shoal._errors",
-    "Conflict": "shoal._errors",
-    "DocumentTooLarge": "shoal._errors",
-    "InvalidDocument": "shoal._errors",
-    "InvalidArgument": "shoal._errors",
-    "InvalidArgumentType": "shoal._errors",
-    "WrongState": "shoal._errors",
-    "StartTimeout": "shoal._errors",
-    "AppImportError": "shoal._errors",
-    "InvalidTransaction": "shoal._errors",
-    "NodeNotLive": "shoal._errors",
-    "NodeApiError": "shoal._errors",
-    "ProcessError": "shoal._errors",
-    "EtcdServerError": "shoal._errors",
-    "PgServerError": "shoal._errors",
-    "InvalidSnapshot": "shoal._errors",
+    "InvalidSession": "shoal.errors",
+    "StateError": "shoal.errors",
+    "Conflict": "shoal.errors",
+    "DocumentTooLarge": "shoal.errors",
+    "InvalidDocument": "shoal.errors",
+    "InvalidArgument": "shoal.errors",
+    "InvalidArgumentType": "shoal.errors",
+    "WrongState": "shoal.errors",
+    "StartTimeout": "shoal.errors",
+    "AppImportError": "shoal.errors",
+    "InvalidTransaction": "shoal.errors",
+    "NodeNotLive": "shoal.errors",
+    "NodeApiError": "shoal.errors",
+    "ProcessError": "shoal.errors",
+    "EtcdServerError": "shoal.errors",
+    "PgServerError": "shoal.errors",
+    "InvalidSnapshot": "shoal.errors",
 }
 
 __all__ = [
@@ -129,7 +129,9 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from shoal._errors import (
+    from shoal.config import NodeConfig, load_config
+    from shoal.core.node_state import Phase
+    from shoal.errors import (
         AppImportError,
         Compacted,
         ConfigError,
@@ -160,8 +162,6 @@ if TYPE_CHECKING:
         UnsupportedBackend,
         WrongState,
     )
-    from shoal.config import NodeConfig, load_config
-    from shoal.core.node_state import Phase
     from shoal.runtime.app import App
     from shoal.runtime.context import DutyContext
     from shoal.runtime.node import ClusterEvent, Node

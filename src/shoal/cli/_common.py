@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from shoal._errors import (
+from shoal.errors import (
     ConfigError,
     ShoalError,
     StoreAuthError,

@@ -24,17 +24,17 @@ from typing import Any
 
 import yaml
 
-from shoal._errors import ConfigError
-from shoal._files import write_private
-from shoal._procfs import children as _children
-from shoal._procfs import is_reaper as _is_reaper
+from shoal.cli._files import write_private
+from shoal.cli._procfs import children as _children
+from shoal.cli._procfs import is_reaper as _is_reaper
+from shoal.errors import ConfigError
 
 __all__ = [
     "APP", "ENGINES", "RESTRICTED_DUTY", "DemoNode", "free_ports", "node_configs", "pdeathsig",
     "stdin_lines",
 ]
 
-APP = "shoal.demo_app:app"
+APP = "shoal.cli.demo_app:app"
 ENGINES = ["engine-a", "engine-b"]
 RESTRICTED_DUTY = "rule-engine"
 

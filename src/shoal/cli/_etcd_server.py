@@ -35,7 +35,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from shoal._errors import EtcdServerError, InvalidArgument
+from shoal.errors import EtcdServerError, InvalidArgument
 
 __all__ = ["EtcdCluster", "EtcdServerError", "find_etcd_binary"]
 

@@ -1,7 +1,7 @@
 """``shoal demo``: a whole cluster on this machine, with nothing to install or start.
 
-Starts N node processes (``shoal run shoal.demo_app:app``, see
-:mod:`shoal.demo_app`) sharing a SQLite file in a temporary directory (or an
+Starts N node processes (``shoal run shoal.cli.demo_app:app``, see
+:mod:`shoal.cli.demo_app`) sharing a SQLite file in a temporary directory (or an
 etcd cluster with ``--store etcd --endpoints ...``). Each serves its HTTP API
 and live dashboard on its own port and announces that URL as its
 ``node.address`` (so ``shoal status --config`` finds it). The demo prints
@@ -33,11 +33,11 @@ from typing import Any
 
 import click
 
-from shoal._errors import ConfigError
-from shoal._files import private_dir
 from shoal.cli._demo_procs import DemoNode, free_ports, node_configs, pdeathsig, stdin_lines
+from shoal.cli._files import private_dir
 from shoal.cli.status import NodeApiError, fetch_view, render
 from shoal.core.node_state import Phase
+from shoal.errors import ConfigError
 
 __all__ = ["Demo", "demo", "node_configs"]
 
@@ -140,7 +140,7 @@ class Demo:
             where = f"postgres {cfg['postgres']['dsn']} schema {cfg['postgres']['schema']}"
         else:
             where = f"etcd {','.join(cfg['etcd']['endpoints'])} prefix {cfg['etcd']['prefix']}"
-        click.echo(f"\nShoal demo: {len(self.nodes)} nodes of shoal.demo_app on {where}\n")
+        click.echo(f"\nShoal demo: {len(self.nodes)} nodes of shoal.cli.demo_app on {where}\n")
         for n in self.nodes:
             notes = [] if n.config["node"]["can_lead"] else ["cannot lead"]
             notes += [f"{d} disabled" for d in n.config["duties"]]

@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from shoal._errors import ConfigError, ShoalError
+from shoal.errors import ConfigError, ShoalError
 
 __all__ = ["etcd_group"]
 

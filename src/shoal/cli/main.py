@@ -36,7 +36,6 @@ from pathlib import Path
 
 import click
 
-from shoal._errors import ConfigError, StoreUnavailable
 from shoal.cli._common import (
     EXIT_BAD_INPUT,
     EXIT_FAILURE,
@@ -49,6 +48,7 @@ from shoal.cli._common import (
     run_async,
 )
 from shoal.config import NodeConfig, load_config
+from shoal.errors import ConfigError, StoreUnavailable
 
 __all__ = [
     "EXIT_BAD_INPUT",

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import click
 
-from shoal._errors import ConfigError, ShoalError
 from shoal.cli.status import NodeApiError, api_request, fetch_view, open_store_bounded
 from shoal.config import NodeConfig, load_config
 from shoal.core.node_state import Phase
+from shoal.errors import ConfigError, ShoalError
 
 __all__ = ["node_group"]
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shoal._errors import AppImportError, NameTaken, StoreUnavailable
+from shoal.errors import AppImportError, NameTaken, StoreUnavailable
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig

@@ -18,10 +18,10 @@ from typing import Any
 
 import click
 
-from shoal._errors import ConfigError
 from shoal.cli.status import NodeApiError, _age, _table, api_request, open_store_bounded
 from shoal.config import NodeConfig, load_config
 from shoal.core.schedule import describe
+from shoal.errors import ConfigError
 from shoal.primitives.ownership import DUTIES, Owner
 from shoal.runtime._state_model import PREFIX, decode_value
 from shoal.runtime.schedule import NAMESPACE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from shoal._secrets import generate_secret
+from shoal.config._secrets import generate_secret
 
 __all__ = ["secret_group"]
 

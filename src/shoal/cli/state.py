@@ -22,15 +22,15 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 
-from shoal._errors import (
+from shoal.cli._common import EXIT_BAD_INPUT, report_error, run_async
+from shoal.cli._files import write_private
+from shoal.config import NodeConfig, load_config
+from shoal.errors import (
     ConfigError,
     InvalidDocument,
     InvalidSnapshot,
     StoreUnavailable,
 )
-from shoal._files import write_private
-from shoal.cli._common import EXIT_BAD_INPUT, report_error, run_async
-from shoal.config import NodeConfig, load_config
 from shoal.runtime._state_model import DEFAULT_MAX_DOC_BYTES, MAX_DEPTH
 from shoal.runtime._state_snapshot import (
     Diff,

@@ -23,8 +23,8 @@ from typing import Any
 
 import click
 
-from shoal._errors import ConfigError, NodeApiError, StoreUnavailable
 from shoal.config import NodeConfig, load_config
+from shoal.errors import ConfigError, NodeApiError, StoreUnavailable
 from shoal.store.protocol import Store
 
 __all__ = [

@@ -46,7 +46,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import TypeAlias
 
-from shoal._errors import InvalidArgument
+from shoal.errors import InvalidArgument
 
 
 class Phase(StrEnum):

@@ -59,8 +59,8 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from hashlib import blake2b
 
-from shoal._errors import InvalidArgument
 from shoal.core._balance import balance
+from shoal.errors import InvalidArgument
 
 __all__ = [
     "DutySpec",

@@ -48,7 +48,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from shoal._errors import InvalidArgument
+from shoal.errors import InvalidArgument
 
 Missed = Literal["run_once", "skip"]
 MISSED: tuple[str, ...] = ("run_once", "skip")

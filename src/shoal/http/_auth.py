@@ -33,8 +33,8 @@ from prometheus_client import Counter as PromCounter
 from pydantic import SecretStr
 from starlette.requests import Request
 
-from shoal._config_sections import MIN_TOKEN_LENGTH
-from shoal._errors import ConfigError
+from shoal.config._sections import MIN_TOKEN_LENGTH
+from shoal.errors import ConfigError
 from shoal.http.session_middleware import SCOPE_ERROR_KEY, current_session
 from shoal.sessions import Session
 

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from shoal._errors import InvalidArgument
+from shoal.errors import InvalidArgument
 from shoal.runtime._state_model import TooDeep
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from shoal._errors import ConfigError
+from shoal.errors import ConfigError
 from shoal.http._events import EventFeed
 from shoal.http._protocol import DEFAULT_HEADER_TIMEOUT, protocol_with_header_timeout
 from shoal.http.api import create_app

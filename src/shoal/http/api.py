@@ -40,7 +40,8 @@ from starlette.responses import (
 )
 from starlette.routing import Route
 
-from shoal._errors import (
+from shoal.core.node_state import Phase
+from shoal.errors import (
     Conflict,
     DocumentTooLarge,
     InvalidDocument,
@@ -50,8 +51,6 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
-from shoal._revocation import NAMESPACE as SESSIONS_NAMESPACE
-from shoal.core.node_state import Phase
 from shoal.http._auth import AuthFailures, Caller, ManagementRole, check_token, identify
 from shoal.http._common import (
     DEFAULT_MAX_BODY,
@@ -72,6 +71,7 @@ from shoal.http.session_middleware import SessionMiddleware
 from shoal.runtime._state_model import check_names, check_namespace, short_repr
 from shoal.runtime.control import NodeNotLive, drain_in_background, request_drain
 from shoal.runtime.schedule import RESERVED_NAMESPACES as SCHEDULE_NAMESPACES
+from shoal.sessions._revocation import NAMESPACE as SESSIONS_NAMESPACE
 
 if TYPE_CHECKING:
     from shoal.runtime.node import Node

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Literal, Protocol
 
-from shoal._errors import InvalidSession
+from shoal.errors import InvalidSession
 from shoal.sessions import Session, SessionManager
 
 __all__ = [

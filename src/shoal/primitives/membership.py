@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from shoal._errors import NameTaken
+from shoal.errors import NameTaken
 from shoal.store.protocol import Compare, KeyValue, Op, Put, Store
 
 NODES = "nodes/"

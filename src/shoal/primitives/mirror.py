@@ -3,7 +3,7 @@
 Loads the prefix with one ``range`` and then follows a ``watch`` from the
 next revision, so it never misses or repeats a change. When the watch is
 told its revision was compacted it reloads in full. Store errors are
-retried with jittered backoff (:mod:`shoal._retry`), resuming from the last applied revision.
+retried with jittered backoff (:mod:`shoal.aio._retry`), resuming from the last applied revision.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import logging
 from collections.abc import Callable
 from contextlib import aclosing
 
-from shoal._clock import Clock
-from shoal._errors import Compacted, NotRunning, StoreError
-from shoal._retry import Backoff
-from shoal._tasks import cancel_and_wait
+from shoal.aio._retry import Backoff
+from shoal.aio._tasks import cancel_and_wait
+from shoal.clock import Clock
+from shoal.errors import Compacted, NotRunning, StoreError
 from shoal.store.protocol import Event, EventType, KeyValue, Store
 
 log = logging.getLogger("shoal.mirror")

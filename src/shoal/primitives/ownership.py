@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from shoal._errors import OutcomeUnknown
+from shoal.errors import OutcomeUnknown
 from shoal.store.protocol import Compare, Delete, Get, KeyValue, Op, Put, Store
 
 DUTIES = "duties/"

@@ -28,10 +28,10 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from shoal._clock import Clock
-from shoal._errors import InvalidArgument, LeaseNotFound, NotRunning, StoreError
-from shoal._tasks import cancel_and_wait
+from shoal.aio._tasks import cancel_and_wait
+from shoal.clock import Clock
 from shoal.core.node_state import KeepaliveFailed, KeepaliveOk, LeaseGone, SessionEvent
+from shoal.errors import InvalidArgument, LeaseNotFound, NotRunning, StoreError
 from shoal.store.protocol import Store
 
 log = logging.getLogger("shoal.session")

@@ -1,6 +1,6 @@
 """Session secrets that do not match across the cluster, made visible.
 
-Every node announces the key ids (:func:`shoal._secrets.key_id`: a short keyed
+Every node announces the key ids (:func:`shoal.config._secrets.key_id`: a short keyed
 hash, never the secret) of its ``auth.secret`` and ``auth.previous_secrets``,
 current first, in its node record. A node whose CURRENT secret is not among
 the key ids another node accepts signs sessions that node refuses: a warning

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from shoal._errors import DocumentTooLarge, InvalidArgument, InvalidDocument
+from shoal.errors import DocumentTooLarge, InvalidArgument, InvalidDocument
 
 PREFIX = "state/"
 DEFAULT_MAX_DOC_BYTES = 1 << 20  # 1 MiB per document

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal._errors import InvalidArgument, InvalidDocument, InvalidSnapshot, StateError
+from shoal.errors import InvalidArgument, InvalidDocument, InvalidSnapshot, StateError
 from shoal.runtime._state_model import (
     PREFIX,
     TooDeep,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from shoal._errors import Conflict, DocumentTooLarge, DutyLost, InvalidDocument, StateError
+from shoal.errors import Conflict, DocumentTooLarge, DutyLost, InvalidDocument, StateError
 from shoal.runtime._state_model import (
     CheckDoc,
     DeleteDoc,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from shoal._clock import Clock
+from shoal.clock import Clock
 from shoal.primitives.mirror import Mirror
 from shoal.runtime._state_model import PREFIX
 from shoal.store.protocol import Event, Store

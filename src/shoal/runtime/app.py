@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from shoal._errors import ConfigError, InvalidArgument
+from shoal.errors import ConfigError, InvalidArgument
 from shoal.runtime.schedule import ScheduleSpec, make_schedule_fn, schedule_spec
 
 LEADER = "leader"

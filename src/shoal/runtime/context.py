@@ -9,9 +9,9 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from shoal._clock import Clock
-from shoal._errors import DutyLost, WrongState
-from shoal._tasks import event_or_tick
+from shoal.aio._tasks import event_or_tick
+from shoal.clock import Clock
+from shoal.errors import DutyLost, WrongState
 from shoal.primitives.ownership import guard
 from shoal.runtime._state_model import check_raw
 from shoal.store.protocol import Compare, Put, Store, TxnOp, TxnResult

@@ -27,8 +27,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from shoal._errors import LeaseNotFound, NodeNotLive, NotRunning, ShoalError
 from shoal.core.node_state import Phase
+from shoal.errors import LeaseNotFound, NodeNotLive, NotRunning, ShoalError
 from shoal.primitives.membership import NODES
 from shoal.primitives.mirror import Mirror
 from shoal.store.protocol import Compare, Op, Put, Store

@@ -21,12 +21,12 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from shoal._clock import Clock
-from shoal._errors import LeaseNotFound, NameTaken, NotRunning, StoreError
-from shoal._outage import OutageLog
-from shoal._retry import Backoff
+from shoal.aio._outage import OutageLog
+from shoal.aio._retry import Backoff
+from shoal.clock import Clock
 from shoal.core import node_state as fsm
 from shoal.core.node_state import Phase
+from shoal.errors import LeaseNotFound, NameTaken, NotRunning, StoreError
 from shoal.primitives import membership
 from shoal.primitives.membership import Member
 from shoal.primitives.session import LeaseSession

@@ -25,12 +25,12 @@ import logging
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import NotRunning, StoreError
-from shoal._tasks import cancel_and_wait
+from shoal.aio._tasks import cancel_and_wait
+from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.core import node_state as fsm
 from shoal.core.node_state import Phase
 from shoal.core.placement import Placement
+from shoal.errors import NotRunning, StoreError
 from shoal.primitives import membership
 from shoal.primitives.membership import NODES, Member
 from shoal.primitives.mirror import Mirror

@@ -138,7 +138,7 @@ def revoke(info: Mapping[str, Any], lease: int) -> str:
 def _reaper_module(info: Mapping[str, Any]) -> Any:
     import importlib
 
-    from shoal._errors import UnsupportedBackend
+    from shoal.errors import UnsupportedBackend
 
     name = info.get("reaper")
     if not name:  # not resolved by the node: ask the backend's descriptor

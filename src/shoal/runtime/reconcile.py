@@ -19,10 +19,10 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from shoal._clock import Clock
-from shoal._errors import InvalidArgument, StoreError
-from shoal._tasks import event_or_tick
+from shoal.aio._tasks import event_or_tick
+from shoal.clock import Clock
 from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
+from shoal.errors import InvalidArgument, StoreError
 from shoal.primitives import ownership
 from shoal.primitives.membership import Member
 from shoal.primitives.mirror import Mirror

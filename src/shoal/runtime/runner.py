@@ -9,8 +9,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from shoal._clock import Clock
-from shoal._retry import Backoff
+from shoal.aio._retry import Backoff
+from shoal.clock import Clock
 from shoal.runtime.context import DutyContext
 
 log = logging.getLogger("shoal.duties")
@@ -24,7 +24,7 @@ class DutyRunner:
     ``ctx.stopping`` (a thread cannot be cancelled: fencing protects writes
     of a sync duty that does not stop in time). A function that raises is
     restarted after a random wait of up to ``backoff`` seconds (the bound
-    doubling up to ``backoff_max``; full jitter, :mod:`shoal._retry`) and
+    doubling up to ``backoff_max``; full jitter, :mod:`shoal.aio._retry`) and
     the crash is counted and reported; one that returns is ``completed``.
     """
 

@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
-from shoal._errors import Conflict, DutyLost, InvalidArgument, StoreError, StoreUnavailable
 from shoal.core.schedule import (
     MISSED,
     Claim,
@@ -45,6 +44,7 @@ from shoal.core.schedule import (
     check,
     decide,
 )
+from shoal.errors import Conflict, DutyLost, InvalidArgument, StoreError, StoreUnavailable
 from shoal.runtime._state_model import PREFIX, PutDoc, decode_value
 from shoal.runtime.context import DutyContext
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 def _key_ids(config: NodeConfig) -> tuple[str, ...]:
-    from shoal._secrets import key_id
+    from shoal.config._secrets import key_id
 
     auth = config.auth
     if auth.secret is None:
@@ -58,7 +58,7 @@ class NodeSettings:
     per_node: dict[str, int] = field(default_factory=dict)
     # config ``duties: {NAME or family:*: {cron | every}}`` -> (cron, every seconds)
     schedule_overrides: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
-    # key ids (shoal._secrets.key_id) of auth.secret then auth.previous_secrets: announced
+    # key ids (shoal.config._secrets.key_id) of auth.secret then auth.previous_secrets: announced
     # in the node record so a node signing with a secret the others lack is visible
     key_ids: tuple[str, ...] = ()
     prefers: tuple[str, ...] = ()  # duties this node is a preferred owner of

@@ -26,8 +26,8 @@ import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import (
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.errors import (
     Conflict,
     DocumentTooLarge,
     InvalidDocument,

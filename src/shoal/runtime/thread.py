@@ -22,8 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from shoal._errors import NotRunning, StartTimeout, WrongState
 from shoal.core.node_state import Phase
+from shoal.errors import NotRunning, StartTimeout, WrongState
 
 if TYPE_CHECKING:
     from shoal.config import NodeConfig

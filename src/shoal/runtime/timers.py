@@ -7,8 +7,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from shoal._clock import Clock
-from shoal._tasks import cancel_and_wait
+from shoal.aio._tasks import cancel_and_wait
+from shoal.clock import Clock
 
 __all__ = ["ActionTasks", "DeadlineTimer"]
 

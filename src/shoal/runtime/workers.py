@@ -30,10 +30,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
-from shoal._clock import Clock
-from shoal._errors import ConfigError, InvalidArgumentType, StoreError
-from shoal._tasks import cancel_and_wait, event_or_tick
+from shoal.aio._tasks import cancel_and_wait, event_or_tick
+from shoal.clock import Clock
 from shoal.core.placement import DutySpec, NodeInfo, is_disabled
+from shoal.errors import ConfigError, InvalidArgumentType, StoreError
 from shoal.primitives.membership import NODES
 from shoal.runtime.app import PoolDecl
 from shoal.runtime.context import DutyContext

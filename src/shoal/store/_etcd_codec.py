@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoal._errors import InvalidArgumentType
+from shoal.errors import InvalidArgumentType
 from shoal.store import _etcd_pb as pb
 from shoal.store.protocol import (
     Compare,

@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import grpc
 import grpc.aio
 
-from shoal._errors import ConfigError, StoreUnavailable
+from shoal.errors import ConfigError, StoreUnavailable
 
 ENDPOINTS_KEY = "store.etcd.endpoints"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import grpc
 
-from shoal._errors import (
+from shoal.errors import (
     Compacted,
     InvalidTransaction,
     LeaseNotFound,

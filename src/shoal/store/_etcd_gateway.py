@@ -12,8 +12,8 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from shoal._errors import StoreUnavailable
-from shoal._retry import Backoff
+from shoal.aio._retry import Backoff
+from shoal.errors import StoreUnavailable
 
 __all__ = ["reaper_prepare", "reaper_revoke"]
 

@@ -34,7 +34,9 @@ from etcd3aio.auth import AuthService
 from etcd3aio.kv import KVService
 from etcd3aio.lease import LeaseService
 
-from shoal._errors import (
+from shoal.aio._outage import OutageLog
+from shoal.aio._retry import Backoff
+from shoal.errors import (
     Compacted,
     ConfigError,
     LeaseNotFound,
@@ -44,8 +46,6 @@ from shoal._errors import (
     StoreError,
     StoreUnavailable,
 )
-from shoal._outage import OutageLog
-from shoal._retry import Backoff
 from shoal.store import _etcd_conn as conn
 from shoal.store import _etcd_pb as pb
 from shoal.store._etcd_codec import Codec, range_end

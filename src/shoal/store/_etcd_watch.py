@@ -27,9 +27,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from shoal._errors import Compacted, StoreAuthError, StoreError
-from shoal._outage import OutageLog
-from shoal._retry import Backoff
+from shoal.aio._outage import OutageLog
+from shoal.aio._retry import Backoff
+from shoal.errors import Compacted, StoreAuthError, StoreError
 from shoal.store import _etcd_pb as pb
 from shoal.store._etcd_errors import NeedReauth, is_transient, translate
 from shoal.store.protocol import Event

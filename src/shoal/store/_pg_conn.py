@@ -34,8 +34,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from shoal._errors import NotRunning, OutcomeUnknown, ShoalError, StoreUnavailable
-from shoal._retry import Backoff
+from shoal.aio._retry import Backoff
+from shoal.errors import NotRunning, OutcomeUnknown, ShoalError, StoreUnavailable
 from shoal.store._pg_errors import is_connection_error, translate
 from shoal.store._pg_sql import session_settings
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shoal._errors import (
+from shoal.errors import (
     ConfigError,
     ShoalError,
     StoreAuthError,

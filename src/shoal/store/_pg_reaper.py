@@ -19,7 +19,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from shoal._errors import StoreUnavailable
+from shoal.errors import StoreUnavailable
 from shoal.store._pg_sql import Sql, session_settings
 
 __all__ = ["reaper_prepare", "reaper_revoke"]

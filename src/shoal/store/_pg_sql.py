@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from shoal._errors import ConfigError, InvalidArgument
+from shoal.errors import ConfigError, InvalidArgument
 
 SCHEMA_VERSION = 1
 # The advisory-lock class id of Shoal (arbitrary, constant): (class, hashtext(schema)).

@@ -34,8 +34,8 @@ import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from shoal._clock import Clock
-from shoal._errors import (
+from shoal.clock import Clock
+from shoal.errors import (
     Compacted,
     ConfigError,
     InvalidArgument,

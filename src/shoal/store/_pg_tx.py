@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from shoal._errors import LeaseNotFound
+from shoal.errors import LeaseNotFound
 from shoal.store._pg_conn import Conn
 from shoal.store._pg_sql import Sql, span
 from shoal.store.protocol import KeyValue

@@ -18,8 +18,8 @@ from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
-from shoal._errors import Compacted, ShoalError
-from shoal._retry import Backoff
+from shoal.aio._retry import Backoff
+from shoal.errors import Compacted, ShoalError
 from shoal.store._pg_conn import Conn, Conns
 from shoal.store._pg_errors import translate
 from shoal.store._pg_sql import PUT, Sql, span

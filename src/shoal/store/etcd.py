@@ -17,7 +17,7 @@ from shoal.store.protocol import Features, Store
 from shoal.store.registry import Backend, Section
 
 if TYPE_CHECKING:
-    from shoal._clock import Clock
+    from shoal.clock import Clock
     from shoal.store._etcd_store import EtcdStore
 
 __all__ = ["BACKEND", "EtcdSection", "EtcdStore", "TlsSection"]

@@ -14,8 +14,8 @@ import contextlib
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from shoal._clock import Clock
-from shoal._errors import ConfigError, StoreUnavailable, UnsupportedBackend
+from shoal.clock import Clock
+from shoal.errors import ConfigError, StoreUnavailable, UnsupportedBackend
 from shoal.store.protocol import Store
 from shoal.store.registry import Backend, require_features
 

@@ -13,8 +13,8 @@ import random
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import Compacted, InvalidArgument, LeaseNotFound, NotRunning
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.errors import Compacted, InvalidArgument, LeaseNotFound, NotRunning
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -78,7 +78,7 @@ class MemoryStore:
         if self._closed:
             raise NotRunning("store is closed")
         if self.unavailable:
-            from shoal._errors import StoreUnavailable
+            from shoal.errors import StoreUnavailable
 
             raise StoreUnavailable("memory store marked unavailable (simulated outage)")
         self._expire()

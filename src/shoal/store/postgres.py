@@ -30,13 +30,13 @@ from pydantic import (
     model_validator,
 )
 
-from shoal._errors import InvalidArgument
+from shoal.errors import InvalidArgument
 from shoal.store._pg_sql import check_schema_name
 from shoal.store.protocol import Features, Store
 from shoal.store.registry import Backend, Section
 
 if TYPE_CHECKING:
-    from shoal._clock import Clock
+    from shoal.clock import Clock
     from shoal.store._pg_store import PostgresStore
 
 __all__ = ["BACKEND", "PostgresSection", "PostgresStore"]

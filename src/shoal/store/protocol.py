@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from shoal._errors import InvalidArgumentType, InvalidTransaction
+from shoal.errors import InvalidArgumentType, InvalidTransaction
 
 
 @dataclass(frozen=True, slots=True)

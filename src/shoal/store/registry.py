@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
 
-from shoal._errors import ConfigError, UnsupportedBackend
+from shoal.errors import ConfigError, UnsupportedBackend
 from shoal.store.protocol import Features, Store
 
 if TYPE_CHECKING:
-    from shoal._clock import Clock
+    from shoal.clock import Clock
 
 __all__ = [
     "BUILTIN",

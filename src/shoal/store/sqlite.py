@@ -44,8 +44,9 @@ from typing import Any, TypeVar
 
 from pydantic import field_validator
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import (
+from shoal.aio._retry import Backoff
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.errors import (
     Compacted,
     ConfigError,
     InvalidArgument,
@@ -53,7 +54,6 @@ from shoal._errors import (
     NotRunning,
     StoreUnavailable,
 )
-from shoal._retry import Backoff
 from shoal.store._sqlite_wake import WakeChannel, open_channel
 from shoal.store.protocol import (
     Compare,

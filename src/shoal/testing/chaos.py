@@ -44,8 +44,8 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shoal._errors import InvalidArgument, ProcessError
 from shoal.config import StoreSection
+from shoal.errors import InvalidArgument, ProcessError
 from shoal.primitives.ownership import DUTIES as OWNERS
 from shoal.primitives.ownership import Owner
 from shoal.store.factory import open_store

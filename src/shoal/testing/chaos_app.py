@@ -47,9 +47,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from shoal._clock import Clock
-from shoal._errors import Conflict, DutyLost, OutcomeUnknown, ProcessError, StoreError
+from shoal.clock import Clock
 from shoal.config import NodeConfig, StoreSection
+from shoal.errors import Conflict, DutyLost, OutcomeUnknown, ProcessError, StoreError
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.schedule import RunContext

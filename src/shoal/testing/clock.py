@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 
 class FakeClock:
-    """A :class:`~shoal._clock.Clock` that only moves when the test says so.
+    """A :class:`~shoal.clock.Clock` that only moves when the test says so.
 
     ``await clock.advance(5)`` moves time forward in steps, waking every
     sleeper whose deadline falls inside the window (in deadline order) and
@@ -97,7 +97,7 @@ class FakeClock:
 
 class FixedRandom:
     """A random source whose ``random()`` always returns ``value``: pins the
-    retry jitter (``monkeypatch.setattr("shoal._retry._random", FixedRandom(0.5))``
+    retry jitter (``monkeypatch.setattr("shoal.aio._retry._random", FixedRandom(0.5))``
     makes every back-off wait exactly half its ceiling)."""
 
     def __init__(self, value: float) -> None:

@@ -32,7 +32,7 @@ from contextlib import aclosing
 
 import pytest
 
-from shoal._errors import Compacted, InvalidTransaction, LeaseNotFound
+from shoal.errors import Compacted, InvalidTransaction, LeaseNotFound
 from shoal.store.protocol import (
     Compare,
     Delete,

@@ -9,8 +9,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Seque
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import InvalidArgument, StoreUnavailable
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.errors import InvalidArgument, StoreUnavailable
 from shoal.store.protocol import (
     Compare,
     Event,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from shoal._errors import InvalidArgument, NotRunning
+from shoal.errors import InvalidArgument, NotRunning
 from shoal.testing.data_check import check_data_duties
 from shoal.testing.schedule_check import check_slots
 

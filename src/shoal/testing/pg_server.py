@@ -34,7 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from shoal._errors import PgServerError
+from shoal.errors import PgServerError
 
 __all__ = ["PgServer", "PgServerError", "find_pg_bin"]
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import yaml
 
-from shoal._errors import ProcessError, StartTimeout
-from shoal._procfs import children as _children
-from shoal._procfs import is_reaper as _is_reaper
+from shoal.cli._procfs import children as _children
+from shoal.cli._procfs import is_reaper as _is_reaper
+from shoal.errors import ProcessError, StartTimeout
 
 __all__ = ["DEFAULT_APP", "NodeProcess", "ProcCluster", "deep_merge"]
 

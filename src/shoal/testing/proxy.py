@@ -39,7 +39,7 @@ from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, TypeVar
 
-from shoal._errors import InvalidArgument, WrongState
+from shoal.errors import InvalidArgument, WrongState
 
 __all__ = ["FaultProxy", "Mode", "ProxyThread", "parse_target"]
 

@@ -235,5 +235,5 @@ async def cluster_factory(
 def fixed_jitter(monkeypatch: pytest.MonkeyPatch) -> FixedRandom:
     """Every retry back-off waits exactly half its ceiling during the test."""
     source = FixedRandom(0.5)
-    monkeypatch.setattr("shoal._retry._random", source)
+    monkeypatch.setattr("shoal.aio._retry._random", source)
     return source

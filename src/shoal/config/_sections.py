@@ -20,9 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from shoal._errors import ConfigError
-from shoal._secrets import MIN_SECRET_LENGTH as MIN_SECRET_LENGTH
-from shoal._secrets import check_secret
+from shoal.config._secrets import MIN_SECRET_LENGTH as MIN_SECRET_LENGTH
+from shoal.config._secrets import check_secret
+from shoal.errors import ConfigError
 from shoal.store.registry import Backend, backend_names, get_backend, load_backends
 from shoal.store.registry import Section as Section
 
@@ -188,7 +188,8 @@ class HttpSection(Section):
 
 
 def _check_secret(secret: SecretStr, what: str) -> None:
-    """The one secret check, shared with ``shoal run`` (:func:`shoal._secrets.check_secret`)."""
+    """The one secret check, shared with ``shoal run``
+    (:func:`shoal.config._secrets.check_secret`)."""
     length = len(secret.get_secret_value())
     if length < MIN_SECRET_LENGTH:
         raise ValueError(

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from shoal._clock import Clock
+from shoal.clock import Clock
 
 
 class Waitable(Protocol):

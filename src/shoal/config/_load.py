@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, SecretStr
 
-from shoal._config_errors import Loc, dotted, known_keys, suggest, walk
-from shoal._errors import ConfigError
-from shoal._yaml import load_yaml
+from shoal.config._errors import Loc, dotted, known_keys, suggest, walk
+from shoal.config._yaml import load_yaml
+from shoal.errors import ConfigError
 
 ENV_PREFIX = "SHOAL__"
 _RAW_TYPES = (str, SecretStr, Path)  # environment values used verbatim, never as JSON

@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from shoal._errors import ConfigError
+from shoal.errors import ConfigError
 
 __all__ = ["private_dir", "write_private"]
 

@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from shoal._config_errors import show
+from shoal.config._errors import show
 
 Preset = Literal["local", "lan", "wan"]
 PRESET_TTL: dict[str, int] = {"local": 2, "lan": 5, "wan": 15}

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from shoal._errors import ConfigError
+from shoal.errors import ConfigError
 
 __all__ = ["MAX_NESTING", "MAX_VALUES", "load_yaml"]
 

@@ -4,7 +4,7 @@ Every retry loop in Shoal waits through a :class:`Backoff`. Attempt ``n``
 (counted from 0 since the last success) waits a uniformly random time in
 ``[0, min(cap, base * factor**n)]`` — "full jitter" — so nodes that lost the
 store together do not come back in lockstep and hammer it at the same
-instant. Waits run on a :class:`~shoal._clock.Clock` (the fake clock in
+instant. Waits run on a :class:`~shoal.clock.Clock` (the fake clock in
 tests), and the random source is injectable::
 
     backoff = Backoff(0.05, 2.0, clock=clock)
@@ -23,9 +23,9 @@ import math
 import random
 from collections.abc import Callable
 
-from shoal._clock import SYSTEM_CLOCK, Clock
-from shoal._errors import InvalidArgument
-from shoal._tasks import Waitable, event_or_tick
+from shoal.aio._tasks import Waitable, event_or_tick
+from shoal.clock import SYSTEM_CLOCK, Clock
+from shoal.errors import InvalidArgument
 
 _random = random.Random()  # tests may replace it (monkeypatch) to fix the jitter
 

@@ -10,7 +10,7 @@ subject, a random session id, issue and expiry times, and optional data::
 
 Rotation: sign with the new ``secret``, keep the old one in
 ``previous_secrets`` until every old token has expired. Each token names its
-secret by a :func:`~shoal._secrets.key_id`, so a refusal says whether the
+secret by a :func:`~shoal.config._secrets.key_id`, so a refusal says whether the
 token was tampered with or signed with a secret this node does not hold.
 
 Log out everywhere: :func:`revoke_everywhere` writes ``{"before": T}`` under
@@ -32,9 +32,11 @@ from typing import Any
 from itsdangerous import BadData, BadPayload, BadSignature, URLSafeSerializer
 from pydantic import SecretStr
 
-from shoal._clock import Clock, SystemClock
-from shoal._errors import ConfigError, InvalidArgument, InvalidArgumentType, InvalidSession
-from shoal._revocation import (
+from shoal.clock import Clock, SystemClock
+from shoal.config import AuthSection, NodeConfig
+from shoal.config._secrets import check_secret, generate_secret, key_id, secret_value
+from shoal.errors import ConfigError, InvalidArgument, InvalidArgumentType, InvalidSession
+from shoal.sessions._revocation import (
     NAMESPACE,
     RevocationState,
     StateDoc,
@@ -43,8 +45,6 @@ from shoal._revocation import (
     revoke_session,
     revoked_in,
 )
-from shoal._secrets import check_secret, generate_secret, key_id, secret_value
-from shoal.config import AuthSection, NodeConfig
 
 __all__ = [
     "DEFAULT_TTL",
@@ -120,7 +120,7 @@ class SessionManager:
     every otherwise valid token — use :func:`revoked_in` for replicated
     state; it runs on the caller's thread, so keep it a local read (what it
     raises propagates: fail closed). ``clock``
-    (a :class:`~shoal._clock.Clock`; its ``time()`` is used) defaults to the
+    (a :class:`~shoal.clock.Clock`; its ``time()`` is used) defaults to the
     system clock. :meth:`issue` and :meth:`verify` never block.
     """
 

@@ -19,7 +19,7 @@ from collections import Counter
 
 from pydantic import SecretStr
 
-from shoal._errors import ConfigError
+from shoal.errors import ConfigError
 
 __all__ = [
     "GENERATED_SECRET_BYTES",

@@ -22,8 +22,8 @@ import string
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shoal._clock import Clock, SystemClock
-from shoal._errors import Conflict, InvalidArgument
+from shoal.clock import Clock, SystemClock
+from shoal.errors import Conflict, InvalidArgument
 
 if TYPE_CHECKING:
     from shoal.sessions import Session

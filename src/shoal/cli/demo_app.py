@@ -22,7 +22,7 @@ owner's write): the importers write replicated-state documents with
 ``ctx.state.put(ns, key, value, guard=ctx.guard())``, the others write the
 same kind of document with ``ctx.put("state/{ns}/{key}", json)``. Run it with::
 
-    shoal run shoal.demo_app:app --config node.yaml   # params: {engines: [a, b]}
+    shoal run shoal.cli.demo_app:app --config node.yaml   # params: {engines: [a, b]}
 
 ``params.interval`` (seconds, default 1.0) sets how often each duty writes.
 """
@@ -36,7 +36,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from shoal._errors import DutyLost
+from shoal.errors import DutyLost
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.schedule import RunContext

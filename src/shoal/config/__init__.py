@@ -32,9 +32,9 @@ from typing import Annotated, Any
 import yaml
 from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 
-from shoal._config_errors import Sources, problem_lines
-from shoal._config_load import apply_overrides, env_tree, merge, read_yaml, resolve_paths
-from shoal._config_sections import (
+from shoal.config._errors import Sources, problem_lines
+from shoal.config._load import apply_overrides, env_tree, merge, read_yaml, resolve_paths
+from shoal.config._sections import (
     MIN_SECRET_LENGTH,
     AuthSection,
     DutyOverride,
@@ -48,8 +48,8 @@ from shoal._config_sections import (
     default_node_name,
     path_keys,
 )
-from shoal._config_timings import EffectiveTimings, Timings
-from shoal._errors import ConfigError
+from shoal.config._timings import EffectiveTimings, Timings
+from shoal.errors import ConfigError
 
 # Where each value of the data being validated came from (for error messages).
 _SOURCES: contextvars.ContextVar[Sources | None] = contextvars.ContextVar(
