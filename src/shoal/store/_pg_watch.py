@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
-from collections import deque
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any
 
 from shoal.aio._retry import Backoff
 from shoal.errors import Compacted, ShoalError
+from shoal.store._log_watch import Watcher, batches
 from shoal.store._pg_conn import Conn, Conns
 from shoal.store._pg_errors import translate
 from shoal.store._pg_sql import PUT, Sql, span
@@ -43,37 +42,6 @@ def decode_events(rows: Sequence[Sequence[Any]]) -> tuple[int, int, list[Event]]
         kv = KeyValue(bytes(key).decode(), bytes(value), create, lrev, version, lease)
         events.append(Event(EventType.PUT if kind == PUT else EventType.DELETE, kv))
     return compact, rev, events
-
-
-def batches(events: list[Event]) -> list[list[Event]]:
-    """Group events by revision (one batch = one transaction)."""
-    return [list(batch) for _, batch in itertools.groupby(events, lambda ev: ev.revision)]
-
-
-class Watcher:
-    """One watch's inbox, filled by the poller. ``next_rev``: the first revision
-    it still needs; ``resync``: (re)read from the log (at start, or fell behind)."""
-
-    def __init__(self, prefix: str, next_rev: int, resync: bool, limit: int) -> None:
-        self.prefix, self.next_rev, self.resync, self.limit = prefix, next_rev, resync, limit
-        self.queue: deque[list[Event]] = deque()
-        self.wake = asyncio.Event()
-        self.closed = False
-
-    def offer(self, batch: list[Event]) -> None:
-        mine = [ev for ev in batch if ev.kv.key.startswith(self.prefix)]
-        if not mine or mine[0].revision < self.next_rev:
-            return
-        if len(self.queue) >= self.limit:
-            self.lost()  # too slow: catch up from the log (or learn it was compacted)
-            return
-        self.queue.append(mine)
-        self.wake.set()
-
-    def lost(self) -> None:
-        self.queue.clear()
-        self.resync = True
-        self.wake.set()
 
 
 class Watches:

@@ -8,13 +8,12 @@ extra installed.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
 from shoal.store.protocol import Features, Store
-from shoal.store.registry import Backend, Section
+from shoal.store.registry import Backend, Section, TlsFile
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -35,17 +34,6 @@ def _split_csv(value: Any) -> Any:
     return value
 
 
-def _check_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    if not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
-        raise ValueError(f"bad value '{path}' — the file {what}; fix the path or remove the key")
-    return path
-
-
-TlsFile = Annotated[Path | None, AfterValidator(_check_file)]
 
 
 class TlsSection(Section):

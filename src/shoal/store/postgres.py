@@ -18,12 +18,10 @@ poller's reads. See docs/configuration.md, "PostgreSQL".
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import (
-    AfterValidator,
     Field,
     SecretStr,
     field_validator,
@@ -33,7 +31,7 @@ from pydantic import (
 from shoal.errors import InvalidArgument
 from shoal.store._pg_sql import check_schema_name
 from shoal.store.protocol import Features, Store
-from shoal.store.registry import Backend, Section
+from shoal.store.registry import Backend, Section, TlsFile
 
 if TYPE_CHECKING:
     from shoal.clock import Clock
@@ -42,17 +40,6 @@ if TYPE_CHECKING:
 __all__ = ["BACKEND", "PostgresSection", "PostgresStore"]
 
 
-def _check_file(path: Path | None) -> Path | None:
-    if path is None:
-        return None
-    path = path.expanduser()
-    if not path.is_file():
-        what = "is not a file" if path.exists() else "does not exist"
-        raise ValueError(f"bad value '{path}' — the file {what}; fix the path or remove the key")
-    return path
-
-
-TlsFile = Annotated[Path | None, AfterValidator(_check_file)]
 SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 
 

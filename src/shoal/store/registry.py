@@ -28,9 +28,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 from shoal.errors import ConfigError, UnsupportedBackend
 from shoal.store.protocol import Features, Store
@@ -43,6 +44,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "Backend",
     "Section",
+    "TlsFile",
     "backend_names",
     "get_backend",
     "load_backends",
@@ -60,6 +62,20 @@ BUILTIN: dict[str, str] = {
     "etcd": "shoal.store.etcd:BACKEND",
     "postgres": "shoal.store.postgres:BACKEND",
 }
+
+
+def existing_file(path: Path | None) -> Path | None:
+    """A section's path to a file that must exist (TLS files): checked at load."""
+    if path is None:
+        return None
+    path = path.expanduser()
+    if not path.is_file():
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ValueError(f"bad value '{path}' — the file {what}; fix the path or remove the key")
+    return path
+
+
+TlsFile = Annotated[Path | None, AfterValidator(existing_file)]
 
 
 class Section(BaseModel):

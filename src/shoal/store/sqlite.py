@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import itertools
 import logging
 import math
 import os
@@ -36,7 +35,6 @@ import sqlite3
 import time
 import urllib.parse
 import weakref
-from collections import deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +52,8 @@ from shoal.errors import (
     NotRunning,
     StoreUnavailable,
 )
+from shoal.store._log_watch import Watcher as _Watcher
+from shoal.store._log_watch import batches as _batches
 from shoal.store._sqlite_wake import WakeChannel, open_channel
 from shoal.store.protocol import (
     Compare,
@@ -122,37 +122,6 @@ def _event(row: Sequence[Any]) -> Event:
     rev, kind, key, value, create, version, lease = row
     kv = KeyValue(key.decode(), value, create, rev, version, lease)
     return Event(EventType.PUT if kind == _PUT else EventType.DELETE, kv)
-
-
-def _batches(events: list[Event]) -> list[list[Event]]:
-    """Group events by revision (one batch = one transaction)."""
-    return [list(batch) for _, batch in itertools.groupby(events, lambda ev: ev.revision)]
-
-
-class _Watcher:
-    """One watch's inbox, filled by the poller. ``next_rev``: the first revision
-    it still needs; ``resync``: (re)read from the log (at start, or fell behind)."""
-
-    def __init__(self, prefix: str, next_rev: int, resync: bool, limit: int) -> None:
-        self.prefix, self.next_rev, self.resync, self.limit = prefix, next_rev, resync, limit
-        self.queue: deque[list[Event]] = deque()
-        self.wake = asyncio.Event()
-        self.closed = False
-
-    def offer(self, batch: list[Event]) -> None:
-        mine = [ev for ev in batch if ev.kv.key.startswith(self.prefix)]
-        if not mine or mine[0].revision < self.next_rev:
-            return
-        if len(self.queue) >= self.limit:
-            self.lost()  # too slow: catch up from the log (or learn it was compacted)
-            return
-        self.queue.append(mine)
-        self.wake.set()
-
-    def lost(self) -> None:
-        self.queue.clear()
-        self.resync = True
-        self.wake.set()
 
 
 class SqliteStore:
