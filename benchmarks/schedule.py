@@ -2,6 +2,7 @@
 
     python benchmarks/schedule.py                   # --slots 20, ~25 s
     python benchmarks/schedule.py --slots 5 --every 1
+    python benchmarks/schedule.py --scenarios failover --reps 5 --store etcd
 
 Both contenders run the same interval job (``--every`` seconds, default 1) for
 ``--slots`` slots, in this process, on the real clock:
@@ -292,6 +293,8 @@ def bench_failover(store: str, reps: int, every: float, grace: float | None,
     print(f"  taken by: {dict(Counter(takers))}")
     print(f"  runs per slot over {len(grid)} slots from the first killed one: "
           + ", ".join(f"{k}x: {v} slots" for k, v in sorted(per_slot.items())))
+    if set(per_slot) != {1}:
+        raise SystemExit("FAILED: a slot did not run exactly once (see the counts above)")
 
 
 def _grid(first: float, until: float, every: float) -> list[float]:
