@@ -183,6 +183,12 @@ def test_sigstop_longer_than_ttl_is_replaced_and_fenced(
     match = re.search(started("ticker"), owner.output())
     assert match is not None
     old_token = int(match.group(1))
+    # pause only once the owner has written with its token (else "it wrote, and the
+    # write is now refused" below would depend on how fast the machine is)
+    deadline = time.monotonic() + 15
+    while owner.name not in asyncio.run(_writers_since(store_config, "state/ticker", old_token)):
+        assert time.monotonic() < deadline, "the owner never wrote with its token"
+        time.sleep(0.1)
     took, token = takeover(lambda: _sigstop_outside_sqlite_lock(owner, store_config), other)
     print(f"\n[{store_config['backend']}] SIGSTOP: replaced after {took:.2f} s (lease expiry)")
     assert took >= TTL - INTERVAL - 0.3, "replaced too early: was the lease revoked?"
