@@ -12,6 +12,7 @@ import itertools
 import random
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Compacted, InvalidArgument, LeaseNotFound, NotRunning
@@ -35,7 +36,10 @@ from shoal.store.protocol import (
 )
 from shoal.store.registry import Backend
 
-_CLOSED = object()
+if TYPE_CHECKING:
+    from shoal.store.memory_client import MemoryClient
+
+_CLOSED = object()  # put on a watch queue to end that watch
 
 
 @dataclass
@@ -238,9 +242,27 @@ class MemoryStore:
         self._compact_rev = revision
         self._history = [e for e in self._history if e.revision >= revision]
 
+    def client(self) -> MemoryClient:
+        """A separate client of this store: its own object sharing this data,
+        like a second connection to etcd. Closing it ends its own watches and
+        refuses its later calls; the store and other clients carry on."""
+        from shoal.store.memory_client import MemoryClient
+
+        return MemoryClient(self)
+
     async def watch(
         self, prefix: str, start_revision: int | None = None
     ) -> AsyncGenerator[Event, None]:
+        async for ev in self._watch(prefix, start_revision, None):
+            yield ev
+
+    async def _watch(
+        self,
+        prefix: str,
+        start_revision: int | None,
+        tracker: set[asyncio.Queue[object]] | None,
+    ) -> AsyncGenerator[Event, None]:
+        """``watch``; a client passes ``tracker`` to end its own watches on close."""
         self._check()
         if start_revision is not None and start_revision < self._compact_rev:
             raise Compacted(self._compact_rev)
@@ -249,6 +271,8 @@ class MemoryStore:
         backlog = [e for e in self._history if e.revision >= start and e.kv.key.startswith(prefix)]
         sub = (prefix, queue)
         self._subs.add(sub)
+        if tracker is not None:
+            tracker.add(queue)
         try:
             for ev in backlog:
                 yield ev
@@ -261,6 +285,8 @@ class MemoryStore:
                     yield item
         finally:
             self._subs.discard(sub)
+            if tracker is not None:
+                tracker.discard(queue)
 
     async def aclose(self) -> None:
         if self._closed:

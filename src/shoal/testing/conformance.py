@@ -16,7 +16,7 @@ proves itself by subclassing :class:`StoreConformance` (exported as
             await h.aclose()
 
 ``StoreHarness.open()`` must return a NEW client of the SAME store each time
-(the in-process memory store returns itself). Give ``clock=`` when the store
+(the in-process memory store hands out ``MemoryStore.client()``). Give ``clock=`` when the store
 runs on a :class:`~shoal.testing.FakeClock`, so lease tests move fake time.
 The suite needs pytest-asyncio in auto mode. :mod:`shoal.testing.pytest_plugin`
 has ready harness fixtures for the built-in backends (``memory_harness``,
@@ -304,6 +304,20 @@ class StoreConformance:
         assert [e.kv.key for e in events[21:]] == [p + "t1", p + "t2"]
         revisions = [e.revision for e in events]
         assert revisions == sorted(revisions)
+
+    async def test_closing_one_client_leaves_another_working(self, harness: StoreHarness) -> None:
+        a, b = await harness.open(), await harness.open()
+        assert a is not b, "open() must hand out a separate client each time"
+        p = harness.prefix
+        await a.put(p + "shared", b"from-a")
+        start = await b.revision() + 1
+        async with aclosing(b.watch(p, start)) as it:
+            await a.aclose()
+            rev = await b.put(p + "after", b"from-b")
+            events = await _collect(it, 1)
+        assert [(e.kv.key, e.revision) for e in events] == [(p + "after", rev)]
+        shared = await b.get(p + "shared")
+        assert shared is not None and shared.value == b"from-a"
 
     async def test_watch_from_old_revision_replays(self, harness: StoreHarness) -> None:
         s = await harness.open()

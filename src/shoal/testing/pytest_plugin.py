@@ -153,11 +153,12 @@ async def memory_harness(fake_clock: FakeClock) -> AsyncIterator[StoreHarness]:
     shared = MemoryStore(fake_clock)
 
     async def open_memory() -> Store:
-        return shared  # every client of an in-process store is the store itself
+        return shared.client()  # a separate client object sharing the store's data
 
     harness = StoreHarness("memory", open_memory, clock=fake_clock)
     yield harness
     await harness.aclose()
+    await shared.aclose()
 
 
 @pytest.fixture
