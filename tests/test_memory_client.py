@@ -6,7 +6,7 @@ from contextlib import aclosing
 
 import pytest
 
-from shoal._errors import NotRunning
+from shoal.errors import NotRunning
 from shoal.store.memory import MemoryStore
 from shoal.testing.clock import FakeClock
 

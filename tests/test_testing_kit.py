@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 import shoal.testing
 from shoal.aio._retry import Backoff
+from shoal.errors import StoreUnavailable
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.store.memory import MemoryStore
@@ -102,3 +104,24 @@ async def test_cluster_factory_builds_and_closes_sim_clusters(cluster_factory: A
 def test_fixed_jitter_pins_every_backoff(fixed_jitter: FixedRandom) -> None:
     assert fixed_jitter.random() == 0.5
     assert Backoff(1.0, 8.0).next_delay() == 0.5
+
+
+@pytest.mark.parametrize("fault", ["blackhole", "drop_acks"])
+async def test_sim_cluster_closes_with_a_link_still_broken(fault: str) -> None:
+    app = App("sim")
+
+    @app.duty("job")
+    async def job(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    c = SimCluster(app)
+    await c.add("a")
+    await c.add("b")
+    await c.run(3.0)
+    getattr(c.links["a"], fault)()  # calls on a's link now hang until healed
+    await c.run(1.0)
+    async with asyncio.timeout(10):  # the old aclose waited forever on a's link
+        await c.aclose()
+    with pytest.raises(StoreUnavailable):  # the broken link was aborted, not healed
+        await c.links["a"].get("nodes/a")
+    assert c.links["b"].mode == "ok"  # the healthy node closed over a healthy link

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from typing import TYPE_CHECKING
 
-from shoal._errors import NotRunning
+from shoal.errors import NotRunning
 from shoal.store.protocol import (
     Compare,
     Event,

@@ -85,7 +85,13 @@ class SimCluster:
         return data
 
     async def aclose(self) -> None:
-        """Close every node, then the store. Idempotent."""
+        """Close every node, then the store. Idempotent. A link still broken
+        (blackholed, answers dropped) is aborted first, so calls hanging on it
+        fail instead of waiting for a heal that never comes; healthy links
+        stay up so their nodes close gracefully."""
+        for link in self.links.values():
+            if link.mode == "blackhole" or link.acks_dropped:
+                link.abort()
         for node in list(self.nodes.values()):
             await node.aclose()
         await self.store.aclose()

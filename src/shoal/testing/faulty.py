@@ -52,7 +52,8 @@ class FaultyStore:
       store refreshes the lease) but their answers come back ``seconds`` later;
     * ``drop_acks()``: as ``delay_acks`` with answers that never come: the call hangs
       until healed, then fails with StoreUnavailable (the answer was lost);
-    * ``heal()``: back to normal (latency and acknowledgement faults included).
+    * ``heal()``: back to normal (latency and acknowledgement faults included);
+    * ``abort()``: cut for good, failing the calls hanging on the link (teardown).
 
     Delays are slept on ``clock`` (a FakeClock in tests). Every answered grant and
     keep-alive is recorded in :attr:`lease_acks` (send / store / answer times), so a test
@@ -104,6 +105,17 @@ class FaultyStore:
         self.acks_dropped = True
         self._healed.clear()
 
+    def abort(self) -> None:
+        """Cut the link for good and fail every call hanging on it (blackholed,
+        answer dropped) with StoreUnavailable: for tearing a test down."""
+        self.cut()
+        self._healed.set()  # wake the hung calls; they see "cut" and raise
+
+    async def _wait_healed(self) -> None:
+        await self._healed.wait()
+        if self.mode == "cut":
+            raise StoreUnavailable("link cut by the test")
+
     def heal(self) -> None:
         self.mode = "ok"
         self.delay, self.delay_calls = 0.0, None
@@ -115,7 +127,7 @@ class FaultyStore:
         if self.mode == "cut":
             raise StoreUnavailable("link cut by the test")
         if self.mode == "blackhole":
-            await self._healed.wait()
+            await self._wait_healed()
         if self.delay > 0 and (self.delay_calls is None or call in self.delay_calls):
             await self.clock.sleep(self.delay)
             if self.mode != "ok":  # the link broke while the call was on its way
@@ -128,14 +140,14 @@ class FaultyStore:
         applied = self.clock.monotonic()
         result = await fn()
         if self.acks_dropped:
-            await self._healed.wait()
+            await self._wait_healed()
             raise StoreUnavailable(f"{call} answer dropped by the test")
         if self.ack_delay > 0:
             await self.clock.sleep(self.ack_delay)
         if self.mode == "cut":
             raise StoreUnavailable("link cut by the test")
         if self.mode == "blackhole":
-            await self._healed.wait()
+            await self._wait_healed()
         got = lease or getattr(result, "id", 0)
         self.lease_acks.append(LeaseAck(call, got, sent, applied, self.clock.monotonic()))
         return result
