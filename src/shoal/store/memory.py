@@ -12,10 +12,10 @@ import itertools
 import random
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from shoal.clock import SYSTEM_CLOCK, Clock
 from shoal.errors import Compacted, InvalidArgument, LeaseNotFound, NotRunning
+from shoal.store.memory_client import _CLOSED, MemoryClient
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -35,11 +35,6 @@ from shoal.store.protocol import (
     check_txn_ops,
 )
 from shoal.store.registry import Backend
-
-if TYPE_CHECKING:
-    from shoal.store.memory_client import MemoryClient
-
-_CLOSED = object()  # put on a watch queue to end that watch
 
 
 @dataclass
@@ -246,8 +241,6 @@ class MemoryStore:
         """A separate client of this store: its own object sharing this data,
         like a second connection to etcd. Closing it ends its own watches and
         refuses its later calls; the store and other clients carry on."""
-        from shoal.store.memory_client import MemoryClient
-
         return MemoryClient(self)
 
     async def watch(

@@ -25,6 +25,10 @@ from shoal.store.protocol import (
     TxnResult,
 )
 
+# Put on a watch queue to end that watch (shared with memory.py, which imports it
+# from here: this module never imports memory.py at run time, so no cycle).
+_CLOSED = object()
+
 if TYPE_CHECKING:
     from shoal.store.memory import MemoryStore
 
@@ -103,7 +107,5 @@ class MemoryClient:
         if self._closed:
             return
         self._closed = True
-        from shoal.store.memory import _CLOSED
-
         for queue in list(self._watches):
             queue.put_nowait(_CLOSED)
