@@ -106,7 +106,7 @@ _BUILTIN = {"ValueError", "TypeError", "RuntimeError", "TimeoutError", "Exceptio
             "KeyError", "OSError", "LookupError", "IndexError"}
 # helpers that pydantic runs as validators (AfterValidator or called by a validator):
 # pydantic turns a plain ValueError into a validation error, so they raise one
-_VALIDATOR_HELPERS = {"check_name", "_check_secret", "_check_file", "_check_endpoint"}
+_VALIDATOR_HELPERS = {"check_name", "_check_secret", "existing_file", "_check_endpoint"}
 
 
 def test_every_raise_in_src_is_in_the_error_tree() -> None:
