@@ -3,18 +3,23 @@
 ``balance(pool, live, owners, family_of)`` assigns each pooled duty to one of
 its eligible nodes:
 
-* **caps**: each node takes at most its weighted share of the pool rounded
-  down, plus one while the remainder lasts (shares are computed per group of
-  duties with the same eligible nodes);
+* **caps**: each node takes its weighted share of the assignable duties
+  rounded down, and as many nodes as the remainder allows one more (shares are
+  computed per group of duties with the same eligible nodes). Who gets the +1
+  is fixed up front (:func:`_caps`): first the nodes that already hold more
+  than their rounded-down share, so nothing moves for it;
 * **zones**: when a family's eligible nodes span two or more ``zone`` values,
   each zone takes at most ``ceil(family size * zone weight / total weight)``
   of that family, so losing one zone loses at most its fair share;
 * **minimal movement**: first every duty whose current owner is eligible stays
-  there while the caps allow (in descending rendezvous score order), then the
-  rest are assigned greedily in descending pair-score order (bounded-load
-  consistent hashing). After a join only the owners' excess over their new
-  caps moves, which is the newcomer's share; after a leave only the lost
-  node's duties move;
+  there while the caps allow; a node over its cap gives away first the duties
+  that a node under its cap can run (so they go straight there), then its
+  lowest-scored ones. The rest are assigned greedily in descending pair-score
+  order (bounded-load consistent hashing), the duties with the fewest eligible
+  nodes first. A node that would both gain a duty and give one away passes the
+  gained one straight on where it can (:func:`_unchain`). So after a join only
+  the owners' excess over their new caps moves, to the newcomer; after a leave
+  only the lost node's duties move (``tests/test_placement_balanced.py``);
 * a duty whose eligible nodes are all full goes to its least-loaded (per
   weight) eligible node, inside its zone cap when one has room.
 
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
 __all__ = ["Pool", "balance"]
@@ -43,7 +48,7 @@ class _Node(Protocol):
     def zone(self) -> str: ...
 
 
-def _node_caps(pool: Pool, live: Mapping[str, _Node]) -> tuple[dict[str, int], dict[str, int]]:
+def _shares(pool: Pool, live: Mapping[str, _Node]) -> dict[str, float]:
     share: dict[str, float] = dict.fromkeys(live, 0.0)
     groups: dict[tuple[str, ...], int] = {}
     for names, _ in pool.values():
@@ -52,9 +57,7 @@ def _node_caps(pool: Pool, live: Mapping[str, _Node]) -> tuple[dict[str, int], d
         total = sum(live[n].weight for n in names)
         for n in names:
             share[n] += count * (live[n].weight / total if total > 0 else 1 / len(names))
-    low = {n: math.floor(s + _EPS) for n, s in share.items()}
-    high = {n: max(low[n], math.ceil(s - _EPS)) for n, s in share.items()}
-    return low, high
+    return share
 
 
 def _zone_caps(
@@ -82,6 +85,25 @@ def _zone_caps(
     return caps
 
 
+def _caps(share: Mapping[str, float], held: Mapping[str, int], total: int) -> dict[str, int]:
+    """Each node's cap: its share rounded down, plus one for as many nodes as the
+    remainder allows. The +1 goes first to the nodes that already hold more than
+    their rounded-down share (they keep it: nothing moves for it), then to those
+    below it (a joining node: it gains anyway), then to the others; by largest
+    remainder, then name. Fixed before any duty is assigned, so the order of
+    assignment never decides who gets it."""
+    low = {n: math.floor(s + _EPS) for n, s in share.items()}
+    high = {n: max(low[n], math.ceil(s - _EPS)) for n, s in share.items()}
+    spare = max(0, total - sum(low.values()))
+
+    def order(n: str) -> tuple[int, float, str]:
+        have = held.get(n, 0)
+        return (0 if have > low[n] else 1 if have < low[n] else 2, -(share[n] % 1.0), n)
+
+    extra = set(sorted((n for n in low if high[n] > low[n]), key=order)[:spare])
+    return {n: low[n] + (n in extra) for n in low}
+
+
 def balance(
     pool: Pool,
     live: Mapping[str, _Node],
@@ -89,9 +111,15 @@ def balance(
     family_of: Mapping[str, str | None],
 ) -> dict[str, str]:
     """duty -> node for every pooled duty with an eligible node (see module doc)."""
-    low, high = _node_caps(pool, live)
     zone_cap = _zone_caps(pool, live, family_of)
-    spare = max(0, len(pool) - sum(low.values()))
+    kept: list[tuple[bool, float, str, str]] = []
+    held = dict.fromkeys(live, 0)
+    for duty, (names, scored) in pool.items():
+        owner = owners.get(duty)
+        if owner is not None and owner in names:
+            held[owner] += 1
+            kept.append((False, next(s for s, n in scored if n == owner), owner, duty))
+    cap = _caps(_shares(pool, live), held, sum(1 for names, _ in pool.values() if names))
     load = dict.fromkeys(live, 0)
     zone_load: dict[tuple[str, str], int] = {}
     out: dict[str, str] = {}
@@ -107,40 +135,84 @@ def balance(
         key = zone_key(duty, node)
         return key is not None and zone_load.get(key, 0) >= zone_cap[key]
 
-    def take(duty: str, node: str) -> bool:
-        nonlocal spare
-        if zone_full(duty, node):
-            return False
-        if not (load[node] < low[node] or (load[node] < high[node] and spare > 0)):
-            return False
-        if load[node] >= low[node]:
-            spare -= 1
+    def put(duty: str, node: str) -> None:
         load[node] += 1
         if (key := zone_key(duty, node)) is not None:
             zone_load[key] = zone_load.get(key, 0) + 1
         out[duty] = node
+
+    def take(duty: str, node: str) -> bool:
+        if zone_full(duty, node) or load[node] >= cap[node]:
+            return False
+        put(duty, node)
         return True
 
-    kept = []
-    for duty, (names, scored) in pool.items():
-        owner = owners.get(duty)
-        if owner is not None and owner in names:
-            kept.append((next(s for s, n in scored if n == owner), owner, duty))
-    for _, owner, duty in sorted(kept):
+    # A node over its cap keeps last the duties a node under its cap could take,
+    # so those are the ones that move (straight to that node, not via a third).
+    short = {n for n in live if held[n] < cap[n]}
+    for i, (_, neg, owner, duty) in enumerate(kept):
+        if held[owner] > cap[owner] and any(n in short for n in pool[duty][0]):
+            kept[i] = (True, neg, owner, duty)
+    for _, _, owner, duty in sorted(kept):
         take(duty, owner)
-    heap = [(sc[0][0], sc[0][1], d, 0) for d, (_, sc) in pool.items() if sc and d not in out]
+    # (duty, node) pairs in descending score order, the duties with the fewest
+    # eligible nodes first (they have the fewest places to go)
+    heap = [(len(sc), sc[0][0], sc[0][1], d, 0) for d, (_, sc) in pool.items()
+            if sc and d not in out]
     heapq.heapify(heap)
-    while heap:  # pops (duty, node) pairs in descending score order
-        _, node, duty, idx = heapq.heappop(heap)
-        if not take(duty, node) and idx + 1 < len(pool[duty][1]):
+    while heap:
+        width, _, node, duty, idx = heapq.heappop(heap)
+        if not take(duty, node) and idx + 1 < width:
             neg_score, nxt = pool[duty][1][idx + 1]
-            heapq.heappush(heap, (neg_score, nxt, duty, idx + 1))
+            heapq.heappush(heap, (width, neg_score, nxt, duty, idx + 1))
     for duty in sorted(d for d in pool if d not in out and pool[d][1]):
         ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
         roomy = [n for n in ranked if not zone_full(duty, n)] or ranked
-        node = min(roomy, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300)
-        load[node] += 1
-        if (key := zone_key(duty, node)) is not None:
-            zone_load[key] = zone_load.get(key, 0) + 1
-        out[duty] = node
+        put(duty, min(roomy, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300))
+    _unchain(pool, owners, out, zone_key, zone_cap, zone_load)
     return out
+
+
+def _unchain(
+    pool: Pool,
+    owners: Mapping[str, str],
+    out: dict[str, str],
+    zone_key: Callable[[str, str], tuple[str, str] | None],
+    zone_cap: Mapping[tuple[str, str], int],
+    zone_load: dict[tuple[str, str], int],
+) -> None:
+    """Where a node both gains a duty and gives one away (Y -> X -> Z), send the
+    gained one straight on (Y -> Z) and let X keep its own: one move fewer, and
+    no node's load changes. Only where the gained duty may run on Z and the zone
+    caps still hold."""
+    gained: dict[str, list[str]] = {}
+    shed: dict[str, list[str]] = {}
+    for duty in sorted(out):
+        node, owner = out[duty], owners.get(duty)
+        if owner == node:
+            continue
+        gained.setdefault(node, []).append(duty)
+        if owner is not None and owner in pool[duty][0]:
+            shed.setdefault(owner, []).append(duty)
+
+    def zone_ok(duty: str, src: str, dst: str) -> bool:
+        old, new = zone_key(duty, src), zone_key(duty, dst)
+        return new is None or new == old or zone_load.get(new, 0) < zone_cap[new]
+
+    def shift(duty: str, src: str, dst: str) -> None:
+        if (old := zone_key(duty, src)) is not None:
+            zone_load[old] -= 1
+        if (new := zone_key(duty, dst)) is not None:
+            zone_load[new] = zone_load.get(new, 0) + 1
+        out[duty] = dst
+
+    for x in sorted(set(gained) & set(shed)):
+        incoming = gained[x]
+        for own in shed[x]:
+            z = out[own]
+            for i, duty in enumerate(incoming):
+                if z in pool[duty][0] and zone_ok(duty, x, z) and zone_ok(own, z, x):
+                    shift(duty, x, z)
+                    shift(own, z, x)
+                    del incoming[i]
+                    break
