@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.core.placement import DutySpec, NodeInfo, Placement, moves, place
+from shoal.core.placement import DutySpec, NodeInfo, Placement, moves, place, rank
 
 
 def n(name: str, *roles: str, **kw: object) -> NodeInfo:
@@ -197,17 +197,31 @@ def test_unplaceable_duties_do_not_loosen_the_shares() -> None:
 
 
 def test_when_every_eligible_node_is_full_the_least_loaded_per_weight_takes_it() -> None:
-    """The fallback of _balance: the roles leave d0 and d3 (x / y) only nodes at
-    their cap; each goes to its least-loaded eligible node per weight, loads
-    counted as they land (the second goes to n2 again: 1/2 < 1/1 of n0)."""
-    nodes = [
-        n("n0", "x", "y", "z"), n("n1", "z", weight=2.0), n("n2", "x", "y", weight=2.0),
-        n("n3", "x", "y", "z", weight=2.0), n("n4"),
-    ]
-    role = {"d0": "x", "d1": "z", "d2": "z", "d3": "y", "d4": "z"}
-    duties = [DutySpec(d, roles=frozenset({r})) for d, r in role.items()]
+    """The fallback of _balance, reached only when the rounded caps cannot all be
+    kept (a chain of moves would place it otherwise: _augment). Shares: n1 1.33
+    (z and the only y node), n0 and n2 0.33 (z), n3 and n4 0.5 (x): the two +1s of
+    the remainder go to n3 and n4 (largest remainder), so the z nodes have room
+    for nothing but d2 on n1, and d0 overflows to the least loaded per weight of
+    its nodes: n0 or n2 (0 each; rank decides), never n1 (1)."""
+    nodes = [n("n0", "z"), n("n1", "y", "z"), n("n2", "z"), n("n3", "x", weight=2.0),
+             n("n4", "x", weight=2.0)]
+    duties = [DutySpec(d, roles=frozenset({r})) for d, r in (("d0", "z"), ("d1", "x"),
+                                                            ("d2", "y"))]
     result = place(duties, nodes, {}, balanced=True)
-    assert result.wanted == {"d0": "n2", "d1": "n3", "d2": "n3", "d3": "n2", "d4": "n0"}
+    assert result.wanted == {"d0": "n0", "d1": "n3", "d2": "n1"}
+    assert result.ranks["d0"][0] == "n0"
+
+
+def test_a_duty_with_only_full_nodes_gets_room_by_a_chain_of_moves() -> None:
+    """Shares n0 0.67 (y), n1 0.83 (x, y), n2 0.5 (x): the +1s go to n1 and n0, so n2
+    has cap 0. Greedy puts d0 (y) on n1, its best score; then d1 (x: n1, n2) finds
+    both full. Moving d0 on to n0 makes room for d1 on n1, instead of putting two
+    duties on n1 and none on n0."""
+    nodes = [n("n0", "y", weight=2.0), n("n1", "x", "y"), n("n2", "x", "z")]
+    duties = [DutySpec("d0", roles=frozenset({"y"})), DutySpec("d1", roles=frozenset({"x"}))]
+    result = place(duties, nodes, {}, balanced=True)
+    assert result.wanted == {"d0": "n0", "d1": "n1"}
+    assert rank("d0", nodes[:2])[0] == "n1"  # greedy's pick for d0, by score
 
 
 @settings(max_examples=300, deadline=None)

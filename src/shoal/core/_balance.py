@@ -20,8 +20,10 @@ its eligible nodes:
   gained one straight on where it can (:func:`_unchain`). So after a join only
   the owners' excess over their new caps moves, to the newcomer; after a leave
   only the lost node's duties move (``tests/test_placement_balanced.py``);
-* a duty whose eligible nodes are all full goes to its least-loaded (per
-  weight) eligible node, inside its zone cap when one has room.
+* a duty whose eligible nodes are all full gets room by a chain of moves when
+  one exists (:func:`_augment`); only when the caps cannot all be kept does it
+  go to its least-loaded (per weight) eligible node, inside its zone cap when
+  one has room. So placing again from the result changes nothing.
 
 The answer depends only on its arguments, never on their order.
 """
@@ -88,17 +90,17 @@ def _zone_caps(
 def _caps(share: Mapping[str, float], held: Mapping[str, int], total: int) -> dict[str, int]:
     """Each node's cap: its share rounded down, plus one for as many nodes as the
     remainder allows. The +1 goes first to the nodes that already hold more than
-    their rounded-down share (they keep it: nothing moves for it), then to those
-    below it (a joining node: it gains anyway), then to the others; by largest
-    remainder, then name. Fixed before any duty is assigned, so the order of
-    assignment never decides who gets it."""
+    their rounded-down share (they keep it: nothing moves for it), then by
+    largest remainder; on a tie first to a node below its rounded-down share (a
+    joining node: it gains anyway), then by name. Fixed before any duty is
+    assigned, so the order of assignment never decides who gets it."""
     low = {n: math.floor(s + _EPS) for n, s in share.items()}
     high = {n: max(low[n], math.ceil(s - _EPS)) for n, s in share.items()}
     spare = max(0, total - sum(low.values()))
 
-    def order(n: str) -> tuple[int, float, str]:
+    def order(n: str) -> tuple[bool, float, bool, str]:
         have = held.get(n, 0)
-        return (0 if have > low[n] else 1 if have < low[n] else 2, -(share[n] % 1.0), n)
+        return (have <= low[n], -round(share[n] % 1.0, 9), have >= low[n], n)
 
     extra = set(sorted((n for n in low if high[n] > low[n]), key=order)[:spare])
     return {n: low[n] + (n in extra) for n in low}
@@ -165,12 +167,102 @@ def balance(
         if not take(duty, node) and idx + 1 < width:
             neg_score, nxt = pool[duty][1][idx + 1]
             heapq.heappush(heap, (width, neg_score, nxt, duty, idx + 1))
-    for duty in sorted(d for d in pool if d not in out and pool[d][1]):
+    left = sorted(d for d in pool if d not in out and pool[d][1])
+    if left:
+        left = _augment(left, pool, out, load, cap, _Zones(zone_key, zone_cap, zone_load))
+    for duty in left:
         ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
         roomy = [n for n in ranked if not zone_full(duty, n)] or ranked
         put(duty, min(roomy, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300))
     _unchain(pool, owners, out, zone_key, zone_cap, zone_load)
     return out
+
+
+class _Zones:
+    """The zone caps of a family while duties move (see :func:`_augment`)."""
+
+    def __init__(
+        self,
+        key: Callable[[str, str], tuple[str, str] | None],
+        cap: Mapping[tuple[str, str], int],
+        load: dict[tuple[str, str], int],
+    ) -> None:
+        self.key, self.cap, self.load = key, cap, load
+
+    def fits(self, duty: str, src: str | None, dst: str) -> bool:
+        new = self.key(duty, dst)
+        old = self.key(duty, src) if src is not None else None
+        return new is None or new == old or self.load.get(new, 0) < self.cap[new]
+
+    def shift(self, duty: str, src: str | None, dst: str | None) -> None:
+        """Count ``duty`` out of ``src``'s zone and into ``dst``'s (None: nowhere)."""
+        if src is not None and (old := self.key(duty, src)) is not None:
+            self.load[old] -= 1
+        if dst is not None and (new := self.key(duty, dst)) is not None:
+            self.load[new] = self.load.get(new, 0) + 1
+
+    def over(self) -> bool:
+        return any(self.load.get(k, 0) > c for k, c in self.cap.items())
+
+
+def _augment(
+    left: list[str], pool: Pool, out: dict[str, str], load: dict[str, int],
+    cap: Mapping[str, int], zones: _Zones,
+) -> list[str]:
+    """Place each duty whose eligible nodes are all full by moving other duties
+    along a shortest chain to a node with room (augmenting paths of a bounded
+    b-matching, zone caps kept), so a duty falls back past its node's cap only
+    when the caps cannot all be kept. The greedy rarely leaves any: overlapping
+    groups of eligible nodes and zone caps do. Work is bounded (a few passes
+    over the pool in all); returns the duties still unplaced, in order."""
+    on: dict[str, list[str]] = {}
+    for d, node in out.items():
+        on.setdefault(node, []).append(d)
+    budget = 4 * (len(pool) + 1)
+    rest: list[str] = []
+    for duty in left:
+        parent: dict[str, tuple[str, str] | None] = {}
+        queue = [n for n in pool[duty][0] if zones.fits(duty, None, n)]
+        parent.update(dict.fromkeys(queue))
+        found = None
+        while queue and found is None and budget > 0:
+            u = queue.pop(0)
+            for e in on.get(u, ()):
+                budget -= 1
+                for v in pool[e][0]:
+                    if v in parent or not zones.fits(e, u, v):
+                        continue
+                    parent[v] = (u, e)
+                    if load[v] < cap[v]:
+                        found = v
+                        break
+                    queue.append(v)
+                if found is not None:
+                    break
+        if found is None:
+            rest.append(duty)
+            continue
+        chain: list[tuple[str, str, str]] = []  # (duty, from, to)
+        node, step = found, parent[found]
+        while step is not None:
+            u, e = step
+            chain.append((e, u, node))
+            node, step = u, parent[u]
+        chain.append((duty, "", node))
+        for e, u, v in chain:
+            zones.shift(e, u or None, v)
+        if zones.over():  # two steps filled one zone: undo, leave it to the fallback
+            for e, u, v in chain:
+                zones.shift(e, v, u or None)
+            rest.append(duty)
+            continue
+        load[found] += 1
+        for e, u, v in chain:
+            if u:
+                on[u].remove(e)
+            on.setdefault(v, []).append(e)
+            out[e] = v
+    return rest
 
 
 def _unchain(
