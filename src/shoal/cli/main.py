@@ -171,10 +171,11 @@ def _register_surfaces() -> None:
     from shoal.cli.demo import demo
     from shoal.cli.etcd_cmd import etcd_group
     from shoal.cli.node_cmd import node_group
+    from shoal.cli.partitions_cmd import partitions_group
     from shoal.cli.schedule_cmd import schedule_group
     from shoal.cli.status import status
 
-    for command in (demo, status, node_group, etcd_group, schedule_group):
+    for command in (demo, status, node_group, etcd_group, schedule_group, partitions_group):
         main.add_command(command)
 
 

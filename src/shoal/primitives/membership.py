@@ -34,6 +34,9 @@ class Member:
     prefers: tuple[str, ...] = ()  # duties / families this node is a preferred owner of
     workers: tuple[tuple[str, int], ...] = ()  # (pool, running copies); JSON: {pool: n}
     keys: tuple[str, ...] = ()  # key ids of the session secrets it accepts, current first
+    # (family, count) of the partitioned duties its app declares; None: not told
+    # (a record written by an older Shoal). JSON: {family: count} or null
+    partitions: tuple[tuple[str, int], ...] | None = None
     lease: int = field(default=0, compare=False)
     revision: int = field(default=0, compare=False)
 
@@ -42,6 +45,7 @@ class Member:
         data.pop("lease")
         data.pop("revision")
         data["workers"] = dict(self.workers)
+        data["partitions"] = None if self.partitions is None else dict(self.partitions)
         return json.dumps(data, sort_keys=True).encode()
 
     @staticmethod
@@ -53,6 +57,9 @@ class Member:
         data["prefers"] = tuple(data.get("prefers", ()))
         workers = data.get("workers", {})
         data["workers"] = tuple(sorted((str(k), int(v)) for k, v in workers.items()))
+        parts = data.get("partitions")
+        data["partitions"] = (None if not isinstance(parts, dict)
+                              else tuple(sorted((str(k), int(v)) for k, v in parts.items())))
         known = set(Member.__dataclass_fields__)
         data = {k: v for k, v in data.items() if k in known}
         data["lease"] = kv.lease

@@ -39,6 +39,7 @@ from shoal.primitives.session import LeaseSession
 from shoal.runtime._keys import warn_about_keys
 from shoal.runtime.app import LEADER, App, Duty
 from shoal.runtime.control import watch_control
+from shoal.runtime.cutover import check_cutovers
 from shoal.runtime.data_duties import documents_of, follow_documents
 from shoal.runtime.fanout import Fanout, Subscription
 from shoal.runtime.lease import LeaseKeeper
@@ -292,6 +293,7 @@ class Node:
             await self._nodes.wait_ready()
             await self._owners.wait_ready()
             await self.state.wait_ready()
+            await check_cutovers(self.store, self.app.partitioned)  # no lagging release
             await check_partitions(self.store, self.app.partitioned)  # count never changes
             self.refresh_duties()  # with the documents of for_each_doc duties
             await self._lease.join()
@@ -334,6 +336,7 @@ class Node:
             disabled=s.disabled, draining=self.draining, app_version=self.app.version,
             cordoned=self.cordoned, prefers=s.prefers,
             workers=tuple(sorted(self.pools.counts().items())), keys=s.key_ids,
+            partitions=tuple(sorted(self.app.partitioned.items())),
         )
 
     def _on_joined(self, session: LeaseSession) -> None:

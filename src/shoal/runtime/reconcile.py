@@ -43,6 +43,16 @@ __all__ = ["Reconciler", "Tally", "order_duties"]
 Emit = Callable[[str, str | None, str], None]
 
 
+def undeclared(member: Member, families: set[str]) -> frozenset[str]:
+    """The partitioned families (of ``families``) that ``member``'s app does not
+    declare: placement treats them as disabled there, so that during a rolling
+    upgrade that adds (or drops) a family its partitions go only to the nodes
+    that run it. A record that does not say (older Shoal) declares everything."""
+    if member.partitions is None:
+        return frozenset()
+    return frozenset(families - {name for name, _ in member.partitions})
+
+
 @dataclass(slots=True)
 class Tally:
     """Mutable totals the node reports (copied into ``NodeStatus.counters``)."""
@@ -122,8 +132,10 @@ class Reconciler:
         key = (frozenset(live), frozenset(owners.items()))
         if self._cache is not None and self._cache[0] == key:
             return self._cache[1]
+        families = {d.family for d in self.duties if d.partition is not None}
         nodes = [
-            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead, frozenset(m.disabled),
+            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead,
+                     frozenset(m.disabled) | undeclared(m, families),
                      m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
             for m in live
         ]

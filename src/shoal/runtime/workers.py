@@ -6,8 +6,9 @@ duty. What a partition number *means* (which slice of the input) depends on
 the count, so a running cluster must never mix two counts: the first node
 writes ``meta/partitions/{name}`` = count (create-if-absent, no lease: it
 outlives every node) and :func:`check_partitions` refuses to start a node
-declaring another count. To change it: stop every node, remove the key
-(:func:`forget_partition_count`, or ``etcdctl del {prefix}/meta/partitions/{name}``),
+declaring another count. To change it without a stop, roll out a new family
+beside it and cut over (:mod:`shoal.runtime.cutover`); or stop every node,
+remove the key (:func:`forget_partition_count`, ``shoal partitions forget``),
 start the nodes with the new count (docs/scaling.md).
 
 **Worker pools.** ``@app.workers("ingest-worker", per_node=4)`` runs 4
@@ -34,7 +35,7 @@ from shoal.aio._tasks import cancel_and_wait, event_or_tick
 from shoal.clock import Clock
 from shoal.core.placement import DutySpec, NodeInfo, is_disabled
 from shoal.errors import ConfigError, InvalidArgumentType, StoreError
-from shoal.primitives.membership import NODES
+from shoal.primitives.membership import NODES, Member
 from shoal.runtime.app import PoolDecl
 from shoal.runtime.context import DutyContext
 from shoal.runtime.runner import DutyRunner
@@ -78,24 +79,30 @@ async def check_partitions(store: Store, partitioned: Mapping[str, int]) -> None
             raise ConfigError(
                 f"duty {name!r} is declared with partitions={count}, but this cluster runs it "
                 f"with {running} partitions (store key {key}). The partition count of a "
-                "running cluster cannot change: stop every node, delete the key "
-                f"(etcdctl del <prefix>/{key}, or shoal.runtime.workers.forget_partition_count"
-                "), then start every node with the new count — see docs/scaling.md, "
-                "'Changing the partition count'."
+                "running cluster cannot change: declare a new family beside it and cut "
+                "over (no stop), or stop every node, delete the key (shoal partitions "
+                f"forget {name}) and start every node with the new count — see "
+                "docs/scaling.md, 'Changing the partition count'."
             )
 
 
 async def forget_partition_count(store: Store, name: str, *, force: bool = False) -> bool:
     """Delete ``meta/partitions/{name}`` so the next node to start records its
-    own count. Refuses (ConfigError) while any node is live unless ``force``.
-    Returns True if a key was deleted."""
+    own count. Refuses (ConfigError) while a live node's app declares ``name``
+    (a record from an older Shoal, which does not say, counts as declaring it)
+    unless ``force``: after a full stop, or once a rolling upgrade dropped the
+    family (docs/scaling.md). Returns True if a key was deleted."""
     if not force:
-        live = (await store.range(NODES)).kvs
-        if live:
-            names = ", ".join(sorted(kv.key[len(NODES):] for kv in live))
+        holders = []
+        for kv in (await store.range(NODES)).kvs:
+            member = Member.decode(kv)
+            if member.partitions is None or name in dict(member.partitions):
+                holders.append(member.name)
+        if holders:
             raise ConfigError(
-                f"cannot forget the partition count of {name!r} while nodes are live "
-                f"({names}): stop every node first"
+                f"cannot forget the partition count of {name!r} while live nodes declare "
+                f"it ({', '.join(sorted(holders))}): stop them, or roll them to a release "
+                "that no longer declares it, first"
             )
     res = await store.txn([], [Delete(META_PARTITIONS + name)])
     return bool(res.results and res.results[0])
