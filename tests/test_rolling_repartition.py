@@ -76,17 +76,17 @@ async def ingest(ctx):
     last = await progress(ctx)
     while not ctx.stopping:
         if cutover.sealed(ctx) is not None:
-            await ctx.stopping.wait()
-            return
+            break  # sealed by an earlier owner: nothing left to do
         if RELEASE >= 2 and cutover.requested(ctx):
-            await cutover.seal(ctx, last)
-            continue
+            await cutover.seal(ctx, last)  # the items after `last` are the new family's
+            break
         compares = [cutover.guard(ctx)]
         for seq, k in items(ctx, (ctx.partition, ctx.partition + 64), lambda k, s: last):
             if not await handle(ctx, "ingest", seq, k, compares):
                 break  # sealed meanwhile
             last = seq
         await ctx.sleep(0.2)
+    await ctx.stopping.wait()  # sealed: idle until handed over
 
 
 async def ingest_v2(ctx):

@@ -176,9 +176,9 @@ async def _wait_for(ctx: DutyContext, ready: Callable[[], T | None]) -> T | None
     subscription = ctx.state.subscribe(NAMESPACE)
     stop = asyncio.ensure_future(ctx.stopping.wait())
     try:
-        while not ctx.stopping.is_set():
+        while True:
             found = ready()
-            if found is not None:
+            if found is not None or ctx.stopping.is_set():
                 return found
             step = asyncio.ensure_future(anext(subscription))
             await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -191,7 +191,6 @@ async def _wait_for(ctx: DutyContext, ready: Callable[[], T | None]) -> T | None
                 step.result()
             except StopAsyncIteration:  # the state closed: one last look
                 return ready()
-        return None
     finally:
         stop.cancel()
         await subscription.aclose()
