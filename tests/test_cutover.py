@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+import shoal
 from shoal.cli.main import main
-from shoal.errors import ConfigError, DutyLost
+from shoal.errors import ConfigError, DutyLost, InvalidArgument
 from shoal.primitives.membership import Member
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
@@ -253,10 +254,11 @@ async def test_a_node_of_the_old_release_refuses_to_start_once_requested(
 
 
 def test_a_cutover_is_declared_between_two_families() -> None:
-    with pytest.raises(ConfigError, match="must differ"):
+    with pytest.raises(InvalidArgument, match="must differ"):
         Cutover("ingest", 4, "ingest")
-    with pytest.raises(ConfigError, match="old_partitions must be >= 1, got 0"):
+    with pytest.raises(InvalidArgument, match="old_partitions must be an int >= 1, got 0"):
         Cutover("ingest", 0, "ingest-v2")
+    assert shoal.Cutover is Cutover
 
 
 # -- forgetting the old count ------------------------------------------------------

@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "NodeSettings": "shoal.runtime.settings",
     "NodeThread": "shoal.runtime.thread",
     "DutyContext": "shoal.runtime.context",
+    "Cutover": "shoal.runtime.cutover",
     "RunContext": "shoal.runtime.schedule",
     "NodeConfig": "shoal.config",
     "load_config": "shoal.config",
@@ -72,6 +73,7 @@ __all__ = [
     "Compare",
     "ConfigError",
     "Conflict",
+    "Cutover",
     "Delete",
     "DocumentTooLarge",
     "DutyContext",
@@ -164,6 +166,7 @@ if TYPE_CHECKING:
     )
     from shoal.runtime.app import App
     from shoal.runtime.context import DutyContext
+    from shoal.runtime.cutover import Cutover
     from shoal.runtime.node import ClusterEvent, Node
     from shoal.runtime.schedule import RunContext
     from shoal.runtime.settings import NodeSettings

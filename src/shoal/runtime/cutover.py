@@ -37,7 +37,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from shoal.errors import ConfigError, Conflict
+from shoal.errors import ConfigError, Conflict, InvalidArgument, WrongState
 from shoal.primitives.membership import NODES, Member
 from shoal.runtime._state_model import encode_value, store_key
 from shoal.runtime.context import DutyContext
@@ -64,10 +64,11 @@ class Cutover:
 
     def __init__(self, old: str, old_partitions: int, new: str) -> None:
         if old == new:
-            raise ConfigError(f"cut-over: the new family must differ from the old one ({old!r})")
-        if old_partitions < 1:
-            raise ConfigError(f"cut-over {old!r}: old_partitions must be >= 1, "
-                              f"got {old_partitions!r}")
+            raise InvalidArgument(
+                f"cut-over: the new family must differ from the old one ({old!r})")
+        if not isinstance(old_partitions, int) or old_partitions < 1:
+            raise InvalidArgument(f"cut-over {old!r}: old_partitions must be an int >= 1, "
+                                  f"got {old_partitions!r}")
         self.old, self.old_partitions, self.new = old, old_partitions, new
 
     # -- the request (once every node runs both families) -------------------------
@@ -119,8 +120,10 @@ class Cutover:
             await ctx.state.put(NAMESPACE, self._seal_key(_partition(ctx)), {"last": last},
                                 expect_revision=0, guard=ctx.guard())
         except Conflict:
-            kv = await ctx.store.get(store_key(NAMESPACE, self._seal_key(_partition(ctx))))
-            assert kv is not None  # written once, never deleted while running
+            key = store_key(NAMESPACE, self._seal_key(_partition(ctx)))
+            kv = await ctx.store.get(key)
+            if kv is None:
+                raise WrongState(f"cut-over: the seal {key} was deleted while in use") from None
             return Seal(json.loads(kv.value)["last"])
         return Seal(last)
 
@@ -166,7 +169,7 @@ async def _members(store: Store) -> list[Member]:
 
 def _partition(ctx: DutyContext) -> int:
     if ctx.partition is None:
-        raise ConfigError(f"cut-over: duty {ctx.name!r} is not a partitioned duty")
+        raise InvalidArgument(f"cut-over: duty {ctx.name!r} is not a partitioned duty")
     return ctx.partition
 
 
