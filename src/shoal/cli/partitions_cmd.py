@@ -6,6 +6,7 @@ on the store of ``--config``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ async def _rows(config_file: Path) -> list[dict[str, Any]]:
         name = kv.key[len(META_PARTITIONS):]
         declared = sorted(m.name for m in members
                           if m.partitions is None or name in dict(m.partitions))
-        rows.append({"family": name, "partitions": int(kv.value.decode()),
+        count: int | str = kv.value.decode(errors="replace")
+        with contextlib.suppress(ValueError):
+            count = int(count)
+        rows.append({"family": name, "partitions": count,
                      "declared_by": declared, "cutover_to": target.get(name),
                      "sealed": sealed.get(name, 0)})
     return rows
@@ -88,7 +92,12 @@ async def _cutover(config_file: Path, old: str, new: str) -> str:
         if kv is None:
             raise ConfigError(f"no partition count recorded for {old!r}: nothing to cut over "
                               "(see shoal partitions list)")
-        written = await Cutover(old, int(kv.value.decode()), new).request(store)
+        try:
+            count = int(kv.value.decode())
+        except (UnicodeDecodeError, ValueError):
+            raise ConfigError(f"the recorded partition count of {old!r} is not a number "
+                              f"({kv.value!r}): fix meta/partitions/{old} first") from None
+        written = await Cutover(old, count, new).request(store)
     return "requested" if written else "already requested"
 
 

@@ -25,7 +25,10 @@ not the new one refuses to start (:func:`check_cutovers`): rolling back to
 release 1 needs a full stop. The documents live in replicated state, namespace
 ``shoal.cutover``: ``{old}`` = ``{"to": new, "partitions": N}`` and
 ``{old}/{i}`` = ``{"last": position}``. Positions are the app's own JSON
-values (an offset, a sequence number); the library never compares them.
+values (an offset, a sequence number); the library never compares them. They
+must arrive in order within an old partition (an item never shows up below a
+position that partition already committed): the new family skips what is at
+or below the seal.
 """
 
 from __future__ import annotations
