@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 import yaml
 
+from shoal.cli.status import fetch_view
 from shoal.config import load_config
 from shoal.store.factory import open_store
 from shoal.store.protocol import Put, Store
@@ -195,8 +196,12 @@ def test_rolling_repartition_handles_every_item_once(tmp_path: Path) -> None:
     with ProcCluster(tmp_path, base, app=f"{app_file}:app") as procs:
         running: dict[str, Any] = {}
 
+        urls: dict[str, str] = {}
+
         def start(name: str, rel: int) -> None:
-            proc = procs.node(name, http={"port": free_port()})
+            port = free_port()
+            urls[name] = f"http://127.0.0.1:{port}"
+            proc = procs.node(name, http={"port": port})
             proc.env = {"REPART_RELEASE": str(rel), "REPART_LOG": str(log)}
             proc.start()
             proc.wait_for(r"joined cluster", timeout=60)  # never refused (exit 2)
@@ -232,6 +237,9 @@ def test_rolling_repartition_handles_every_item_once(tmp_path: Path) -> None:
             side.produce()
             # release 2, one node at a time; the cut-over is refused while one lags
             roll("n1", 2)
+            declared = {n["name"]: n["partitions"] for n in fetch_view(urls["n2"])["nodes"]}
+            assert declared == {"n1": {"ingest": OLD, "ingest-v2": NEW},
+                                "n2": {"ingest": OLD}, "n3": {"ingest": OLD}}
             refused = cli("partitions", "cutover", "ingest", "ingest-v2", "-c", str(cli_config))
             assert refused.returncode == 2, refused
             assert "do not declare 'ingest-v2' yet (n2, n3)" in refused.stderr

@@ -84,6 +84,8 @@ def cluster_json(
             "leader": name == leader, "self": name == me,
             "duties": sorted(owned.get(name, [])), "workers": dict(m.workers),
             "keys": list(m.keys),  # key ids of its session secrets, current first
+            # partitioned families its app declares ({family: count}; None: not told)
+            "partitions": None if m.partitions is None else dict(m.partitions),
         }
         entry.update((extra or {}).get(name, {}))
         nodes.append(entry)
