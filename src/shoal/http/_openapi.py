@@ -80,6 +80,7 @@ _SCHEMAS: dict[str, Any] = {
             "self": {"type": "boolean"},
             "duties": {"type": "array", "items": {"type": "string"}},
             "workers": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "partitions": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}},
             "session": {"type": ["object", "null"]},
         },
     },
