@@ -156,7 +156,13 @@ class View:
         self.changes += 1
         if self.victim is None or not self.pending:
             return
-        self.pending = {p for p in self.pending if self.owner(p) in (None, self.victim)}
+        if events is None:  # a full reload: check every pending partition
+            self.pending = {p for p in self.pending if self.owner(p) in (None, self.victim)}
+        else:  # only the keys these events touched (O(events), not O(pending) per event)
+            for ev in events:
+                name = ev.kv.key[len(DUTIES):] if ev.kv.key.startswith(DUTIES) else ""
+                if name in self.pending and self.owner(name) not in (None, self.victim):
+                    self.pending.discard(name)
         if not self.pending:
             self.reowned_at = time.time()
             self.reowned.set()
