@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +37,7 @@ from shoal.errors import AppImportError, NameTaken, StoreUnavailable
 if TYPE_CHECKING:
     from shoal.config import NodeConfig
     from shoal.runtime.app import App
+    from shoal.runtime.fanout import Subscription
     from shoal.runtime.node import ClusterEvent, Node
 
 __all__ = ["AppImportError", "import_app", "run"]
@@ -169,16 +170,34 @@ def _exit_leaving_stuck_threads(code: int) -> None:
 
 
 def _status(node: Node, ev: ClusterEvent | None) -> str:
-    what = "status"
-    if ev is not None:
-        what = f"{ev.kind} {ev.name or '-'}" + (f" ({ev.detail})" if ev.detail else "")
+    return _status_lines(node, [ev])
+
+
+def _status_lines(node: Node, burst: Sequence[ClusterEvent | None]) -> str:
+    """One status line per event of ``burst`` (None: a plain ``status`` line). The
+    node's status is taken ONCE for the whole burst: a mass failover starts hundreds
+    of duties in one pass, and a snapshot per line would cost O(duties) each."""
     now = time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
     status = node.status()
     members = ",".join(sorted(status.members)) or "-"
     runs = ",".join(status.running) or "-"
-    return (f"{stamp} {what} | {status.phase} | leader {status.leader or '-'} | "
-            f"members {members} | runs {runs}")
+    tail = f"| {status.phase} | leader {status.leader or '-'} | members {members} | runs {runs}"
+    lines = []
+    for ev in burst:
+        what = "status"
+        if ev is not None:
+            what = f"{ev.kind} {ev.name or '-'}" + (f" ({ev.detail})" if ev.detail else "")
+        lines.append(f"{stamp} {what} {tail}")
+    return "\n".join(lines)
+
+
+def _burst(events: Subscription[ClusterEvent], first: ClusterEvent) -> list[ClusterEvent]:
+    """``first`` and every event already queued behind it (no waiting)."""
+    burst = [first]
+    while (more := events.get_nowait()) is not None:
+        burst.append(more)
+    return burst
 
 
 async def _open_node(app: App, config: NodeConfig) -> Node:
@@ -257,7 +276,7 @@ async def _lifetime(node: Node, config: NodeConfig, stop: asyncio.Event, signals
     async def report() -> None:
         with contextlib.suppress(OSError):  # stdout closed: stop reporting, keep running
             async for ev in events:
-                click.echo(_status(node, ev))
+                click.echo(_status_lines(node, _burst(events, ev)))
 
     async with asyncio.TaskGroup() as group:  # owns the reporter: it ends with the node
         reporter = group.create_task(report())

@@ -1,0 +1,60 @@
+"""``shoal run``'s status lines: one per event, the node's status taken once per burst.
+
+A mass failover starts a few hundred duties in one reconcile pass; a snapshot of the
+node (O(duties)) per printed line made the reporter the largest CPU cost of a
+survivor during the failover (benchmarks/scale.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.cli.run import _burst, _status_lines
+from shoal.runtime.fanout import Fanout
+from shoal.runtime.node import ClusterEvent
+
+
+@dataclass
+class _Status:
+    phase: str = "ACTIVE"
+    leader: str | None = "n1"
+    members: dict[str, object] = field(default_factory=lambda: {"n2": 1, "n1": 1})
+    running: tuple[str, ...] = ("p/1", "p/2")
+
+
+class _Node:
+    """Counts how often the reporter takes a snapshot."""
+
+    def __init__(self) -> None:
+        self.snapshots = 0
+
+    def status(self) -> _Status:
+        self.snapshots += 1
+        return _Status()
+
+
+def test_a_burst_of_events_takes_one_snapshot_and_prints_a_line_each() -> None:
+    fanout: Fanout[ClusterEvent] = Fanout(maxsize=1000)
+    events = fanout.subscribe()
+    for i in range(200):
+        fanout.publish(ClusterEvent("started", f"p/{i}", f"token {i + 10}"))
+    first = events.get_nowait()
+    assert first is not None
+    burst = _burst(events, first)
+    assert len(burst) == 200 and events.get_nowait() is None
+    node: Any = _Node()
+    lines = _status_lines(node, burst).split("\n")
+    assert node.snapshots == 1
+    assert len(lines) == 200
+    assert lines[0].endswith(
+        "started p/0 (token 10) | ACTIVE | leader n1 | members n1,n2 | runs p/1,p/2"
+    )
+    assert lines[199].split(" ", 1)[1].startswith("started p/199 (token 209) | ACTIVE")
+
+
+def test_a_plain_status_line() -> None:
+    node: Any = _Node()
+    line = _status_lines(node, [None])
+    assert line.split(" ", 1)[1] == "status | ACTIVE | leader n1 | members n1,n2 | runs p/1,p/2"
+    assert "\n" not in line
