@@ -3,8 +3,21 @@
 One pass (:meth:`Reconciler.reconcile`) builds a :class:`~shoal.runtime.plan.View`
 from the members, the :class:`~shoal.runtime.owners.OwnerTable` and the clock, and
 carries out the pure :func:`~shoal.runtime.plan.plan` in order. :meth:`Reconciler.run`
-repeats passes when woken (a membership or owner change, our own acquire) and at
-least every ``tick``.
+repeats passes when woken (a membership or owner change, our own acquire of a duty
+others follow) and at least every ``tick``.
+
+A mass failover (a node with hundreds of duties dies) must not cost a placement of
+every duty per watch event:
+
+* a burst of events is coalesced into one pass (the loop lets queued events in
+  before it starts one);
+* an owner change that only CONFIRMS the current placement -- a duty taken by the
+  node it is wanted on, not running here, followed by no other duty -- wakes no
+  pass: the pass would change nothing (the other survivors' acquisitions);
+* such changes do not invalidate the cached placement either: it is reused
+  (provisionally) by passes woken before the next tick, and the tick's pass places
+  again from scratch. A membership change, a freed duty or an owner that is not the
+  wanted one always places again at once.
 
 The node's state machine is in charge of WHEN: ``placing`` is switched by its
 ``StartPlacing`` / ``StopPlacing`` actions (no acquire while off), its
@@ -26,7 +39,7 @@ from shoal.errors import InvalidArgument, StoreError
 from shoal.primitives import ownership
 from shoal.primitives.membership import Member
 from shoal.primitives.mirror import Mirror
-from shoal.primitives.ownership import Owner
+from shoal.primitives.ownership import DUTIES, Owner
 from shoal.runtime.app import LEADER, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.owners import OwnerTable
@@ -34,7 +47,7 @@ from shoal.runtime.plan import Release, Run, Stop, View, batches, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
-from shoal.store.protocol import Event, Store
+from shoal.store.protocol import Event, EventType, Store
 
 log = logging.getLogger("shoal.node")
 
@@ -87,9 +100,12 @@ class Reconciler:
         self._free_since: dict[str, float] = {}
         self._stable_since = 0.0
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
-        self._cache: tuple[object, Placement] | None = None
+        # (live members, owners placed from, placement, exact): see the module docstring
+        self._cache: tuple[frozenset[Member], dict[str, str], Placement, bool] | None = None
+        self.placements = 0  # placements computed (not reused), for tests and metrics
         self._scores = ScoreCache()  # rendezvous hashes, reused by every placement pass
         self._specs: tuple[list[Duty], list[DutySpec]] | None = None  # for that list
+        self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
 
     # -- inputs ---------------------------------------------------------------------
@@ -122,16 +138,54 @@ class Reconciler:
         if leader != self._leader:
             self._leader = leader
             self._emit("leader", leader, "")
-        self.wake.set()
+        if events is None or not self._confirms_placement(events):
+            self.wake.set()
 
-    def placement(self, members: Mapping[str, Member]) -> Placement:
-        """Where every duty should run (cached while members and owners hold: the
-        balanced placement keeps current owners)."""
-        live = [m for m in members.values() if not m.draining]
+    def _anchor_names(self) -> frozenset[str]:
+        """Duties some declared duty follows (``with_duty``)."""
+        if self._anchors is None or self._anchors[0] is not self.duties:
+            self._anchors = (self.duties, frozenset(
+                d.with_duty for d in self.duties if d.with_duty is not None))
+        return self._anchors[1]
+
+    def _confirms_placement(self, events: list[Event]) -> bool:
+        """True if every event is a duty taken by the node the cached placement
+        wants it on, that no local runner contradicts and no duty follows: a pass
+        would find nothing to do (see the module docstring)."""
+        if self._cache is None:
+            return False
+        wanted = self._cache[2].wanted
+        anchors = self._anchor_names()
+        for ev in events:
+            if ev.type is not EventType.PUT:
+                return False
+            duty = ev.kv.key[len(DUTIES):]
+            owner = self.owners.get(duty)
+            if owner is None or wanted.get(duty) != owner.node or duty in anchors:
+                return False
+            runner = self.runners.get(duty)
+            if owner.node == self.name:  # our own acquire: runs with that token already
+                if runner is None or runner.token != owner.token:
+                    return False
+            elif runner is not None:  # taken from under us: stop it now
+                return False
+        return True
+
+    def placement(self, members: Mapping[str, Member], *, exact: bool = True) -> Placement:
+        """Where every duty should run. Cached while the live members and the owners
+        hold (the balanced placement keeps current owners). With ``exact=False`` a
+        placement is also reused when the owners changed only by duties being taken
+        by the node it wants them on (it then still holds but for corner cases of
+        the balance; the next ``exact`` call places again)."""
+        live = frozenset(m for m in members.values() if not m.draining)
         owners = {n: o.node for n, o in self.owners.view().items()}
-        key = (frozenset(live), frozenset(owners.items()))
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        cached = self._cache
+        if cached is not None and cached[0] == live:
+            if cached[1] == owners and (cached[3] or not exact):
+                return cached[2]
+            if not exact and _only_confirmed(cached[1], owners, cached[2].wanted):
+                self._cache = (live, owners, cached[2], False)
+                return cached[2]
         families = {d.family for d in self.duties if d.partition is not None}
         nodes = [
             NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead,
@@ -147,7 +201,8 @@ class Reconciler:
             ])
         result = place(self._specs[1], nodes, owners, balanced=self.settings.balanced,
                        newest_version=self.settings.newest_version, cache=self._scores)
-        self._cache = (key, result)
+        self.placements += 1
+        self._cache = (live, owners, result, True)
         return result
 
     # -- the loop ---------------------------------------------------------------------
@@ -160,7 +215,7 @@ class Reconciler:
         tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
         last_pass = float("-inf")
         while True:
-            await event_or_tick(self.wake, self.clock, tick)
+            woken = await event_or_tick(self.wake, self.clock, tick)
             for _ in range(3):  # let the watches apply what is already queued (coalesce)
                 await asyncio.sleep(0)
             if self.clock.monotonic() - last_pass < 0.05:
@@ -172,16 +227,18 @@ class Reconciler:
             if lease() is None:
                 continue
             try:
-                await self.reconcile(lease, members())
+                await self.reconcile(lease, members(), exact=not woken)
             except StoreError as exc:
                 log.debug("node %s: reconcile failed: %s", self.name, exc)
             last_pass = self.clock.monotonic()
 
     async def reconcile(
-        self, lease: Callable[[], int | None], members: Mapping[str, Member]
+        self, lease: Callable[[], int | None], members: Mapping[str, Member], *,
+        exact: bool = True,
     ) -> None:
         """One pass: compute the plan and carry it out (stops early when ``lease()``
-        changes or turns None)."""
+        changes or turns None). ``exact=False``: a woken pass, which may reuse a
+        placement the owners only confirmed (:meth:`placement`)."""
         current = lease()
         if current is None:
             return
@@ -194,7 +251,7 @@ class Reconciler:
                 self._free_since.setdefault(duty.name, now)
         view = View(
             me=self.name, lease=current, duties=self.duties, owners=owners,
-            placement=self.placement(members),
+            placement=self.placement(members, exact=exact),
             running={n: r.token for n, r in self.runners.items()},
             now=now, free_since=self._free_since, stable_since=self._stable_since,
             grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
@@ -283,7 +340,8 @@ class Reconciler:
             self.tally.acquired += 1
             self._free_since.pop(name, None)
             self._run(free[name], owner)
-        self.wake.set()  # co-located duties may follow at once
+        if len(tokens) < len(free) or not self._anchor_names().isdisjoint(tokens):
+            self.wake.set()  # co-located duties may follow at once; or we lost a race
 
     async def _release_batch(self, waves: list[list[Release]]) -> None:
         """Stop each wave's runners in parallel (dependents before their anchor),
@@ -306,6 +364,16 @@ class Reconciler:
             finally:
                 self._stopping.discard(runner)
             self._emit("stopped", duty, reason)
+
+
+def _only_confirmed(
+    before: Mapping[str, str], now: Mapping[str, str], wanted: Mapping[str, str | None]
+) -> bool:
+    """True if ``now`` differs from ``before`` only by duties owned by their
+    ``wanted`` node (nothing freed, nothing taken by another node)."""
+    if not before.keys() <= now.keys():
+        return False
+    return all(before.get(d) == n or wanted.get(d) == n for d, n in now.items())
 
 
 def order_duties(duties: list[Duty]) -> list[Duty]:

@@ -1,0 +1,120 @@
+"""Mass failover through real Nodes (memory store, fake clock): a dead node's
+partitions are re-owned with ONE placement and ONE batched transaction per
+survivor; the survivors' acquisitions, which only confirm the placement, trigger
+no placement of their own (benchmarks/scale.py measures the real thing)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from shoal.core.placement import DutySpec, NodeInfo, place
+from shoal.runtime.app import App
+from shoal.runtime.context import DutyContext
+from shoal.runtime.node import Node
+from shoal.testing.cluster import SimCluster
+
+PARTS = 200
+NODES = ["n1", "n2", "n3", "n4", "n5"]
+TICK = 0.5  # the reconcile tick: min(grace, rebalance_delay) / 2
+
+
+def partitioned_app() -> App:
+    app = App("t")
+
+    @app.duty("p", partitions=PARTS)
+    async def part(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    return app
+
+
+def count_txns(node: Node) -> list[int]:
+    """Count the store transactions ``node`` sends (its link's ``txn``)."""
+    calls = [0]
+    inner: Callable[..., Awaitable[Any]] = node.store.txn
+
+    async def txn(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return await inner(*args, **kwargs)
+
+    node.store.txn = txn  # type: ignore[method-assign]
+    return calls
+
+
+def fresh_wanted(c: SimCluster, live: list[str]) -> dict[str, str | None]:
+    """The placement computed from scratch from the store's current owners."""
+    specs = [DutySpec(f"p/{i}", family="p") for i in range(PARTS)]
+    specs.append(DutySpec("leader", sticky=True, leader_bound=True))
+    nodes = [NodeInfo(n, frozenset()) for n in live]
+    return place(specs, nodes, c.owners(), balanced=True).wanted
+
+
+async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_survivor() -> None:
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    try:
+        for name in NODES:
+            await c.add(name)
+        await c.run(4.0)  # joined, balanced (rebalance_delay), settled
+        owners = c.owners()
+        assert len([d for d in owners if d.startswith("p/")]) == PARTS
+        victim = max(NODES, key=lambda n: sum(1 for o in owners.values() if o == n))
+        lost = {d for d, o in owners.items() if o == victim}
+        assert len(lost) >= PARTS // 5
+        survivors = [n for n in NODES if n != victim]
+        before = {n: c.nodes[n]._duties.placements for n in survivors}
+        txns = {n: count_txns(c.nodes[n]) for n in survivors}
+
+        dead = c.nodes.pop(victim)
+        session = dead.session
+        assert session is not None
+        lease = session.lease
+        await dead.abandon()  # a crash: nothing released ...
+        await c.store.revoke(lease)  # ... and its reaper revokes the lease at once
+
+        for _ in range(20):  # well inside one tick: only woken passes run
+            await c.run(0.01, step=0.01)
+        now = c.owners()
+        assert all(now.get(d) in survivors for d in lost), "not all re-owned"
+        for duty, nodes in c.running().items():
+            assert len(nodes) == 1, f"{duty} runs on {nodes}"
+        for n in survivors:
+            placed = c.nodes[n]._duties.placements - before[n]
+            assert placed == 1, f"{n} placed {placed} times for one node loss"
+            assert txns[n][0] == 1, f"{n} sent {txns[n][0]} transactions"
+        wanted = fresh_wanted(c, survivors)
+        assert {d: now.get(d) for d in wanted} == wanted  # every duty on its wanted node
+
+        await c.run(2 * TICK)  # the tick's pass places once more, exactly
+        for n in survivors:
+            placed = c.nodes[n]._duties.placements - before[n]
+            assert placed == 2, f"{n} placed {placed} times"
+            assert c.nodes[n].placement().wanted == wanted
+            assert txns[n][0] == 1  # nothing moved: no more writes
+    finally:
+        await c.aclose()
+
+
+async def test_a_duty_taken_from_under_its_runner_is_stopped_at_once() -> None:
+    """A PUT naming the wanted node is no mere confirmation while the duty still
+    runs here: the pass runs at once and stops the local runner (G1)."""
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=60.0)
+    try:
+        n1 = await c.add("n1")
+        await c.run(2.0)
+        assert len(n1.runners) == PARTS + 1  # alone: every partition and the leader
+        n2 = await c.add("n2")
+        await c.run(1.0)  # n2 is wanted for about half, but rebalance_delay holds them
+        wanted = n1.placement().wanted
+        duty = sorted(d for d, w in wanted.items() if w == "n2")[0]
+        assert duty in n1.runners and c.owners()[duty] == "n1"
+        session = n2.session
+        assert session is not None
+        # n2's record replaces n1's in ONE put (as a buggy or forced writer would)
+        await c.store.put(f"duties/{duty}", json.dumps({"node": "n2", "since": 0}).encode(),
+                          lease=session.lease)
+        await c.run(0.01, step=0.01)  # far less than a tick
+        assert duty not in n1.runners
+    finally:
+        await c.aclose()
