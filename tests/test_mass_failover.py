@@ -1,13 +1,16 @@
 """Mass failover through real Nodes (memory store, fake clock): a dead node's
-partitions are re-owned with ONE placement and ONE batched transaction per
-survivor; the survivors' acquisitions, which only confirm the placement, trigger
-no placement of their own (benchmarks/scale.py measures the real thing)."""
+partitions are re-owned with at most ONE placement and ONE batched transaction
+per survivor (none when the spare placement for that loss was ready); the
+survivors' acquisitions, which only confirm the placement, trigger no placement
+of their own (benchmarks/scale.py measures the real thing)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+import pytest
 
 from shoal.core.placement import DutySpec, NodeInfo, place
 from shoal.runtime.app import App
@@ -51,7 +54,12 @@ def fresh_wanted(c: SimCluster, live: list[str]) -> dict[str, str | None]:
     return place(specs, nodes, c.owners(), balanced=True).wanted
 
 
-async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_survivor() -> None:
+@pytest.mark.parametrize("spares", [True, False])
+async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_survivor(
+    spares: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not spares:
+        monkeypatch.setattr("shoal.runtime.placer.SPARE_MAX_NODES", 0)
     c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
     try:
         for name in NODES:
@@ -63,7 +71,13 @@ async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_surviv
         lost = {d for d, o in owners.items() if o == victim}
         assert len(lost) >= PARTS // 5
         survivors = [n for n in NODES if n != victim]
-        before = {n: c.nodes[n]._duties.placements for n in survivors}
+        placers = {n: c.nodes[n]._duties.placer for n in survivors}
+        before = {n: p.computed for n, p in placers.items()}
+        used = {n: p.spares_used for n, p in placers.items()}
+        if spares:  # computed while the cluster was quiet: one per other live node
+            assert all(p.spares_computed >= len(NODES) - 1 for p in placers.values())
+        else:
+            assert all(p.spares_computed == 0 for p in placers.values())
         txns = {n: count_txns(c.nodes[n]) for n in survivors}
 
         dead = c.nodes.pop(victim)
@@ -80,16 +94,17 @@ async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_surviv
         for duty, nodes in c.running().items():
             assert len(nodes) == 1, f"{duty} runs on {nodes}"
         for n in survivors:
-            placed = c.nodes[n]._duties.placements - before[n]
-            assert placed == 1, f"{n} placed {placed} times for one node loss"
+            placed = placers[n].computed - before[n]
+            assert placed == (0 if spares else 1), f"{n} placed {placed} times for one loss"
+            assert placers[n].spares_used - used[n] == (1 if spares else 0)
             assert txns[n][0] == 1, f"{n} sent {txns[n][0]} transactions"
         wanted = fresh_wanted(c, survivors)
         assert {d: now.get(d) for d in wanted} == wanted  # every duty on its wanted node
 
         await c.run(2 * TICK)  # the tick's pass places once more, exactly
         for n in survivors:
-            placed = c.nodes[n]._duties.placements - before[n]
-            assert placed == 2, f"{n} placed {placed} times"
+            placed = placers[n].computed - before[n]
+            assert placed == (1 if spares else 2), f"{n} placed {placed} times"
             assert c.nodes[n].placement().wanted == wanted
             assert txns[n][0] == 1  # nothing moved: no more writes
     finally:

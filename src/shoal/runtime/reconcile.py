@@ -17,7 +17,10 @@ every duty per watch event:
 * such changes do not invalidate the cached placement either: it is reused
   (provisionally) by passes woken before the next tick, and the tick's pass places
   again from scratch. A membership change, a freed duty or an owner that is not the
-  wanted one always places again at once.
+  wanted one always places again at once;
+* once nothing changed for ``SPARE_QUIET`` seconds, the placement each other
+  node's loss would need is computed ahead (:mod:`shoal.runtime.placer`), so
+  the pass that follows a node's death usually places nothing.
 
 The node's state machine is in charge of WHEN: ``placing`` is switched by its
 ``StartPlacing`` / ``StopPlacing`` actions (no acquire while off), its
@@ -34,7 +37,7 @@ from dataclasses import dataclass
 
 from shoal.aio._tasks import event_or_tick
 from shoal.clock import Clock
-from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
+from shoal.core.placement import Placement
 from shoal.errors import InvalidArgument, StoreError
 from shoal.primitives import ownership
 from shoal.primitives.membership import Member
@@ -43,6 +46,7 @@ from shoal.primitives.ownership import DUTIES, Owner
 from shoal.runtime.app import LEADER, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.owners import OwnerTable
+from shoal.runtime.placer import Placer
 from shoal.runtime.plan import Release, Run, Stop, View, batches, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
@@ -51,19 +55,11 @@ from shoal.store.protocol import Event, EventType, Store
 
 log = logging.getLogger("shoal.node")
 
-__all__ = ["Reconciler", "Tally", "order_duties"]
+__all__ = ["SPARE_QUIET", "Reconciler", "Tally", "order_duties"]
+
+SPARE_QUIET = 0.05  # seconds without a change before spare placements are computed
 
 Emit = Callable[[str, str | None, str], None]
-
-
-def undeclared(member: Member, families: set[str]) -> frozenset[str]:
-    """The partitioned families (of ``families``) that ``member``'s app does not
-    declare: placement treats them as disabled there, so that during a rolling
-    upgrade that adds (or drops) a family its partitions go only to the nodes
-    that run it. A record that does not say (older Shoal) declares everything."""
-    if member.partitions is None:
-        return frozenset()
-    return frozenset(families - {name for name, _ in member.partitions})
 
 
 @dataclass(slots=True)
@@ -100,11 +96,8 @@ class Reconciler:
         self._free_since: dict[str, float] = {}
         self._stable_since = 0.0
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
-        # (live members, owners placed from, placement, exact): see the module docstring
-        self._cache: tuple[frozenset[Member], dict[str, str], Placement, bool] | None = None
-        self.placements = 0  # placements computed (not reused), for tests and metrics
-        self._scores = ScoreCache()  # rendezvous hashes, reused by every placement pass
-        self._specs: tuple[list[Duty], list[DutySpec]] | None = None  # for that list
+        self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
+        self._changed = asyncio.Event()  # members, owners or duties changed (spares)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
 
@@ -115,7 +108,8 @@ class Reconciler:
         stopped and released by that pass (:func:`~shoal.runtime.plan.plan`)."""
         if [(d.name, d.item) for d in duties] != [(d.name, d.item) for d in self.duties]:
             self.duties = duties
-            self._cache = None
+            self.placer.reset()
+            self._changed.set()
             self.wake.set()
 
     def members_changed(self, members: Mapping[str, Member]) -> None:
@@ -124,6 +118,7 @@ class Reconciler:
         if sig != self._member_sig:
             self._member_sig = sig
             self._stable_since = self.clock.monotonic()
+        self._changed.set()
         self.wake.set()
 
     def owners_changed(self, mirror: Mirror, events: list[Event] | None) -> None:
@@ -138,6 +133,7 @@ class Reconciler:
         if leader != self._leader:
             self._leader = leader
             self._emit("leader", leader, "")
+        self._changed.set()
         if events is None or not self._confirms_placement(events):
             self.wake.set()
 
@@ -152,9 +148,10 @@ class Reconciler:
         """True if every event is a duty taken by the node the cached placement
         wants it on, that no local runner contradicts and no duty follows: a pass
         would find nothing to do (see the module docstring)."""
-        if self._cache is None:
+        current = self.placer.current
+        if current is None:
             return False
-        wanted = self._cache[2].wanted
+        wanted = current.wanted
         anchors = self._anchor_names()
         for ev in events:
             if ev.type is not EventType.PUT:
@@ -172,38 +169,30 @@ class Reconciler:
         return True
 
     def placement(self, members: Mapping[str, Member], *, exact: bool = True) -> Placement:
-        """Where every duty should run. Cached while the live members and the owners
-        hold (the balanced placement keeps current owners). With ``exact=False`` a
-        placement is also reused when the owners changed only by duties being taken
-        by the node it wants them on (it then still holds but for corner cases of
-        the balance; the next ``exact`` call places again)."""
-        live = frozenset(m for m in members.values() if not m.draining)
-        owners = {n: o.node for n, o in self.owners.view().items()}
-        cached = self._cache
-        if cached is not None and cached[0] == live:
-            if cached[1] == owners and (cached[3] or not exact):
-                return cached[2]
-            if not exact and _only_confirmed(cached[1], owners, cached[2].wanted):
-                self._cache = (live, owners, cached[2], False)
-                return cached[2]
-        families = {d.family for d in self.duties if d.partition is not None}
-        nodes = [
-            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead,
-                     frozenset(m.disabled) | undeclared(m, families),
-                     m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
-            for m in live
-        ]
-        if self._specs is None or self._specs[0] is not self.duties:
-            self._specs = (self.duties, [  # a singleton's family is its own name: no family
-                DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
-                         d.family if d.family != d.name else None)
-                for d in self.duties
-            ])
-        result = place(self._specs[1], nodes, owners, balanced=self.settings.balanced,
-                       newest_version=self.settings.newest_version, cache=self._scores)
-        self.placements += 1
-        self._cache = (live, owners, result, True)
-        return result
+        """Where every duty should run (:class:`~shoal.runtime.placer.Placer`: cached
+        while members and owners hold; ``exact=False`` also reuses a placement the
+        owners only confirmed since)."""
+        return self.placer.place(self.duties, members.values(), self._owner_nodes(), exact=exact)
+
+    def _owner_nodes(self) -> dict[str, str]:
+        return {n: o.node for n, o in self.owners.view().items()}
+
+    async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
+        """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds,
+        one at a time, giving way as soon as something changes."""
+        while True:
+            await self._changed.wait()
+            while self._changed.is_set():
+                self._changed.clear()
+                await self.clock.sleep(SPARE_QUIET)
+            while self.placing and not self._changed.is_set():
+                owners = self._owner_nodes()
+                current = members().values()
+                missing = self.placer.spares_missing(self.duties, current, owners, self.name)
+                if not missing:
+                    break
+                self.placer.add_spare(self.duties, current, owners, missing[0])
+                await asyncio.sleep(0)  # let the loop serve whatever came meanwhile
 
     # -- the loop ---------------------------------------------------------------------
     async def run(
@@ -212,6 +201,14 @@ class Reconciler:
     ) -> None:
         """Run passes until cancelled. ``lease()``: the lease to act on, or None while
         passes must not run; ``on_tick`` is called before each pass."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._spares(members), name=f"shoal-spares-{self.name}")
+            await self._passes(lease, members, on_tick)
+
+    async def _passes(
+        self, lease: Callable[[], int | None], members: Callable[[], Mapping[str, Member]],
+        on_tick: Callable[[], None],
+    ) -> None:
         tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
         last_pass = float("-inf")
         while True:
@@ -364,16 +361,6 @@ class Reconciler:
             finally:
                 self._stopping.discard(runner)
             self._emit("stopped", duty, reason)
-
-
-def _only_confirmed(
-    before: Mapping[str, str], now: Mapping[str, str], wanted: Mapping[str, str | None]
-) -> bool:
-    """True if ``now`` differs from ``before`` only by duties owned by their
-    ``wanted`` node (nothing freed, nothing taken by another node)."""
-    if not before.keys() <= now.keys():
-        return False
-    return all(before.get(d) == n or wanted.get(d) == n for d, n in now.items())
 
 
 def order_duties(duties: list[Duty]) -> list[Duty]:

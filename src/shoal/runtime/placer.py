@@ -1,0 +1,159 @@
+"""Placer: the reconciler's placements, computed from scratch only when needed.
+
+:func:`shoal.core.placement.place` over every declared duty is the largest CPU cost
+of a reconcile pass (a few milliseconds for 1,000 duties). A mass failover (a node
+with hundreds of duties dies) must not pay it more than once per survivor, and
+preferably not on its critical path at all:
+
+* **cache**: a placement is reused while the live members and the owners hold;
+* **confirmed owners**: a pass woken by owner changes that only CONFIRM the
+  placement (a duty taken by the node it is wanted on) reuses it provisionally;
+  the next exact request (the reconcile tick) places again;
+* **spares**: once the cluster has been quiet for a moment, the placement that
+  the loss of each other live node would need (that node gone, the duties it
+  owns freed: what its reaper's revoke or its lease expiry produce in ONE store
+  revision) is computed ahead. When that exact situation arrives the placement is
+  ready. A spare is used only if the live members and the owners are exactly the
+  ones it was computed for, so it is the very answer ``place`` would give. Spares
+  are skipped in large clusters (more than ``SPARE_MAX_NODES`` live nodes or
+  ``SPARE_MAX_PAIRS`` duty x node pairs), where computing them ahead would cost
+  too much idle CPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
+from shoal.primitives.membership import Member
+from shoal.runtime.app import Duty
+
+__all__ = ["SPARE_MAX_NODES", "SPARE_MAX_PAIRS", "Placer", "only_confirmed", "undeclared"]
+
+SPARE_MAX_NODES = 16
+SPARE_MAX_PAIRS = 100_000
+
+Live = frozenset[Member]
+Owners = dict[str, str]  # duty -> owner node
+
+
+def undeclared(member: Member, families: set[str]) -> frozenset[str]:
+    """The partitioned families (of ``families``) that ``member``'s app does not
+    declare: placement treats them as disabled there, so that during a rolling
+    upgrade that adds (or drops) a family its partitions go only to the nodes
+    that run it. A record that does not say (older Shoal) declares everything."""
+    if member.partitions is None:
+        return frozenset()
+    return frozenset(families - {name for name, _ in member.partitions})
+
+
+def only_confirmed(
+    before: Mapping[str, str], now: Mapping[str, str], wanted: Mapping[str, str | None]
+) -> bool:
+    """True if ``now`` differs from ``before`` only by duties owned by their
+    ``wanted`` node (nothing freed, nothing taken by another node)."""
+    if not before.keys() <= now.keys():
+        return False
+    return all(before.get(d) == n or wanted.get(d) == n for d, n in now.items())
+
+
+class Placer:
+    """Placements of one node's declared duties (see the module docstring)."""
+
+    def __init__(self, *, balanced: bool, newest_version: bool) -> None:
+        self.balanced = balanced
+        self.newest_version = newest_version
+        self.computed = 0  # placements computed on demand (not reused, not spares)
+        self.spares_computed = 0
+        self.spares_used = 0
+        self._scores = ScoreCache()  # rendezvous hashes, reused by every placement
+        self._specs: tuple[list[Duty], list[DutySpec]] | None = None
+        # (duties, live members, owners placed from, placement, exact)
+        self._cache: tuple[list[Duty], Live, Owners, Placement, bool] | None = None
+        self._spare_base: tuple[list[Duty], Live, Owners] | None = None
+        self._spares: dict[Live, tuple[Owners, Placement]] = {}  # keyed by the survivors
+
+    @property
+    def current(self) -> Placement | None:
+        """The last placement handed out (None: none yet, or the duties changed)."""
+        return self._cache[3] if self._cache is not None else None
+
+    def reset(self) -> None:
+        """The declared duties changed: nothing computed so far holds."""
+        self._cache = None
+        self._spare_base = None
+        self._spares = {}
+
+    def place(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners, *,
+        exact: bool = True,
+    ) -> Placement:
+        """Where every duty should run, given the members (draining ones are not
+        live) and ``owners``. ``exact=False`` allows reusing a placement the owners
+        only confirmed since (see the module docstring)."""
+        live = frozenset(m for m in members if not m.draining)
+        cached = self._cache
+        if cached is not None and cached[0] is duties and cached[1] == live:
+            if cached[2] == owners and (cached[4] or not exact):
+                return cached[3]
+            if not exact and only_confirmed(cached[2], owners, cached[3].wanted):
+                self._cache = (duties, live, owners, cached[3], False)
+                return cached[3]
+        spare = self._spares.get(live)
+        if (spare is not None and self._spare_base is not None
+                and self._spare_base[0] is duties and spare[0] == owners):
+            self.spares_used += 1
+            self._cache = (duties, live, owners, spare[1], True)
+            return spare[1]
+        result = self._compute(duties, live, owners)
+        self.computed += 1
+        self._cache = (duties, live, owners, result, True)
+        return result
+
+    # -- spares ---------------------------------------------------------------------
+    def spares_missing(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners, me: str
+    ) -> list[str]:
+        """The live nodes (not ``me``) whose loss has no spare placement yet for
+        these members and owners; [] when spares are off for a cluster this size."""
+        live = frozenset(m for m in members if not m.draining)
+        if len(live) > SPARE_MAX_NODES or len(live) * len(duties) > SPARE_MAX_PAIRS:
+            return []
+        names = {m.name for m in live}
+        base = self._spare_base
+        if base is None or base[0] is not duties or base[1:] != (live, owners):
+            return sorted(n for n in names if n != me)
+        done = {n for s in self._spares for n in names - {m.name for m in s}}
+        return sorted(n for n in names if n != me and n not in done)
+
+    def add_spare(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str
+    ) -> None:
+        """Compute the placement for the loss of node ``lost``: it leaves the live
+        members and the duties it owns are freed."""
+        live = frozenset(m for m in members if not m.draining)
+        base = self._spare_base
+        if base is None or base[0] is not duties or base[1:] != (live, owners):
+            self._spare_base = (duties, live, owners)
+            self._spares = {}
+        survivors = frozenset(m for m in live if m.name != lost)
+        freed = {d: n for d, n in owners.items() if n != lost}
+        self._spares[survivors] = (freed, self._compute(duties, survivors, freed))
+        self.spares_computed += 1
+
+    def _compute(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
+        families = {d.family for d in duties if d.partition is not None}
+        nodes = [
+            NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead,
+                     frozenset(m.disabled) | undeclared(m, families),
+                     m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
+            for m in live
+        ]
+        if self._specs is None or self._specs[0] is not duties:
+            self._specs = (duties, [  # a singleton's family is its own name: no family
+                DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
+                         d.family if d.family != d.name else None)
+                for d in duties
+            ])
+        return place(self._specs[1], nodes, owners, balanced=self.balanced,
+                     newest_version=self.newest_version, cache=self._scores)

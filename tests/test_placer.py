@@ -1,0 +1,128 @@
+"""Placer (shoal.runtime.placer): cached, provisional and spare placements always
+give what a fresh ``place`` gives for the situation they are used in."""
+
+from __future__ import annotations
+
+import pytest
+
+from shoal.core.placement import DutySpec, NodeInfo, Placement, place
+from shoal.primitives.membership import Member
+from shoal.runtime.app import App, Duty
+from shoal.runtime.context import DutyContext
+from shoal.runtime.placer import Placer, only_confirmed
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def duties(parts: int = 40) -> list[Duty]:
+    app = App("t")
+
+    @app.duty("p", partitions=parts)
+    async def part(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    @app.duty("boss", sticky=True)
+    async def boss(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    return app.expand({})
+
+
+def fresh(ds: list[Duty], members: list[Member], owners: dict[str, str]) -> Placement:
+    specs = [DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
+                      d.family if d.family != d.name else None) for d in ds]
+    nodes = [NodeInfo(m.name, frozenset()) for m in members]
+    return place(specs, nodes, owners, balanced=True)
+
+
+def settled(ds: list[Duty], members: list[Member]) -> dict[str, str]:
+    wanted = fresh(ds, members, {}).wanted
+    return {d: n for d, n in wanted.items() if n is not None}
+
+
+def test_a_spare_is_the_placement_of_that_exact_loss_and_is_used() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    placer.place(ds, members, owners)
+    assert placer.spares_missing(ds, members, owners, "a") == ["b", "c", "d"]
+    for lost in ["b", "c", "d"]:
+        placer.add_spare(ds, members, owners, lost)
+    assert placer.spares_missing(ds, members, owners, "a") == []
+    computed = placer.computed
+    survivors = [m for m in members if m.name != "c"]
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    got = placer.place(ds, survivors, freed)
+    assert placer.computed == computed and placer.spares_used == 1
+    assert got == fresh(ds, survivors, freed)
+    assert any(w == "a" for d, w in got.wanted.items() if owners[d] == "c")
+
+
+def test_a_spare_is_not_used_when_anything_else_differs() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    placer.add_spare(ds, members, owners, "c")
+    survivors = [m for m in members if m.name != "c"]
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    one_more = sorted(d for d, n in freed.items() if n == "b")[0]
+    del freed[one_more]  # another duty freed too: not the situation computed ahead
+    got = placer.place(ds, survivors, freed)
+    assert placer.spares_used == 0 and placer.computed == 1
+    assert got == fresh(ds, survivors, freed)
+    other = [Member("a"), Member("b", weight=2.0), Member("d")]  # a member changed
+    placer.add_spare(ds, members, owners, "c")
+    placer.place(ds, other, {d: n for d, n in owners.items() if n != "c"})
+    assert placer.spares_used == 0 and placer.computed == 2
+
+
+def test_spares_are_dropped_when_the_duties_or_the_base_change() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    placer.add_spare(ds, members, owners, "c")
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    survivors = [m for m in members if m.name != "c"]
+    placer.place(duties(), survivors, freed)  # another duty list: no spare for it
+    assert placer.spares_used == 0
+    moved = dict(owners, **{"p/0": "d" if owners["p/0"] != "d" else "a"})
+    assert placer.spares_missing(ds, members, moved, "a") == ["b", "c", "d"]
+
+
+def test_no_spares_for_large_clusters(monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    placer = Placer(balanced=True, newest_version=False)
+    monkeypatch.setattr("shoal.runtime.placer.SPARE_MAX_PAIRS", len(ds) * len(NAMES) - 1)
+    assert placer.spares_missing(ds, members, {}, "a") == []
+    monkeypatch.setattr("shoal.runtime.placer.SPARE_MAX_PAIRS", 10**9)
+    monkeypatch.setattr("shoal.runtime.placer.SPARE_MAX_NODES", len(NAMES) - 1)
+    assert placer.spares_missing(ds, members, {}, "a") == []
+
+
+def test_confirmed_owners_reuse_the_placement_until_an_exact_request() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    placer = Placer(balanced=True, newest_version=False)
+    first = placer.place(ds, members, {})
+    some = dict(list(settled(ds, members).items())[:10])  # taken by their wanted nodes
+    assert placer.place(ds, members, some, exact=False) is first
+    assert placer.computed == 1
+    again = placer.place(ds, members, some)  # exact: placed from scratch
+    assert placer.computed == 2 and again == fresh(ds, members, some)
+    wrong = dict(some)
+    duty = next(iter(wrong))
+    wrong[duty] = next(n for n in NAMES if n != some[duty])  # NOT its wanted node
+    placer.place(ds, members, wrong, exact=False)
+    assert placer.computed == 3
+
+
+def test_only_confirmed() -> None:
+    wanted: dict[str, str | None] = {"x": "a", "y": "b"}
+    assert only_confirmed({}, {"x": "a"}, wanted)
+    assert only_confirmed({"y": "c"}, {"x": "a", "y": "c"}, wanted)
+    assert not only_confirmed({}, {"x": "b"}, wanted)
+    assert not only_confirmed({"x": "a"}, {}, wanted)  # freed
