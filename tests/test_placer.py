@@ -126,3 +126,21 @@ def test_only_confirmed() -> None:
     assert only_confirmed({"y": "c"}, {"x": "a", "y": "c"}, wanted)
     assert not only_confirmed({}, {"x": "b"}, wanted)
     assert not only_confirmed({"x": "a"}, {}, wanted)  # freed
+
+
+def test_a_woken_pass_uses_the_spare_when_other_survivors_were_faster() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    placer.add_spare(ds, members, owners, "c")
+    survivors = [m for m in members if m.name != "c"]
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    spare = fresh(ds, survivors, freed)
+    taken = {d: w for d, w in spare.wanted.items() if d not in freed and w in ("b", "d")}
+    assert taken  # b and d took their share of c's duties before we placed
+    now = {**freed, **{d: w for d, w in taken.items() if w is not None}}
+    assert placer.place(ds, survivors, now, exact=False) == spare
+    assert placer.spares_used == 1 and placer.computed == 0
+    placer.place(ds, survivors, now)  # exact (the tick): placed from scratch
+    assert placer.computed == 1

@@ -13,8 +13,10 @@ preferably not on its critical path at all:
   the loss of each other live node would need (that node gone, the duties it
   owns freed: what its reaper's revoke or its lease expiry produce in ONE store
   revision) is computed ahead. When that exact situation arrives the placement is
-  ready. A spare is used only if the live members and the owners are exactly the
-  ones it was computed for, so it is the very answer ``place`` would give. Spares
+  ready. A spare is used only if the live members are exactly the ones it was
+  computed for, and the owners too (so it is the very answer ``place`` would
+  give) or, for a woken pass, the owners differ only by duties taken by the node
+  the spare wants them on (the other survivors were faster), as above. Spares
   are skipped in large clusters (more than ``SPARE_MAX_NODES`` live nodes or
   ``SPARE_MAX_PAIRS`` duty x node pairs), where computing them ahead would cost
   too much idle CPU.
@@ -100,17 +102,26 @@ class Placer:
                 self._cache = (duties, live, owners, cached[3], False)
                 return cached[3]
         spare = self._spares.get(live)
-        if (spare is not None and self._spare_base is not None
-                and self._spare_base[0] is duties and spare[0] == owners):
-            self.spares_used += 1
-            self._cache = (duties, live, owners, spare[1], True)
-            return spare[1]
+        if spare is not None and self._spare_base is not None and self._spare_base[0] is duties:
+            same = spare[0] == owners
+            if same or (not exact and only_confirmed(spare[0], owners, spare[1].wanted)):
+                self.spares_used += 1  # (other survivors may have taken their share already)
+                self._cache = (duties, live, owners, spare[1], same)
+                return spare[1]
         result = self._compute(duties, live, owners)
         self.computed += 1
         self._cache = (duties, live, owners, result, True)
         return result
 
     # -- spares ---------------------------------------------------------------------
+    def spares_base_matches(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners
+    ) -> bool:
+        """True if the spares kept were computed for these duties, members and owners."""
+        live = frozenset(m for m in members if not m.draining)
+        base = self._spare_base
+        return base is not None and base[0] is duties and base[1:] == (live, owners)
+
     def spares_missing(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners, me: str
     ) -> list[str]:
@@ -120,8 +131,7 @@ class Placer:
         if len(live) > SPARE_MAX_NODES or len(live) * len(duties) > SPARE_MAX_PAIRS:
             return []
         names = {m.name for m in live}
-        base = self._spare_base
-        if base is None or base[0] is not duties or base[1:] != (live, owners):
+        if not self.spares_base_matches(duties, live, owners):
             return sorted(n for n in names if n != me)
         done = {n for s in self._spares for n in names - {m.name for m in s}}
         return sorted(n for n in names if n != me and n not in done)
@@ -129,16 +139,31 @@ class Placer:
     def add_spare(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str
     ) -> None:
-        """Compute the placement for the loss of node ``lost``: it leaves the live
-        members and the duties it owns are freed."""
+        """Compute and keep the placement for the loss of node ``lost``: it leaves
+        the live members and the duties it owns are freed."""
+        members = list(members)
+        self.keep_spare(duties, members, owners, self.spare(duties, members, owners, lost))
+
+    def spare(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str
+    ) -> tuple[Live, Owners, Placement]:
+        """The spare placement for the loss of ``lost`` (survivors, their owners,
+        placement), computed but not kept. Touches no state but the score cache
+        (safe to run in a worker thread; the node keeps it with :meth:`keep_spare`)."""
+        survivors = frozenset(m for m in members if not m.draining and m.name != lost)
+        freed = {d: n for d, n in owners.items() if n != lost}
+        return survivors, freed, self._compute(duties, survivors, freed)
+
+    def keep_spare(
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners,
+        spare: tuple[Live, Owners, Placement],
+    ) -> None:
+        """Keep a spare computed by :meth:`spare` for these duties, members, owners."""
         live = frozenset(m for m in members if not m.draining)
-        base = self._spare_base
-        if base is None or base[0] is not duties or base[1:] != (live, owners):
+        if not self.spares_base_matches(duties, live, owners):
             self._spare_base = (duties, live, owners)
             self._spares = {}
-        survivors = frozenset(m for m in live if m.name != lost)
-        freed = {d: n for d, n in owners.items() if n != lost}
-        self._spares[survivors] = (freed, self._compute(duties, survivors, freed))
+        self._spares[spare[0]] = (spare[1], spare[2])
         self.spares_computed += 1
 
     def _compute(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:

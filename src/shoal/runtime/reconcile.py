@@ -19,8 +19,9 @@ every duty per watch event:
   again from scratch. A membership change, a freed duty or an owner that is not the
   wanted one always places again at once;
 * once nothing changed for ``SPARE_QUIET`` seconds, the placement each other
-  node's loss would need is computed ahead (:mod:`shoal.runtime.placer`), so
-  the pass that follows a node's death usually places nothing.
+  node's loss would need is computed ahead (:mod:`shoal.runtime.placer`), in a
+  worker thread so that the event loop stays free to see a death meanwhile; the
+  pass that follows a node's death then usually places nothing.
 
 The node's state machine is in charge of WHEN: ``placing`` is switched by its
 ``StartPlacing`` / ``StopPlacing`` actions (no acquire while off), its
@@ -98,6 +99,7 @@ class Reconciler:
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
+        self.offload_spares = True  # compute spares in a worker thread (tests: inline)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
 
@@ -179,20 +181,27 @@ class Reconciler:
 
     async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
         """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds,
-        one at a time, giving way as soon as something changes."""
+        one at a time in a worker thread (``offload_spares``; the event loop stays
+        free to see a node's death), giving way as soon as something changes."""
         while True:
             await self._changed.wait()
             while self._changed.is_set():
                 self._changed.clear()
                 await self.clock.sleep(SPARE_QUIET)
             while self.placing and not self._changed.is_set():
-                owners = self._owner_nodes()
-                current = members().values()
-                missing = self.placer.spares_missing(self.duties, current, owners, self.name)
+                duties, owners = self.duties, self._owner_nodes()
+                current = list(members().values())
+                missing = self.placer.spares_missing(duties, current, owners, self.name)
                 if not missing:
                     break
-                self.placer.add_spare(self.duties, current, owners, missing[0])
-                await asyncio.sleep(0)  # let the loop serve whatever came meanwhile
+                if self.offload_spares:
+                    spare = await asyncio.to_thread(
+                        self.placer.spare, duties, current, owners, missing[0])
+                else:
+                    spare = self.placer.spare(duties, current, owners, missing[0])
+                    await asyncio.sleep(0)
+                if not self._changed.is_set():  # else computed for a past situation
+                    self.placer.keep_spare(duties, current, owners, spare)
 
     # -- the loop ---------------------------------------------------------------------
     async def run(
