@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import importlib
 import importlib.util
 import logging
@@ -267,6 +268,7 @@ async def _lifetime(node: Node, config: NodeConfig, stop: asyncio.Event, signals
     if starting.exception() is not None:
         await node.store.aclose()
         starting.result()  # raises the start error
+    gc.freeze()  # what start-up made (modules, app, config) is never scanned again
     reaper = f", reaper pid {node.reaper.pid}" if node.reaper is not None else ", no reaper"
     click.echo(f"node {node.name} joined cluster {config.cluster!r} "
                f"({config.store.backend} store{reaper})")
