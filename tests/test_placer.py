@@ -144,3 +144,31 @@ def test_a_woken_pass_uses_the_spare_when_other_survivors_were_faster() -> None:
     assert placer.spares_used == 1 and placer.computed == 0
     placer.place(ds, survivors, now)  # exact (the tick): placed from scratch
     assert placer.computed == 1
+
+
+def test_a_placement_all_duties_confirmed_is_exact_without_placing_again() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    placer = Placer(balanced=True, newest_version=False)
+    first = placer.place(ds, members, {})
+    done = {d: w for d, w in first.wanted.items() if w is not None}
+    assert placer.place(ds, members, done) is first  # exact request, no new placement
+    assert placer.computed == 1
+    assert first == fresh(ds, members, done)  # place's fixpoint
+
+
+def test_a_leave_in_flight_is_recognised_from_its_spare() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    for lost in ["b", "c", "d"]:
+        placer.add_spare(ds, members, owners, lost)
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    assert placer.leaving(ds, members, owners) is None
+    assert placer.leaving(ds, members, freed) == "c"  # c's record still listed
+    assert placer.leaving(ds, [m for m in members if m.name != "c"], freed) is None
+    partly = dict(freed)
+    del partly[next(iter(partly))]
+    assert placer.leaving(ds, members, partly) is None
+    assert placer.leaving(duties(), members, freed) is None  # other duties: no spares

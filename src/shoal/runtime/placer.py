@@ -59,6 +59,28 @@ def only_confirmed(
     return all(before.get(d) == n or wanted.get(d) == n for d, n in now.items())
 
 
+def _settled(duties: list[Duty], owners: Owners, wanted: Mapping[str, str | None]) -> bool:
+    """True if every declared duty is owned by its wanted node (none where no node
+    is wanted): placing from these owners gives ``wanted`` again (``place``'s
+    fixpoint), so a placement only confirmed since it was computed is exact."""
+    return all(owners.get(d.name) == wanted.get(d.name) for d in duties)
+
+
+def leave_in_flight(
+    spares: Mapping[Live, tuple[Owners, Placement]], live: Live, owners: Owners
+) -> str | None:
+    """The live node whose spare matches ``owners`` exactly: its duties are all
+    free though its record is still there. On a store with one watch per prefix
+    (etcd) the duties' deletion can arrive before the record's, from the same
+    revision."""
+    for survivors, (freed, _) in spares.items():
+        if len(freed) == len(owners) and freed == owners and survivors < live:
+            gone = live - survivors
+            if len(gone) == 1:
+                return next(iter(gone)).name
+    return None
+
+
 class Placer:
     """Placements of one node's declared duties (see the module docstring)."""
 
@@ -98,9 +120,11 @@ class Placer:
         if cached is not None and cached[0] is duties and cached[1] == live:
             if cached[2] == owners and (cached[4] or not exact):
                 return cached[3]
-            if not exact and only_confirmed(cached[2], owners, cached[3].wanted):
-                self._cache = (duties, live, owners, cached[3], False)
-                return cached[3]
+            if only_confirmed(cached[2], owners, cached[3].wanted):
+                done = _settled(duties, owners, cached[3].wanted)  # the fixpoint: exact
+                if done or not exact:
+                    self._cache = (duties, live, owners, cached[3], done)
+                    return cached[3]
         spare = self._spares.get(live)
         if spare is not None and self._spare_base is not None and self._spare_base[0] is duties:
             same = spare[0] == owners
@@ -114,6 +138,15 @@ class Placer:
         return result
 
     # -- spares ---------------------------------------------------------------------
+    def leaving(self, duties: list[Duty], members: Iterable[Member], owners: Owners) -> str | None:
+        """A live node whose duties are all freed exactly as its spare foresaw
+        (:func:`leave_in_flight`); its record's deletion is probably on its way."""
+        base = self._spare_base
+        if base is None or base[0] is not duties:
+            return None
+        return leave_in_flight(self._spares, frozenset(m for m in members if not m.draining),
+                               owners)
+
     def spares_base_matches(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners
     ) -> bool:

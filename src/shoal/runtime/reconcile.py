@@ -59,6 +59,7 @@ log = logging.getLogger("shoal.node")
 __all__ = ["SPARE_QUIET", "Reconciler", "Tally", "order_duties"]
 
 SPARE_QUIET = 0.05  # seconds without a change before spare placements are computed
+LEAVE_WAIT = 0.05  # longest wait for a node record's deletion after its duties' (etcd)
 
 Emit = Callable[[str, str | None, str], None]
 
@@ -99,6 +100,7 @@ class Reconciler:
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
+        self._members_seen = asyncio.Event()  # set on every membership change
         self.offload_spares = True  # compute spares in a worker thread (tests: inline)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
@@ -120,6 +122,7 @@ class Reconciler:
         if sig != self._member_sig:
             self._member_sig = sig
             self._stable_since = self.clock.monotonic()
+        self._members_seen.set()
         self._changed.set()
         self.wake.set()
 
@@ -228,6 +231,8 @@ class Reconciler:
                 # a storm of changes (start-up, mass failover): batch them so a pass
                 # is not re-run per event; a lone event after a quiet spell is not delayed
                 await self.clock.sleep(0.002)
+            if woken:
+                await self._await_leave(members)
             self.wake.clear()
             on_tick()
             if lease() is None:
@@ -237,6 +242,20 @@ class Reconciler:
             except StoreError as exc:
                 log.debug("node %s: reconcile failed: %s", self.name, exc)
             last_pass = self.clock.monotonic()
+
+    async def _await_leave(self, members: Callable[[], Mapping[str, Member]]) -> None:
+        """When a live node's duties are all free exactly as its spare foresaw, give
+        its record's deletion (same revision, another watch) up to ``LEAVE_WAIT``
+        seconds to arrive, so this pass places with the spare instead of placing
+        for a cluster that still counts the dead node."""
+        leaving = self.placer.leaving(self.duties, members().values(), self._owner_nodes())
+        if leaving is None:
+            return
+        self._members_seen.clear()
+        deadline = self.clock.monotonic() + LEAVE_WAIT
+        while leaving in members() and (left := deadline - self.clock.monotonic()) > 0:
+            await event_or_tick(self._members_seen, self.clock, left)
+            self._members_seen.clear()
 
     async def reconcile(
         self, lease: Callable[[], int | None], members: Mapping[str, Member], *,
