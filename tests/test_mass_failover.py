@@ -137,12 +137,14 @@ async def test_a_duty_taken_from_under_its_runner_is_stopped_at_once() -> None:
         await c.aclose()
 
 
-async def test_a_survivor_waits_briefly_for_the_record_of_a_node_whose_duties_all_vanished(
+@pytest.mark.parametrize("record_first", [False, True])
+async def test_a_survivor_waits_briefly_for_the_other_half_of_a_nodes_death(
+    record_first: bool,
 ) -> None:
     """etcd delivers ``duties/`` and ``nodes/`` on two watches: the dead node's duties
-    may be seen free before its record is seen gone. The survivors then wait for the
-    record's deletion (up to LEAVE_WAIT) and place with the spare, instead of placing
-    for a cluster that still counts the dead node."""
+    may be seen free before its record is seen gone, or the other way round. The
+    survivors then wait for the other half (up to LEAVE_WAIT) and place with the
+    spare, instead of placing for a half-seen cluster."""
     c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
     try:
         for name in NODES:
@@ -157,10 +159,14 @@ async def test_a_survivor_waits_briefly_for_the_record_of_a_node_whose_duties_al
         before = {n: (p.computed, p.spares_used) for n, p in placers.items()}
         dead = c.nodes.pop(victim)
         await dead.abandon()
-        await c.store.txn([], [Delete(f"duties/{d}") for d in lost])  # duties first ...
+        halves = [c.store.txn([], [Delete(f"duties/{d}") for d in lost]),
+                  c.store.delete(f"nodes/{victim}")]
+        if record_first:
+            halves.reverse()
+        await halves[0]
         await c.run(0.02, step=0.01)
-        assert all(c.owners().get(d) is None for d in lost)  # nobody placed without it
-        await c.store.delete(f"nodes/{victim}")  # ... then, 20 ms later, the record
+        assert all(c.owners().get(d) in (None, victim) for d in lost)  # nobody placed yet
+        await halves[1]  # the other half, 20 ms later
         await c.run(0.05, step=0.01)
         now = c.owners()
         assert all(now.get(d) in survivors for d in lost)

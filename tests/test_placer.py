@@ -167,7 +167,10 @@ def test_a_leave_in_flight_is_recognised_from_its_spare() -> None:
     freed = {d: n for d, n in owners.items() if n != "c"}
     assert placer.leaving(ds, members, owners) is None
     assert placer.leaving(ds, members, freed) == "c"  # c's record still listed
-    assert placer.leaving(ds, [m for m in members if m.name != "c"], freed) is None
+    assert placer.leaving(ds, [m for m in members if m.name != "c"], freed) is None  # seen
+    assert placer.leaving(ds, [m for m in members if m.name != "c"], owners) == "c"  # record
+    draining = [m if m.name != "c" else Member("c", draining=True) for m in members]
+    assert placer.leaving(ds, draining, owners) is None  # a drain: c hands over, no wait
     partly = dict(freed)
     del partly[next(iter(partly))]
     assert placer.leaving(ds, members, partly) is None

@@ -66,21 +66,6 @@ def _settled(duties: list[Duty], owners: Owners, wanted: Mapping[str, str | None
     return all(owners.get(d.name) == wanted.get(d.name) for d in duties)
 
 
-def leave_in_flight(
-    spares: Mapping[Live, tuple[Owners, Placement]], live: Live, owners: Owners
-) -> str | None:
-    """The live node whose spare matches ``owners`` exactly: its duties are all
-    free though its record is still there. On a store with one watch per prefix
-    (etcd) the duties' deletion can arrive before the record's, from the same
-    revision."""
-    for survivors, (freed, _) in spares.items():
-        if len(freed) == len(owners) and freed == owners and survivors < live:
-            gone = live - survivors
-            if len(gone) == 1:
-                return next(iter(gone)).name
-    return None
-
-
 class Placer:
     """Placements of one node's declared duties (see the module docstring)."""
 
@@ -139,13 +124,29 @@ class Placer:
 
     # -- spares ---------------------------------------------------------------------
     def leaving(self, duties: list[Duty], members: Iterable[Member], owners: Owners) -> str | None:
-        """A live node whose duties are all freed exactly as its spare foresaw
-        (:func:`leave_in_flight`); its record's deletion is probably on its way."""
+        """A node whose death is half seen: one of its spares matches except that
+        either its duties are all free but its record is still listed, or its record
+        is gone but its duties are still listed. A store with one watch per prefix
+        (etcd) may deliver the two halves of that one revision apart."""
         base = self._spare_base
         if base is None or base[0] is not duties:
             return None
-        return leave_in_flight(self._spares, frozenset(m for m in members if not m.draining),
-                               owners)
+        members = list(members)
+        live = frozenset(m for m in members if not m.draining)
+        listed = {m.name for m in members}
+        for survivors, (freed, _) in self._spares.items():
+            gone = {m.name for m in base[1]} - {m.name for m in survivors}
+            if len(gone) != 1:
+                continue
+            lost = gone.pop()
+            duties_first = (survivors < live and live - survivors == base[1] - survivors
+                            and len(freed) == len(owners) and freed == owners)
+            record_first = (survivors == live and lost not in listed
+                            and lost in owners.values()
+                            and {d: n for d, n in owners.items() if n != lost} == freed)
+            if duties_first or record_first:
+                return lost
+        return None
 
     def spares_base_matches(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners

@@ -59,7 +59,7 @@ log = logging.getLogger("shoal.node")
 __all__ = ["SPARE_QUIET", "Reconciler", "Tally", "order_duties"]
 
 SPARE_QUIET = 0.05  # seconds without a change before spare placements are computed
-LEAVE_WAIT = 0.05  # longest wait for a node record's deletion after its duties' (etcd)
+LEAVE_WAIT = 0.05  # longest wait for the other half of a node's death (etcd: two watches)
 
 Emit = Callable[[str, str | None, str], None]
 
@@ -100,7 +100,7 @@ class Reconciler:
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
-        self._members_seen = asyncio.Event()  # set on every membership change
+        self._seen = asyncio.Event()  # set on every membership or owner change
         self.offload_spares = True  # compute spares in a worker thread (tests: inline)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
@@ -122,7 +122,7 @@ class Reconciler:
         if sig != self._member_sig:
             self._member_sig = sig
             self._stable_since = self.clock.monotonic()
-        self._members_seen.set()
+        self._seen.set()
         self._changed.set()
         self.wake.set()
 
@@ -138,6 +138,7 @@ class Reconciler:
         if leader != self._leader:
             self._leader = leader
             self._emit("leader", leader, "")
+        self._seen.set()
         self._changed.set()
         if events is None or not self._confirms_placement(events):
             self.wake.set()
@@ -244,18 +245,17 @@ class Reconciler:
             last_pass = self.clock.monotonic()
 
     async def _await_leave(self, members: Callable[[], Mapping[str, Member]]) -> None:
-        """When a live node's duties are all free exactly as its spare foresaw, give
-        its record's deletion (same revision, another watch) up to ``LEAVE_WAIT``
-        seconds to arrive, so this pass places with the spare instead of placing
-        for a cluster that still counts the dead node."""
-        leaving = self.placer.leaving(self.duties, members().values(), self._owner_nodes())
-        if leaving is None:
-            return
-        self._members_seen.clear()
+        """When a node's death is half seen (its duties all free but its record still
+        listed, or the other way round: :meth:`Placer.leaving`), give the other half
+        (same revision, another watch) up to ``LEAVE_WAIT`` seconds to arrive, so
+        the pass places with the spare instead of placing for a half-seen cluster."""
         deadline = self.clock.monotonic() + LEAVE_WAIT
-        while leaving in members() and (left := deadline - self.clock.monotonic()) > 0:
-            await event_or_tick(self._members_seen, self.clock, left)
-            self._members_seen.clear()
+        while self.placer.leaving(self.duties, members().values(), self._owner_nodes()):
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return
+            self._seen.clear()
+            await event_or_tick(self._seen, self.clock, left)
 
     async def reconcile(
         self, lease: Callable[[], int | None], members: Mapping[str, Member], *,
