@@ -32,8 +32,10 @@ The node's state machine is in charge of WHEN: ``placing`` is switched by its
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shoal.aio._tasks import event_or_tick
@@ -185,27 +187,34 @@ class Reconciler:
 
     async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
         """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds,
-        one at a time in a worker thread (``offload_spares``; the event loop stays
-        free to see a node's death), giving way as soon as something changes."""
-        while True:
-            await self._changed.wait()
-            while self._changed.is_set():
-                self._changed.clear()
-                await self.clock.sleep(SPARE_QUIET)
-            while self.placing and not self._changed.is_set():
-                duties, owners = self.duties, self._owner_nodes()
-                current = list(members().values())
-                missing = self.placer.spares_missing(duties, current, owners, self.name)
-                if not missing:
-                    break
-                if self.offload_spares:
-                    spare = await asyncio.to_thread(
+        one at a time in a worker thread of its own (``offload_spares``; the event
+        loop stays free to see a node's death, and the app's threads are not
+        used), giving way as soon as something changes."""
+        pool = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-spares-{self.name}")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await self._changed.wait()
+                while self._changed.is_set():
+                    self._changed.clear()
+                    await self.clock.sleep(SPARE_QUIET)
+                while self.placing and not self._changed.is_set():
+                    duties, owners = self.duties, self._owner_nodes()
+                    current = list(members().values())
+                    missing = self.placer.spares_missing(duties, current, owners, self.name)
+                    if not missing:
+                        break
+                    compute = functools.partial(
                         self.placer.spare, duties, current, owners, missing[0])
-                else:
-                    spare = self.placer.spare(duties, current, owners, missing[0])
-                    await asyncio.sleep(0)
-                if not self._changed.is_set():  # else computed for a past situation
-                    self.placer.keep_spare(duties, current, owners, spare)
+                    if self.offload_spares:
+                        spare = await loop.run_in_executor(pool, compute)
+                    else:
+                        spare = compute()
+                        await asyncio.sleep(0)
+                    if not self._changed.is_set():  # else computed for a past situation
+                        self.placer.keep_spare(duties, current, owners, spare)
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- the loop ---------------------------------------------------------------------
     async def run(
