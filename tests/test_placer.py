@@ -175,3 +175,17 @@ def test_a_leave_in_flight_is_recognised_from_its_spare() -> None:
     del partly[next(iter(partly))]
     assert placer.leaving(ds, members, partly) is None
     assert placer.leaving(duties(), members, freed) is None  # other duties: no spares
+
+
+def test_nothing_free_only_when_every_wanted_duty_is_owned() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    placer = Placer(balanced=True, newest_version=False)
+    owners = settled(ds, members)
+    assert not placer.nothing_free(ds, owners)  # no placement yet
+    placer.place(ds, members, owners)
+    assert placer.nothing_free(ds, owners)
+    moved = dict(owners, **{"p/0": next(n for n in NAMES if n != owners["p/0"])})
+    assert placer.nothing_free(ds, moved)  # owned elsewhere (a rebalance to come): quiet
+    freed = {d: n for d, n in owners.items() if n != "c"}
+    assert not placer.nothing_free(ds, freed)  # c's duties free: a failover under way

@@ -9,7 +9,8 @@ preferably not on its critical path at all:
 * **confirmed owners**: a pass woken by owner changes that only CONFIRM the
   placement (a duty taken by the node it is wanted on) reuses it provisionally;
   the next exact request (the reconcile tick) places again;
-* **spares**: once the cluster has been quiet for a moment, the placement that
+* **spares**: once the cluster has been quiet for a moment and every wanted duty
+  is owned (no failover or handover under way), the placement that
   the loss of each other live node would need (that node gone, the duties it
   owns freed: what its reaper's revoke or its lease expiry produce in ONE store
   revision) is computed ahead. When that exact situation arrives the placement is
@@ -123,6 +124,16 @@ class Placer:
         return result
 
     # -- spares ---------------------------------------------------------------------
+    def nothing_free(self, duties: list[Duty], owners: Owners) -> bool:
+        """True if every duty the current placement wants somewhere is owned: no
+        failover or handover is under way (spares wait for that, so as not to
+        compete for CPU with the survivors' own acquisitions)."""
+        current = self.current
+        if current is None:
+            return False
+        wanted = current.wanted
+        return all(d.name in owners for d in duties if wanted.get(d.name) is not None)
+
     def leaving(self, duties: list[Duty], members: Iterable[Member], owners: Owners) -> str | None:
         """A node whose death is half seen: one of its spares matches except that
         either its duties are all free but its record is still listed, or its record

@@ -186,10 +186,10 @@ class Reconciler:
         return {n: o.node for n, o in self.owners.view().items()}
 
     async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
-        """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds,
-        one at a time in a worker thread of its own (``offload_spares``; the event
-        loop stays free to see a node's death, and the app's threads are not
-        used), giving way as soon as something changes."""
+        """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds
+        and no wanted duty is free, one at a time in a worker thread of its own
+        (``offload_spares``: the event loop stays free to see a node's death, and
+        the app's threads are not used), giving way as soon as something changes."""
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-spares-{self.name}")
         loop = asyncio.get_running_loop()
         try:
@@ -202,8 +202,8 @@ class Reconciler:
                     duties, owners = self.duties, self._owner_nodes()
                     current = list(members().values())
                     missing = self.placer.spares_missing(duties, current, owners, self.name)
-                    if not missing:
-                        break
+                    if not missing or not self.placer.nothing_free(duties, owners):
+                        break  # done, or a failover or handover is under way
                     compute = functools.partial(
                         self.placer.spare, duties, current, owners, missing[0])
                     if self.offload_spares:
