@@ -8,7 +8,8 @@ preferably not on its critical path at all:
 * **cache**: a placement is reused while the live members and the owners hold;
 * **confirmed owners**: a pass woken by owner changes that only CONFIRM the
   placement (a duty taken by the node it is wanted on) reuses it provisionally;
-  the next exact request (the reconcile tick) places again;
+  the next exact request (the reconcile tick) places again, unless every duty
+  is now owned by its wanted node (``place``'s fixpoint: the placement holds);
 * **spares**: once the cluster has been quiet for a moment and every wanted duty
   is owned (no failover or handover under way), the placement that
   the loss of each other live node would need (that node gone, the duties it
