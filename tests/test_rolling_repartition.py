@@ -165,13 +165,16 @@ class Side:
         self.thread.join(10)
 
 
-def wait_until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60,
+               state: Callable[[], object] = lambda: "") -> None:
+    """Poll ``check`` (bounded; generous because the machine may be loaded); on
+    a timeout, say what was seen (``state``) so that a failure can be read."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}: {state()}")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -227,7 +230,9 @@ def test_rolling_repartition_handles_every_item_once(tmp_path: Path) -> None:
             assert running[name].proc.wait(30) == 0
             del running[name]
             start(name, rel)
-            wait_until(f"{name} at release {rel} settled", lambda: settled(name))
+            wait_until(f"{name} at release {rel} settled", lambda: settled(name),
+                       state=lambda: {f: Counter(owners(f).values())
+                                      for f in ("ingest", "ingest-v2")})
 
         for name in names:
             start(name, 1)
