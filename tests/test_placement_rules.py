@@ -109,9 +109,21 @@ FOUND_FLAPPING = (  # found by the random search: greedy overfilled n1, placing 
 )
 
 
+FOUND_ZONE_FLAPPING = (  # the zone cap forced part:2 onto a full n2 (needs a chain)
+    [*fam(4), DutySpec("single-0"), DutySpec("single-1"), DutySpec("single-2"),
+     DutySpec("single-3", sticky=True), DutySpec("single-4", prefer=_F({"n0", "n2"}))],
+    [NodeInfo("n0", _F(), prefers=_F({"part"})), NodeInfo("n1", _F(), cordoned=True),
+     NodeInfo("n2", _F(), zone="z1", prefers=_F({"part"})),
+     NodeInfo("n3", _F(), prefers=_F({"part"})), NodeInfo("n4", _F(), cordoned=True),
+     NodeInfo("n5", _F(), prefers=_F({"part"}))],
+    False,
+)
+
+
 @settings(max_examples=150, deadline=None)
 @given(world=rule_world(), balanced=st.booleans())
 @example(world=FOUND_FLAPPING, balanced=True)
+@example(world=FOUND_ZONE_FLAPPING, balanced=True)
 def test_placing_again_from_the_result_changes_nothing(
     world: tuple[list[DutySpec], list[NodeInfo], bool], balanced: bool
 ) -> None:

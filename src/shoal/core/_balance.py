@@ -169,7 +169,7 @@ def balance(
             heapq.heappush(heap, (width, neg_score, nxt, duty, idx + 1))
     left = sorted(d for d in pool if d not in out and pool[d][1])
     if left:
-        left = _augment(left, pool, out, load, cap, _Zones(zone_key, zone_cap, zone_load))
+        left = _augment(left, pool, out, load, cap, zone_key, zone_full, zone_load)
     for duty in left:
         ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
         roomy = [n for n in ranked if not zone_full(duty, n)] or ranked
@@ -178,59 +178,34 @@ def balance(
     return out
 
 
-class _Zones:
-    """The zone caps of a family while duties move (see :func:`_augment`)."""
-
-    def __init__(
-        self,
-        key: Callable[[str, str], tuple[str, str] | None],
-        cap: Mapping[tuple[str, str], int],
-        load: dict[tuple[str, str], int],
-    ) -> None:
-        self.key, self.cap, self.load = key, cap, load
-
-    def fits(self, duty: str, src: str | None, dst: str) -> bool:
-        new = self.key(duty, dst)
-        old = self.key(duty, src) if src is not None else None
-        return new is None or new == old or self.load.get(new, 0) < self.cap[new]
-
-    def shift(self, duty: str, src: str | None, dst: str | None) -> None:
-        """Count ``duty`` out of ``src``'s zone and into ``dst``'s (None: nowhere)."""
-        if src is not None and (old := self.key(duty, src)) is not None:
-            self.load[old] -= 1
-        if dst is not None and (new := self.key(duty, dst)) is not None:
-            self.load[new] = self.load.get(new, 0) + 1
-
-    def over(self) -> bool:
-        return any(self.load.get(k, 0) > c for k, c in self.cap.items())
-
-
 def _augment(
     left: list[str], pool: Pool, out: dict[str, str], load: dict[str, int],
-    cap: Mapping[str, int], zones: _Zones,
+    cap: Mapping[str, int], zone_key: Callable[[str, str], tuple[str, str] | None],
+    zone_full: Callable[[str, str], bool], zone_load: dict[tuple[str, str], int],
 ) -> list[str]:
     """Place each duty whose eligible nodes are all full by moving other duties
     along a shortest chain to a node with room (augmenting paths of a bounded
-    b-matching, zone caps kept), so a duty falls back past its node's cap only
-    when the caps cannot all be kept. The greedy rarely leaves any: overlapping
-    groups of eligible nodes and zone caps do. Work is bounded (a few passes
-    over the pool in all); returns the duties still unplaced, in order."""
+    b-matching), so a duty falls back past its node's cap only when no chain
+    exists. A chain never moves a duty out of its zone count (only between nodes
+    whose zone counts it the same way), so zone caps hold. The greedy rarely
+    leaves any: overlapping groups of eligible nodes and zone caps do. Work is
+    bounded (a few passes over the pool in all); returns the duties still
+    unplaced, in order."""
     on: dict[str, list[str]] = {}
     for d, node in out.items():
         on.setdefault(node, []).append(d)
     budget = 4 * (len(pool) + 1)
     rest: list[str] = []
     for duty in left:
-        parent: dict[str, tuple[str, str] | None] = {}
-        queue = [n for n in pool[duty][0] if zones.fits(duty, None, n)]
-        parent.update(dict.fromkeys(queue))
+        queue = [n for n in pool[duty][0] if not zone_full(duty, n)]
+        parent: dict[str, tuple[str, str] | None] = dict.fromkeys(queue)
         found = None
         while queue and found is None and budget > 0:
             u = queue.pop(0)
             for e in on.get(u, ()):
                 budget -= 1
                 for v in pool[e][0]:
-                    if v in parent or not zones.fits(e, u, v):
+                    if v in parent or zone_key(e, v) != zone_key(e, u):
                         continue
                     parent[v] = (u, e)
                     if load[v] < cap[v]:
@@ -242,26 +217,18 @@ def _augment(
         if found is None:
             rest.append(duty)
             continue
-        chain: list[tuple[str, str, str]] = []  # (duty, from, to)
-        node, step = found, parent[found]
-        while step is not None:
-            u, e = step
-            chain.append((e, u, node))
-            node, step = u, parent[u]
-        chain.append((duty, "", node))
-        for e, u, v in chain:
-            zones.shift(e, u or None, v)
-        if zones.over():  # two steps filled one zone: undo, leave it to the fallback
-            for e, u, v in chain:
-                zones.shift(e, v, u or None)
-            rest.append(duty)
-            continue
         load[found] += 1
-        for e, u, v in chain:
-            if u:
-                on[u].remove(e)
-            on.setdefault(v, []).append(e)
-            out[e] = v
+        node, step = found, parent[found]
+        while step is not None:  # shift each duty of the chain one node on
+            u, e = step
+            on[u].remove(e)
+            on.setdefault(node, []).append(e)
+            out[e] = node
+            node, step = u, parent[u]
+        on.setdefault(node, []).append(duty)
+        out[duty] = node
+        if (key := zone_key(duty, node)) is not None:
+            zone_load[key] = zone_load.get(key, 0) + 1
     return rest
 
 
