@@ -16,10 +16,9 @@ its eligible nodes:
   that a node under its cap can run (so they go straight there), then its
   lowest-scored ones. The rest are assigned greedily in descending pair-score
   order (bounded-load consistent hashing), the duties with the fewest eligible
-  nodes first. A node that would both gain a duty and give one away passes the
-  gained one straight on where it can (:func:`_unchain`). So after a join only
-  the owners' excess over their new caps moves, to the newcomer; after a leave
-  only the lost node's duties move (``tests/test_placement_balanced.py``);
+  nodes first. So after a join only the owners' excess over their new caps
+  moves, to the newcomer; after a leave only the lost node's duties move; no
+  duty is sent through a third node (``tests/test_placement_balanced.py``);
 * a duty whose eligible nodes are all full gets room by a chain of moves when
   one exists (:func:`_augment`); only when the caps cannot all be kept does it
   go to its least-loaded (per weight) eligible node, inside its zone cap when
@@ -174,7 +173,6 @@ def balance(
         ranked = [n for _, n in pool[duty][1]]  # all full: least loaded per weight, by rank
         roomy = [n for n in ranked if not zone_full(duty, n)] or ranked
         put(duty, min(roomy, key=lambda n: load[n] / live[n].weight if live[n].weight else 1e300))
-    _unchain(pool, owners, out, zone_key, zone_cap, zone_load)
     return out
 
 
@@ -230,48 +228,3 @@ def _augment(
         if (key := zone_key(duty, node)) is not None:
             zone_load[key] = zone_load.get(key, 0) + 1
     return rest
-
-
-def _unchain(
-    pool: Pool,
-    owners: Mapping[str, str],
-    out: dict[str, str],
-    zone_key: Callable[[str, str], tuple[str, str] | None],
-    zone_cap: Mapping[tuple[str, str], int],
-    zone_load: dict[tuple[str, str], int],
-) -> None:
-    """Where a node both gains a duty and gives one away (Y -> X -> Z), send the
-    gained one straight on (Y -> Z) and let X keep its own: one move fewer, and
-    no node's load changes. Only where the gained duty may run on Z and the zone
-    caps still hold."""
-    gained: dict[str, list[str]] = {}
-    shed: dict[str, list[str]] = {}
-    for duty in sorted(out):
-        node, owner = out[duty], owners.get(duty)
-        if owner == node:
-            continue
-        gained.setdefault(node, []).append(duty)
-        if owner is not None and owner in pool[duty][0]:
-            shed.setdefault(owner, []).append(duty)
-
-    def zone_ok(duty: str, src: str, dst: str) -> bool:
-        old, new = zone_key(duty, src), zone_key(duty, dst)
-        return new is None or new == old or zone_load.get(new, 0) < zone_cap[new]
-
-    def shift(duty: str, src: str, dst: str) -> None:
-        if (old := zone_key(duty, src)) is not None:
-            zone_load[old] -= 1
-        if (new := zone_key(duty, dst)) is not None:
-            zone_load[new] = zone_load.get(new, 0) + 1
-        out[duty] = dst
-
-    for x in sorted(set(gained) & set(shed)):
-        incoming = gained[x]
-        for own in shed[x]:
-            z = out[own]
-            for i, duty in enumerate(incoming):
-                if z in pool[duty][0] and zone_ok(duty, x, z) and zone_ok(own, z, x):
-                    shift(duty, x, z)
-                    shift(own, z, x)
-                    del incoming[i]
-                    break
