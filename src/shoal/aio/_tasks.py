@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, Protocol, TypeVar
 
 from shoal.clock import Clock
+
+T = TypeVar("T")
 
 
 class Waitable(Protocol):
@@ -42,3 +44,19 @@ async def event_or_tick(event: Waitable, clock: Clock, seconds: float) -> bool:
         waiter.cancel()
         sleeper.cancel()
     return event.is_set()
+
+
+async def next_unless_stopped(
+    iterator: AsyncIterator[T], stop: asyncio.Future[Any]
+) -> tuple[bool, T | None]:
+    """``(True, item)`` for the iterator's next item, or ``(False, None)`` when
+    ``stop`` completes first (the pending ``anext`` is cancelled and awaited).
+    Raises ``StopAsyncIteration`` when the iterator ends."""
+    step = asyncio.ensure_future(anext(iterator))
+    await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
+    if not step.done():
+        step.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+            await step
+        return False, None
+    return True, step.result()

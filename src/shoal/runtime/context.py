@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from shoal.aio._tasks import event_or_tick
+from shoal.aio._tasks import event_or_tick, next_unless_stopped
 from shoal.clock import Clock
 from shoal.errors import DutyLost, WrongState
 from shoal.primitives.ownership import guard
@@ -140,16 +139,11 @@ class DutyContext:
         stop = asyncio.ensure_future(self.stopping.wait())
         try:
             while not self.stopping.is_set():
-                step = asyncio.ensure_future(anext(subscription))
-                await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
-                    return
                 try:
-                    change = step.result()
+                    more, change = await next_unless_stopped(subscription, stop)
                 except StopAsyncIteration:
+                    return
+                if not more or change is None:
                     return
                 if change.kind == "reload" or change.key == key:
                     doc = self.state.get(ns, key)

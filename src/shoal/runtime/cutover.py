@@ -34,12 +34,12 @@ or below the seal.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from shoal.aio._tasks import next_unless_stopped
 from shoal.errors import ConfigError, Conflict, InvalidArgument, WrongState
 from shoal.primitives.membership import NODES, Member
 from shoal.runtime._state_model import encode_value, store_key
@@ -186,17 +186,12 @@ async def _wait_for(ctx: DutyContext, ready: Callable[[], T | None]) -> T | None
             found = ready()
             if found is not None or ctx.stopping.is_set():
                 return found
-            step = asyncio.ensure_future(anext(subscription))
-            await asyncio.wait({step, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not step.done():
-                step.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await step
-                return None
             try:
-                step.result()
+                more, _ = await next_unless_stopped(subscription, stop)
             except StopAsyncIteration:  # the state closed: one last look
                 return ready()
+            if not more:
+                return None
     finally:
         stop.cancel()
         await subscription.aclose()
