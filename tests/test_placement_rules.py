@@ -195,6 +195,12 @@ def test_preferred_owner_owns_standby_covers_and_it_fails_back(sticky: bool, dut
 def test_version_keys_order_numbers_numerically() -> None:
     assert version_key("1.10") > version_key("1.9") > version_key("1")
     assert version_key("2.0.1") > version_key("2.0")
+    # parts split on ".", "-" and "+"; numbers before words; no pre-release rule
+    assert version_key("2.0-rc1") == version_key("2.0.rc1") == ((0, 2), (0, 0), (1, "rc1"))
+    assert version_key("1.2+build7") == ((0, 1), (0, 2), (1, "build7"))
+    assert version_key("1.0-1") == version_key("1.0.1") > version_key("1.0")
+    assert version_key("1.x") > version_key("1.99")  # a word sorts after any number
+    assert version_key("") == () and version_key("1..2") == ((0, 1), (0, 2))
 
 
 @settings(max_examples=40, deadline=None)
@@ -251,3 +257,17 @@ def test_plan_fails_back_a_sticky_duty_only_after_rebalance_delay() -> None:
     # a sticky duty whose owner is still eligible never moves
     plain = place([DutySpec("engine", sticky=True)], nodes, {"engine": "b"})
     assert plain.wanted["engine"] == "b"
+
+
+def test_only_a_cordoned_owner_keeps_a_duty_it_would_not_get() -> None:
+    """With a cordoned node in the cluster (the rules are on), a duty on an
+    ordinary node that is not its best still moves to its best node; only the
+    cordoned owner keeps what it has."""
+    a, b = NodeInfo("a", frozenset()), NodeInfo("b", frozenset())
+    c = NodeInfo("c", frozenset(), cordoned=True)
+    for i in range(12):
+        duty = DutySpec(f"job-{i}")
+        best = place([duty], [a, b], {}).wanted[duty.name]
+        other = "b" if best == "a" else "a"
+        assert place([duty], [a, b, c], {duty.name: other}).wanted[duty.name] == best
+        assert place([duty], [a, b, c], {duty.name: "c"}).wanted[duty.name] == "c"
