@@ -271,3 +271,27 @@ def test_only_a_cordoned_owner_keeps_a_duty_it_would_not_get() -> None:
         other = "b" if best == "a" else "a"
         assert place([duty], [a, b, c], {duty.name: other}).wanted[duty.name] == best
         assert place([duty], [a, b, c], {duty.name: "c"}).wanted[duty.name] == "c"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size=st.integers(2, 12), others=st.integers(0, 30),
+    split=st.sampled_from([(1, 1), (1, 2), (2, 2), (1, 3), (2, 3)]),
+    prefix=st.text("abc", max_size=2),
+)
+def test_two_zones_each_hold_at_most_their_share_of_a_family(
+    size: int, others: int, split: tuple[int, int], prefix: str
+) -> None:
+    """The commonest deployment: two zones. A family mixed into a bigger pool (so
+    the node caps alone would let one zone take all of it) is still spread: each
+    zone holds at most ceil(size * its nodes / all nodes)."""
+    nodes = [NodeInfo(f"{prefix}a{i}", frozenset(), zone="A") for i in range(split[0])]
+    nodes += [NodeInfo(f"{prefix}b{i}", frozenset(), zone="B") for i in range(split[1])]
+    duties = [*fam(size, f"{prefix}f"), *(DutySpec(f"{prefix}o{i}") for i in range(others))]
+    result = place(duties, nodes, {}, balanced=True)
+    zone_of = {x.name: x.zone for x in nodes}
+    held = Counter(zone_of[o] for d, o in result.wanted.items()
+                   if d.startswith(f"{prefix}f:") and o is not None)
+    total = len(nodes)
+    assert held["A"] <= math.ceil(size * split[0] / total - 1e-9), held
+    assert held["B"] <= math.ceil(size * split[1] / total - 1e-9), held
