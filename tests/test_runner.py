@@ -164,10 +164,10 @@ async def test_a_storm_of_changes_is_planned_in_few_passes() -> None:
         reconciler = b._duties  # the node's reconcile loop (runtime/reconcile.py)
         real = reconciler.reconcile
 
-        async def counted(*args: Any) -> None:
+        async def counted(*args: Any, **kwargs: Any) -> None:
             nonlocal passes
             passes += 1
-            await real(*args)
+            await real(*args, **kwargs)
 
         reconciler.reconcile = counted  # type: ignore[method-assign]
         for duty in mine:
