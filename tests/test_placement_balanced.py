@@ -109,6 +109,11 @@ def movement(balanced: bool, prefix: str, count: int, duties: int) -> tuple[floa
     after = place(specs, nodes, owned(before), balanced=balanced)
     joined = moves(before, after)
     minimal = sum(o == nodes[-1].name for o in after.wanted.values())  # its share
+    if balanced:  # the newcomer does get its share (nothing moving is not minimal)
+        assert minimal == math.floor(duties / (count + 1)) or minimal == math.ceil(
+            duties / (count + 1))
+    else:  # plain placement does not depend on the owners
+        assert after.wanted == place(specs, nodes, {}).wanted
     gone = place(specs, nodes[1:], owned(after), balanced=balanced)
     left = moves(after, gone)
     lost = sum(o == nodes[0].name for o in after.wanted.values())  # must move anyway
@@ -183,6 +188,10 @@ def test_a_membership_change_moves_no_duty_through_a_third_node(
         b = Counter(owned(after).values())
         necessary = sum(max(0, b[x] - a[x]) for x in b)
         assert len(moved) == necessary
+        total = sum(x.weight for x in new)  # and the result is balanced
+        for x in new:
+            share = len(duties) * x.weight / total
+            assert math.floor(share + 1e-9) <= b[x.name] <= math.ceil(share - 1e-9)
 
 
 def test_unplaceable_duties_do_not_loosen_the_shares() -> None:
