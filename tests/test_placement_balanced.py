@@ -103,15 +103,16 @@ def owned(result: Placement) -> dict[str, str]:
 def movement(balanced: bool, prefix: str, count: int, duties: int) -> tuple[float, int]:
     """A join then a leave, each placed from the current owners (as the runtime
     calls place()): (worst moved / minimal ratio, moves to or from another node)."""
-    nodes = [n(f"m{prefix}{i}") for i in range(count + 1)]
+    # the newcomer's name sorts first: ties of the remainder must not go its way
+    nodes = [*(n(f"m{prefix}{i}") for i in range(count)), n(f"a{prefix}")]
     specs = names(duties, prefix)
     before = place(specs, nodes[:-1], {}, balanced=balanced)
     after = place(specs, nodes, owned(before), balanced=balanced)
     joined = moves(before, after)
     minimal = sum(o == nodes[-1].name for o in after.wanted.values())  # its share
-    if balanced:  # the newcomer does get its share (nothing moving is not minimal)
-        assert minimal == math.floor(duties / (count + 1)) or minimal == math.ceil(
-            duties / (count + 1))
+    if balanced:  # the newcomer gets its share rounded down, the old nodes keep the
+        # remainder's +1s (they already hold them): the fewest moves there are
+        assert len(joined) == minimal == duties // (count + 1)
     else:  # plain placement does not depend on the owners
         assert after.wanted == place(specs, nodes, {}).wanted
     gone = place(specs, nodes[1:], owned(after), balanced=balanced)
