@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shoal.core._balance import _caps, _shares
+from shoal.core._balance import _augment, _caps, _shares
 from shoal.core.placement import DutySpec, NodeInfo, Placement, moves, place, rank
 
 
@@ -357,3 +357,50 @@ def test_a_chain_of_two_moves_makes_room() -> None:
               DutySpec("d2", roles=frozenset({"y"}))]
     result = place(duties, nodes, {}, balanced=True)
     assert result.wanted == {"d0": "n0", "d1": "n1", "d2": "n3"}
+
+
+# -- _augment directly: chains, one after another in one pass, zones --------------
+def _pool(eligible: dict[str, tuple[str, ...]]) -> dict[str, tuple[tuple[str, ...],
+                                                                 list[tuple[float, str]]]]:
+    return {d: (names, [(0.0, x) for x in names]) for d, names in eligible.items()}
+
+
+def _no_zone(duty: str | None, node: str) -> tuple[str, str] | None:
+    return None
+
+
+def test_augment_runs_chains_one_after_another_and_keeps_its_books() -> None:
+    """d0 has no way in (Z has cap 0 and holds nothing) and is returned; d1 and
+    d2 still get their chains: d1 moves e1 A -> C; then d2 must move e2 B -> C
+    and so e1 on again, C -> D (the first chain's result is where the second
+    starts from). Loads end exact."""
+    pool = _pool({"d0": ("Z",), "d1": ("A",), "d2": ("B",), "e1": ("A", "C", "D"),
+                  "e2": ("B", "C"), "x": ("D",)})
+    out = {"e1": "A", "e2": "B", "x": "D"}
+    load = {"A": 1, "B": 1, "C": 0, "D": 1, "Z": 0}
+    cap = {"A": 1, "B": 1, "C": 1, "D": 2, "Z": 0}
+    rest = _augment(["d0", "d1", "d2"], pool, out, load, cap, _no_zone,
+                    lambda d, x: False, {})
+    assert rest == ["d0"]
+    assert out == {"d1": "A", "d2": "B", "e2": "C", "e1": "D", "x": "D"}
+    assert load == {"A": 1, "B": 1, "C": 1, "D": 2, "Z": 0}
+
+
+def test_augment_moves_a_family_duty_only_within_its_zone_count() -> None:
+    """e (family f) may move A -> C only when A and C are in the same zone; the
+    placed duty counts in its zone."""
+    zone = {"A": "z1", "C": "z1", "E": "z2"}
+
+    def key(duty: str | None, node: str) -> tuple[str, str] | None:
+        return ("f", zone[node]) if duty is not None and duty.startswith("f:") else None
+
+    for room, placed in (("C", True), ("E", False)):
+        pool = _pool({"f:d": ("A",), "f:e": ("A", room)})
+        out, zone_load = {"f:e": "A"}, {("f", "z1"): 1}
+        load, cap = {"A": 1, room: 0}, {"A": 1, room: 1}
+        rest = _augment(["f:d"], pool, out, load, cap, key, lambda d, x: False, zone_load)
+        assert (rest == []) is placed
+        if placed:
+            assert out == {"f:e": "C", "f:d": "A"} and zone_load == {("f", "z1"): 2}
+        else:
+            assert out == {"f:e": "A"} and zone_load == {("f", "z1"): 1}
