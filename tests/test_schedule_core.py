@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -19,12 +20,16 @@ from shoal.core.schedule import (
     Timing,
     Wait,
     check,
+    check_cron,
     decide,
+    describe,
     due,
     next_slot,
     offset,
     run_at,
+    slot_time,
 )
+from shoal.errors import InvalidArgument
 
 BERLIN = ZoneInfo("Europe/Berlin")
 T0 = 1_700_000_000.0
@@ -202,3 +207,89 @@ def test_no_slot_is_ever_claimed_twice(
         if i % 3 != 2:  # completes; else crashes and stays "running"
             rec = replace(rec, current=None).with_run(replace(run, outcome="ok"))
     assert all(n <= (2 if retry else 1) for n in claims.values()), claims
+
+
+# -- the record's wire form, and what `shoal schedule list` shows (mutation run) --
+FULL_RUN = Run(slot=1_700_000_060.0, node="n2", start=1_700_000_060.25,
+               end=1_700_000_061.5, outcome="failed", error="boom", attempt=2,
+               kind="retry", token=41)
+
+
+def test_a_run_and_a_record_survive_their_wire_form_exactly() -> None:
+    assert FULL_RUN.as_dict() == {
+        "slot": 1_700_000_060.0, "node": "n2", "start": 1_700_000_060.25,
+        "end": 1_700_000_061.5, "outcome": "failed", "error": "boom", "attempt": 2,
+        "kind": "retry", "token": 41,
+    }
+    assert Run.from_dict(FULL_RUN.as_dict()) == FULL_RUN
+    rec = Record(since=1_699_999_000.0, last_slot=1_700_000_060.0,
+                 current=replace(FULL_RUN, outcome="running", end=None),
+                 runs=(FULL_RUN, replace(FULL_RUN, outcome="ok")), trigger_done="t-7",
+                 counts={"ok": 3, "failed": 1}, lateness=0.25)
+    assert Record.from_dict(rec.as_dict()) == rec
+    assert rec.as_dict()["current"] == replace(FULL_RUN, outcome="running", end=None).as_dict()
+    assert rec.as_dict()["counts"] == {"ok": 3, "failed": 1}
+
+
+def test_missing_fields_read_as_their_defaults() -> None:
+    assert Run.from_dict({}) == Run(None, "", 0.0, None, "", "", 1, "scheduled", 0)
+    assert Record.from_dict({}) == Record(since=0.0)
+    # junk in the lists is skipped, numbers given as strings are read as numbers
+    got = Record.from_dict({"since": "5", "runs": [FULL_RUN.as_dict(), "junk"],
+                            "current": "junk", "counts": {"ok": "2"}, "lateness": "0.5"})
+    assert got == Record(since=5.0, runs=(FULL_RUN,), counts={"ok": 2}, lateness=0.5)
+
+
+def test_skipped_slots_are_counted_and_nothing_else_changes() -> None:
+    rec = Record(since=1.0, counts={"ok": 1, "skipped": 2})
+    assert rec.with_skipped(3) == replace(rec, counts={"ok": 1, "skipped": 5})
+    assert rec.with_skipped(0) is rec and rec.with_skipped(-1) is rec
+    assert Record(since=1.0).with_skipped(1).counts == {"skipped": 1}
+
+
+def test_slot_times_for_humans() -> None:
+    assert slot_time(None) == "manual"
+    assert slot_time(0.0) == "1970-01-01T00:00:00+00:00"
+    assert slot_time(1_700_000_000.0, "Europe/Berlin") == "2023-11-14T23:13:20+01:00"
+
+
+def test_describe_shows_owner_next_and_last_run() -> None:
+    rec = Record(since=1_700_000_000.0, last_slot=1_700_000_060.0,
+                 current=replace(FULL_RUN, outcome="running", end=None),
+                 runs=(FULL_RUN,), counts={"failed": 1}, lateness=0.25)
+    data = {**rec.as_dict(), "timing": {"every": 60.0, "tz": "UTC"}}
+    shown = describe("cleanup", data, "n2", now=1_700_000_070.0)
+    assert shown == {
+        "name": "cleanup", "owner": "n2", "cron": None, "every": 60.0, "tz": "UTC",
+        "next_run": 1_700_000_100.0, "last_slot": 1_700_000_060.0,  # every 60 s from 0
+        "last_run": FULL_RUN.as_dict(),
+        "running": replace(FULL_RUN, outcome="running", end=None).as_dict(),
+        "lateness": 0.25, "counts": {"failed": 1}, "runs": [FULL_RUN.as_dict()],
+    }
+    cron = describe("nightly", {**Record(since=1_700_000_000.0).as_dict(),
+                                "timing": {"cron": "0 1 * * *"}}, None, now=1_700_000_000.0)
+    assert cron["next_run"] == 1_700_010_000.0  # 2023-11-15 01:00 UTC
+    assert (cron["owner"], cron["cron"], cron["last_run"], cron["running"]) == (
+        None, "0 1 * * *", None, None)
+    bad = describe("odd", {"since": 1.0, "timing": {}}, None, now=2.0)
+    assert bad["next_run"] is None and bad["runs"] == [] and bad["counts"] == {}
+
+
+def test_bad_timings_are_named_in_one_line() -> None:
+    cases = [
+        (Timing(), "exactly one of cron="),
+        (Timing(cron="0 1 * * *", every=60.0), "exactly one of cron="),
+        (Timing(every=0.5), "every= must be at least 1 second, got 0.5"),
+        (Timing(every=float("nan")), "every= must be at least 1 second, got nan"),
+        (Timing(every=60.0, jitter=-1.0), "jitter= must be >= 0 seconds, got -1.0"),
+        (Timing(every=60.0, misfire_grace=float("inf")),
+         "misfire_grace= must be >= 0 seconds, got inf"),
+        (Timing(cron="0 25 * * *"), "bad cron expression '0 25 * * *'"),
+    ]
+    for timing, message in cases:
+        with pytest.raises(InvalidArgument, match=re.escape(message)):
+            check(timing)
+    assert check(Timing(every=1.0, jitter=0.0, misfire_grace=0.0)) == Timing(
+        every=1.0, jitter=0.0, misfire_grace=0.0)
+    with pytest.raises(InvalidArgument, match=re.escape("e.g. '0 1 * * *'")):
+        check_cron("nope")
