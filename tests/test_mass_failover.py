@@ -16,6 +16,8 @@ from shoal.core.placement import DutySpec, NodeInfo, place
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.node import Node
+from shoal.runtime.settings import NodeSettings
+from shoal.store.memory import MemoryStore
 from shoal.store.protocol import Delete
 from shoal.testing.cluster import SimCluster
 
@@ -174,3 +176,17 @@ async def test_a_survivor_waits_briefly_for_the_other_half_of_a_nodes_death(
             assert (p.computed, p.spares_used) == (before[n][0], before[n][1] + 1), n
     finally:
         await c.aclose()
+
+
+async def test_spares_use_a_thread_only_on_the_real_clock() -> None:
+    """Under a simulated clock spares are computed inline: a worker thread's real
+    duration would otherwise decide what simulated time things happen at (a
+    fake-clock test of rejoin promptness failed on a loaded machine that way)."""
+    c = SimCluster(App("t"))
+    try:
+        node = await c.add("a")
+        assert node._duties.offload_spares is False
+    finally:
+        await c.aclose()
+    real = Node(App("t"), NodeSettings(name="r"), store=MemoryStore())  # the real clock
+    assert real._duties.offload_spares is True

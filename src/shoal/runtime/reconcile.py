@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from shoal.aio._tasks import event_or_tick
-from shoal.clock import Clock
+from shoal.clock import Clock, SystemClock
 from shoal.core.placement import Placement
 from shoal.errors import InvalidArgument, StoreError
 from shoal.primitives import ownership
@@ -103,7 +103,9 @@ class Reconciler:
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
         self._seen = asyncio.Event()  # set on every membership or owner change
-        self.offload_spares = True  # compute spares in a worker thread (tests: inline)
+        # spares in a worker thread on the real clock; inline under a simulated one,
+        # where a thread's real duration would make the simulation nondeterministic
+        self.offload_spares = isinstance(self.clock, SystemClock)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
 
