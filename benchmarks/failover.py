@@ -27,7 +27,7 @@ first thing it does on a node (see ``failover_app.py``).
                  raw etcd3aio txn (compare create_revision == 0, put with lease), same
                  etcd, same lease, interleaved, in this process
   (e) join:      a 4th node joins -> the 3 others print ``joined <name>``; from the
-                 registration (``started_at`` in its node record: taken just before the
+                 registration (``joined_at`` in its node record: taken just before the
                  register txn is sent) to the LAST of the 3 status lines (ms stamps)
 
 tooz -- 3 ``benchmarks/failover_tooz.py worker`` processes per driver (own processes:
@@ -219,9 +219,9 @@ class ShoalRig:
             stamps = [
                 wait_first([n], pattern, marks, timeout=30)[1].group(1) for n in others
             ]
-            started_at = asyncio.run(self._started_at(joiner.name))
-            seen = [_stamp_to_epoch(s, started_at) for s in stamps]
-            took = max(seen) - started_at
+            joined_at = asyncio.run(self._joined_at(joiner.name))
+            seen = [_stamp_to_epoch(s, joined_at) for s in stamps]
+            took = max(seen) - joined_at
             left = {id(n): n.mark() for n in others}
             joiner.terminate()
             joiner.wait_exit(timeout=15)
@@ -231,7 +231,7 @@ class ShoalRig:
             joiner.stop()
         return took
 
-    async def _started_at(self, name: str) -> float:
+    async def _joined_at(self, name: str) -> float:
         from shoal.config import StoreSection
         from shoal.store.factory import open_store
 
@@ -242,7 +242,8 @@ class ShoalRig:
             await store.aclose()
         if kv is None:
             raise RuntimeError(f"no node record for {name}")
-        return float(json.loads(kv.value)["started_at"])
+        record = json.loads(kv.value)
+        return float(record.get("joined_at") or record["started_at"])
 
 
 def _stamp_to_epoch(stamp: str, near: float) -> float:

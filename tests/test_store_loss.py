@@ -108,6 +108,26 @@ async def test_rejoin_revokes_the_old_lease_that_outlived_the_outage(cluster: Cl
     assert await cluster.store.lease_ttl(old) == -1
 
 
+async def test_the_record_tells_when_the_node_started_and_when_it_last_registered(
+    cluster: Cluster,
+) -> None:
+    b = await cluster.add("b")
+    await cluster.run(3)
+    a = await cluster.add("a")
+    await cluster.until(lambda: "a" in b.members, 2)
+    first = b.members["a"]
+    assert first.started_at <= first.joined_at <= cluster.clock.time()
+    cluster.links[a].cut()
+    await cluster.until(lambda: a.phase == "LOST", TTL)
+    await cluster.run(2)
+    cluster.links[a].heal()
+    await cluster.until(lambda: a.phase == "ACTIVE" and "a" in b.members
+                        and b.members["a"].joined_at > first.joined_at, 10)
+    again = b.members["a"]
+    assert again.started_at == first.started_at  # the node did not restart
+    assert again.joined_at >= first.joined_at + TTL  # the rejoin is stamped anew
+
+
 async def test_a_node_whose_name_was_taken_gives_up(cluster: Cluster) -> None:
     a = await cluster.add("a")
     await cluster.run(1.0)

@@ -74,6 +74,7 @@ _SCHEMAS: dict[str, Any] = {
             "version": {"type": "string"},
             "address": {"type": "string"},
             "started_at": {"type": "number"},
+            "joined_at": {"type": "number"},
             "draining": {"type": "boolean"},
             "disabled": {"type": "array", "items": {"type": "string"}},
             "leader": {"type": "boolean"},

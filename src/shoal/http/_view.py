@@ -80,7 +80,8 @@ def cluster_json(
             "name": name, "roles": list(m.roles), "zone": m.zone, "weight": m.weight,
             "can_lead": m.can_lead, "version": m.version, "app_version": m.app_version,
             "cordoned": m.cordoned, "address": m.address,
-            "started_at": m.started_at, "draining": m.draining, "disabled": list(m.disabled),
+            "started_at": m.started_at, "joined_at": m.joined_at, "draining": m.draining,
+            "disabled": list(m.disabled),
             "leader": name == leader, "self": name == me,
             "duties": sorted(owned.get(name, [])), "workers": dict(m.workers),
             "keys": list(m.keys),  # key ids of its session secrets, current first

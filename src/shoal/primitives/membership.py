@@ -26,6 +26,7 @@ class Member:
     address: str = ""
     version: str = ""
     started_at: float = 0.0  # wall clock, for display
+    joined_at: float = 0.0  # wall clock just before this registration's txn was sent
     can_lead: bool = True
     disabled: tuple[str, ...] = ()  # duty names / families disabled on this node
     draining: bool = False

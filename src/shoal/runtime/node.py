@@ -88,6 +88,7 @@ class Node:
         )
         self._started = False
         self._started_at = 0.0
+        self._joined_at = 0.0  # stamped just before each register txn
         self.members: dict[str, Member] = {}
         self.cordoned = False  # set by a cordon request (shoal.runtime.control)
         self._tally = Tally()
@@ -111,7 +112,7 @@ class Node:
         self._lease = LeaseKeeper(
             name=self.name, store=store, clock=self.clock, settings=lambda: self._settings,
             feed=self._feed, phase=lambda: self._fsm.phase, closing=lambda: self._closing,
-            member=self._member, on_joined=self._on_joined, tally=self._tally,
+            member=self._registration, on_joined=self._on_joined, tally=self._tally,
         )
         self._key_warnings: frozenset[str] = frozenset()  # logged already
         # worker pools (shoal.runtime.workers): per-node copies, not singletons
@@ -332,12 +333,18 @@ class Node:
         s = self._settings
         return Member(
             name=s.name, roles=s.roles, weight=s.weight, zone=s.zone, address=s.address,
-            version=VERSION, started_at=self._started_at, can_lead=s.can_lead,
+            version=VERSION, started_at=self._started_at, joined_at=self._joined_at,
+            can_lead=s.can_lead,
             disabled=s.disabled, draining=self.draining, app_version=self.app.version,
             cordoned=self.cordoned, prefers=s.prefers,
             workers=tuple(sorted(self.pools.counts().items())), keys=s.key_ids,
             partitions=tuple(sorted(self.app.partitioned.items())),
         )
+
+    def _registration(self) -> Member:
+        """The record a (re)registration writes, stamped with the time it is sent."""
+        self._joined_at = self.clock.time()
+        return self._member()
 
     def _on_joined(self, session: LeaseSession) -> None:
         """A lease was granted and the node record written: ``Joined``."""
