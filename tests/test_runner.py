@@ -142,8 +142,9 @@ async def test_cancel_now_does_not_wait() -> None:
 
 async def test_a_storm_of_changes_is_planned_in_few_passes() -> None:
     """Duties freed one revision at a time, each delivered by its own watch event, are
-    re-owned in a handful of reconcile passes (a pass less than 50 ms after the last
-    waits 2 ms to batch), not one pass per event (without the batching: 30 passes)."""
+    re-owned in a handful of reconcile passes (a pass less than 50 ms after the two
+    before it waits 2 ms to batch), not one pass per event (without the batching: 30
+    passes)."""
     app = App("t")
     names = [f"m{i}" for i in range(40)]
     for name in names:
@@ -174,10 +175,43 @@ async def test_a_storm_of_changes_is_planned_in_few_passes() -> None:
             await c.store.delete(f"duties/{duty}")
             for _ in range(10):
                 await asyncio.sleep(0)  # let the watch deliver this event alone
-        assert passes <= 1  # at most the first change was planned on its own
+        assert passes <= 2  # (here a's death is half seen: passes wait for the clock)
         await c.run(0.2)
         assert all(c.owners()[d] == "b" for d in mine)
         assert passes <= 4, f"{passes} reconcile passes for {len(mine)} separate events"
+    finally:
+        await c.aclose()
+
+
+async def test_a_lone_change_and_the_second_of_a_pair_are_planned_at_once() -> None:
+    """The storm batching delays only the third of three passes within 50 ms: the
+    first change after a quiet spell and the second of a pair (a graceful drain:
+    its draining flag, then the revoke that frees its duties) are not delayed."""
+    app = App("t")
+    app.duty("one")(_forever)
+    c = SimCluster(app)
+    try:
+        b = await c.add("b")
+        await c.run(2.0)  # settled, then quiet
+        passes = 0
+        reconciler = b._duties
+        real = reconciler.reconcile
+
+        async def counted(*args: Any, **kwargs: Any) -> None:
+            nonlocal passes
+            passes += 1
+            await real(*args, **kwargs)
+
+        reconciler.reconcile = counted  # type: ignore[method-assign]
+        seen = []
+        for _ in range(3):  # three changes at the same (fake) instant
+            reconciler.wake.set()
+            for _ in range(50):
+                await asyncio.sleep(0)
+            seen.append(passes)
+        assert seen == [1, 2, 2]  # the third waits for the 2 ms batch ...
+        await c.run(0.01)
+        assert passes == 3  # ... and then runs
     finally:
         await c.aclose()
 

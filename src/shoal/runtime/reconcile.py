@@ -61,6 +61,8 @@ log = logging.getLogger("shoal.node")
 __all__ = ["SPARE_QUIET", "Reconciler", "Tally", "order_duties"]
 
 SPARE_QUIET = 0.05  # seconds without a change before spare placements are computed
+STORM_WINDOW = 0.05  # a pass within this many seconds of two woken ones is batched
+STORM_BATCH = 0.002  # seconds a batched pass waits for more of the storm
 LEAVE_WAIT = 0.05  # longest wait for the other half of a node's death (etcd: two watches)
 
 Emit = Callable[[str, str | None, str], None]
@@ -234,15 +236,17 @@ class Reconciler:
         on_tick: Callable[[], None],
     ) -> None:
         tick = max(0.05, min(self.settings.grace, self.settings.rebalance_delay) / 2)
-        last_pass = float("-inf")
+        last_passes = (float("-inf"), float("-inf"))  # two latest woken ones, oldest first
         while True:
             woken = await event_or_tick(self.wake, self.clock, tick)
             for _ in range(3):  # let the watches apply what is already queued (coalesce)
                 await asyncio.sleep(0)
-            if self.clock.monotonic() - last_pass < 0.05:
+            if self.clock.monotonic() - last_passes[0] < STORM_WINDOW:
                 # a storm of changes (start-up, mass failover): batch them so a pass
-                # is not re-run per event; a lone event after a quiet spell is not delayed
-                await self.clock.sleep(0.002)
+                # is not re-run per event. A lone event after a quiet spell, or the
+                # second of a pair (a drain: the draining flag, then the revoke), is
+                # not delayed
+                await self.clock.sleep(STORM_BATCH)
             if woken:
                 await self._await_leave(members)
             self.wake.clear()
@@ -253,7 +257,8 @@ class Reconciler:
                 await self.reconcile(lease, members(), exact=not woken)
             except StoreError as exc:
                 log.debug("node %s: reconcile failed: %s", self.name, exc)
-            last_pass = self.clock.monotonic()
+            if woken:  # periodic passes are not part of a storm
+                last_passes = (last_passes[1], self.clock.monotonic())
 
     async def _await_leave(self, members: Callable[[], Mapping[str, Member]]) -> None:
         """When a node's death is half seen (its duties all free but its record still
