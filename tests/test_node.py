@@ -222,6 +222,32 @@ async def test_graceful_drain_hands_over_quickly(cluster_factory: Any) -> None:
     assert "a" not in c.nodes["b"].members
 
 
+async def test_others_see_the_draining_flag_while_a_slow_duty_stops(
+    cluster_factory: Any,
+) -> None:
+    """The draining flag is published while the duties stop (others stop placing
+    on the node), and the revoke follows once they have stopped, not earlier."""
+    app = App("t")
+
+    @app.duty("slow")
+    async def slow(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+        await ctx.clock.sleep(2.0)  # a clean but slow stop
+
+    c = cluster_factory(app)
+    a = await c.add("a", drain_timeout=5.0)
+    b = await c.add("b")
+    await c.run(3.0)
+    assert c.owners().get("slow") == "a"
+    drain = asyncio.create_task(a.drain())
+    await c.run(1.0)
+    assert b.members["a"].draining and c.owners().get("slow") == "a"  # still stopping
+    await c.run(1.5)
+    await drain
+    await c.run(0.2)
+    assert "a" not in b.members and c.owners().get("slow") == "b"
+
+
 async def test_crashing_duty_is_restarted_with_backoff(
     cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -418,12 +418,22 @@ class Node:
             self._drain_limit = timeout
             self._feed(fsm.Drain())  # -> StopPlacing, ReleaseAllDuties (when live)
             session = self.session
+            flag = None
             if session is not None and session.alive and self._fsm.phase in _LIVE:
-                with contextlib.suppress(StoreError):
-                    await membership.update(self.store, self._member(), session.lease)
-            await self._actions.settle("release")
-            self._feed(fsm.Closed())  # -> StopAllDuties (none left), RevokeLease
-            await self._actions.settle("revoke")
+                # the draining flag tells the others while the duties stop; the revoke
+                # does not wait for it (a flag that lands after the revoke is a no-op:
+                # its compare on our lease fails), so a quick drain costs one round trip
+                flag = asyncio.create_task(
+                    membership.update(self.store, self._member(), session.lease)
+                )
+            try:
+                await self._actions.settle("release")
+                self._feed(fsm.Closed())  # -> StopAllDuties (none left), RevokeLease
+                await self._actions.settle("revoke")
+            finally:
+                if flag is not None:
+                    with contextlib.suppress(StoreError, NotRunning):
+                        await flag
             self._close_reaper()
         finally:
             self._drain_done.set()
