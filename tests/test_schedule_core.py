@@ -293,3 +293,133 @@ def test_bad_timings_are_named_in_one_line() -> None:
         every=1.0, jitter=0.0, misfire_grace=0.0)
     with pytest.raises(InvalidArgument, match=re.escape("e.g. '0 1 * * *'")):
         check_cron("nope")
+
+
+# -- exact decisions on every path (the mutation run showed fields unchecked) -----------
+JIT = Timing(every=600, jitter=30, misfire_grace=60)
+
+
+def at(slot: float, timing: Timing = JIT, name: str = "s") -> float:
+    return slot + offset(name, slot, timing.jitter)
+
+
+def running(slot: float | None, attempt: int = 1, kind: str = "scheduled") -> Record:
+    # ``end`` is set on purpose: the interrupted copy must clear it
+    cur = Run(slot, "a", 1250.0, 1251.0, "running", attempt=attempt, kind=kind, token=7)
+    return Record(since=0, last_slot=1200, current=cur)
+
+
+def cut(rec: Record) -> Run:
+    assert rec.current is not None
+    return replace(rec.current, outcome="interrupted", end=None)
+
+
+def test_the_jitter_offset_depends_on_name_and_slot_and_spans_the_jitter() -> None:
+    assert offset("s", 1800, 0) == 0.0
+    assert 0 < offset("s", 1800, 0.5) < 0.5  # a jitter under a second still jitters
+    assert offset("s", 1800, 30) != offset("t", 1800, 30)
+    assert offset("s", 1800, 30) != offset("s", 2400, 30)
+    spread = [offset("s", 600.0 * i, 1.0) for i in range(400)]
+    assert all(0 <= x < 1 for x in spread) and max(spread) > 0.9 and min(spread) < 0.1
+    assert run_at("s", JIT, 1800) == 1800 + offset("s", 1800, 30) != run_at("t", JIT, 1800)
+
+
+def test_each_decision_is_exact() -> None:
+    rec = Record(since=0, last_slot=1200)
+    assert decide("s", JIT, rec, at(1800)) == Claim(1800, 1, "scheduled", at(1800), 0, None)
+    assert decide("s", JIT, rec, at(1800) - 0.001) == Wait(at(1800))
+    # a retry of an interrupted scheduled run: same slot, when it was due
+    r = running(1200)
+    assert decide("s", JIT, r, 1300) == Claim(1200, 2, "retry", at(1200), 0, cut(r))
+    # retry is the default; so is running a late missed slot once
+    assert decide("s", JIT, r, 1300) == decide("s", JIT, r, 1300, retry=True)
+    late = at(1800) + 500
+    assert decide("s", JIT, rec, late) == Claim(1800, 1, "scheduled", at(1800), 0, None)
+    # an interrupted manual run is retried as a manual run, timed from its start
+    m = running(None, kind="manual")
+    assert decide("s", JIT, m, 1300) == Claim(None, 2, "manual", 1250.0, 0, cut(m))
+    # the second attempt is not retried: settled with nothing skipped
+    r2 = running(1200, attempt=2)
+    assert decide("s", JIT, r2, 1300) == Settle(1200, 0, cut(r2))
+    # a manual trigger, alone or after an interrupted run
+    manual = Claim(None, 1, "manual", 1300, 0, None, "t1")
+    assert decide("s", JIT, rec, 1300, trigger="t1") == manual
+    assert decide("s", JIT, r2, 1300, trigger="t1") == Claim(
+        None, 1, "manual", 1300, 0, cut(r2), "t1"
+    )
+
+
+def test_boundaries_of_retry_and_misfire() -> None:
+    r = running(1200)
+    # the next slot due exactly now wins over the retry
+    now = at(1800)
+    assert decide("s", JIT, r, now) == Claim(1800, 1, "scheduled", now, 0, cut(r))
+    # skip: exactly misfire_grace late still runs; later is settled as skipped
+    rec = Record(since=0, last_slot=1200)
+    on_edge = at(1800) + JIT.misfire_grace
+    assert decide("s", JIT, rec, on_edge, missed="skip") == Claim(
+        1800, 1, "scheduled", at(1800), 0, None
+    )
+    r2 = running(1200, attempt=2)
+    assert decide("s", JIT, r2, on_edge + 1, missed="skip") == Settle(1800, 1, cut(r2))
+
+
+def test_due_counts_exactly_with_jitter_and_on_the_edge() -> None:
+    assert due("s", EVERY, 1200, 2400) == (2, 2400)  # both run times are <= now
+    assert due("s", JIT, 1200, at(2400)) == (2, 2400)
+    assert due("s", JIT, 1200, at(2400) - 0.001) == (1, 1800)
+    cron = Timing(cron="*/15 * * * *", jitter=40)
+    after = T0
+    slots = [next_slot(cron, after)]
+    while len(slots) < 6:
+        slots.append(next_slot(cron, slots[-1]))
+    now = at(slots[4], cron)
+    assert due("s", cron, after, now) == (5, slots[4])
+    assert due("s", cron, after, now - 0.001) == (4, slots[3])
+    assert due("t", cron, after, now)[0] in (4, 5, 6)  # another name, other offsets
+
+
+def test_a_long_outage_of_a_fast_cron_jumps_to_the_newest_slot_in_its_zone() -> None:
+    timing = Timing(cron="*/2 * * * *", tz="Europe/Berlin", jitter=20)
+    now = T0 + 86400 * 40 + 37
+    count, newest = due("s", timing, T0, now)
+    # the true newest: the last slot whose run time is at or before now
+    slot, best = next_slot(timing, now - 600), None
+    while at(slot, timing) <= now:
+        best, slot = slot, next_slot(timing, slot)
+    assert count >= 10_000 and newest == best
+    # a cron that only fires at a local time: the jump must use the zone
+    local_cron = Timing(cron="* 3 * * *", tz="America/New_York")
+    c, n = due("s", local_cron, T0, T0 + 86400 * 200)
+    assert c >= 10_000 and n is not None and n <= T0 + 86400 * 200
+    assert datetime.fromtimestamp(n, ZoneInfo("America/New_York")).hour == 3
+
+
+def test_every_with_a_time_zone_checks_the_zone() -> None:
+    with pytest.raises(InvalidArgument, match="Mars/Olympus"):
+        check(Timing(every=60, tz="Mars/Olympus"))
+    assert check(Timing(every=60, tz="Europe/Berlin")).tz == "Europe/Berlin"
+
+
+def test_a_cron_is_checked_in_its_zone() -> None:
+    with pytest.raises(InvalidArgument, match="Mars/Olympus"):
+        check_cron("0 1 * * *", "Mars/Olympus")
+    check_cron("30 2 * * *", "Europe/Berlin")  # a time that DST skips once a year is fine
+
+
+def test_describe_reads_the_zone_the_newest_slot_and_bad_timings() -> None:
+    berlin = describe("nightly", {**Record(since=1_700_000_000.0).as_dict(),
+                                  "timing": {"cron": "0 1 * * *", "tz": "Europe/Berlin"}},
+                      None, now=1_700_000_000.0)
+    assert berlin["tz"] == "Europe/Berlin"
+    assert berlin["next_run"] == 1_700_006_400.0  # 2023-11-15 01:00 in Berlin = 00:00 UTC
+    # the next run counts from the last slot when that is ahead of now (a clock behind)
+    ahead = describe("s", {**Record(since=0.0, last_slot=1200.0).as_dict(),
+                           "timing": {"every": 600.0}}, None, now=100.0)
+    assert ahead["next_run"] == 1800.0
+    assert describe("s", {"since": 1.0}, None, now=2.0)["next_run"] is None  # no timing
+    broken = describe("s", {"since": 1.0, "timing": {"cron": "61 * * * *"}}, None, now=2.0)
+    assert broken["next_run"] is None and broken["cron"] == "61 * * * *"
+    mars = describe("s", {"since": 1.0, "timing": {"cron": "0 1 * * *", "tz": "Mars/Olympus"}},
+                    None, now=2.0)
+    assert mars["next_run"] is None and mars["tz"] == "Mars/Olympus"

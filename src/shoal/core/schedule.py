@@ -319,8 +319,8 @@ def describe(name: str, data: dict[str, Any], owner: str | None, now: float) -> 
         base = rec.last_slot if rec.last_slot is not None else rec.since
         try:
             next_run = next_slot(timing, max(base, now))
-        except (ValueError, StopIteration):
-            next_run = None
+        except (ValueError, StopIteration, CronSimError, InvalidArgument):
+            next_run = None  # a record written with a timing this version cannot read
     last = rec.runs[-1] if rec.runs else None
     return {
         "name": name,
