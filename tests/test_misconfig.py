@@ -187,3 +187,15 @@ def test_matching_secrets_and_nodes_without_sessions_give_no_warning() -> None:
     assert secret_warnings(members) == [
         "node d signs sessions with key k0, which b does not accept — give every node the "
         "same auth.secret (list the old one in auth.previous_secrets while rotating)"]
+
+
+def test_duplicate_duty_names_after_expansion_are_named_in_one_line() -> None:
+    app = App("t")
+
+    @app.duty("import:{engine}", for_each="engines")
+    async def importer(ctx: object) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"duplicate duty names after expansion: \['import:x'\]"):
+        app.expand({"engines": ["x", "y", "x"]})
+    assert [d.name for d in app.expand({"engines": ["x", "y"]})] == [
+        "leader", "import:x", "import:y"]
