@@ -190,3 +190,30 @@ async def test_spares_use_a_thread_only_on_the_real_clock() -> None:
         await c.aclose()
     real = Node(App("t"), NodeSettings(name="r"), store=MemoryStore())  # the real clock
     assert real._duties.offload_spares is True
+
+
+async def test_spares_wait_for_a_joins_rebalance_then_are_computed_once() -> None:
+    """Spares computed while a join's rebalance is pending would be thrown away
+    when it happens (and take CPU from the other nodes' passes): they wait for
+    it, then are computed for the new cluster."""
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=2.0)
+    try:
+        for name in NODES[:3]:
+            node = await c.add(name)
+            node._duties.offload_spares = False
+        await c.run(6.0)  # balanced and settled: spares for each other node's loss
+        placers = {n: c.nodes[n]._duties.placer for n in NODES[:3]}
+        before = {n: p.spares_computed for n, p in placers.items()}
+        assert all(v >= 2 for v in before.values())
+        newcomer = await c.add("n4")
+        newcomer._duties.offload_spares = False
+        await c.run(1.5)  # joined, the rebalance (after 2 s) still pending
+        assert any(o == "n4" for o in c.nodes["n1"].placement().wanted.values())
+        assert all(o != "n4" for o in c.owners().values())
+        assert {n: p.spares_computed for n, p in placers.items()} == before
+        await c.run(3.0)  # the rebalance moved the newcomer's share: now settled
+        assert sum(1 for o in c.owners().values() if o == "n4") >= PARTS // 4 - 1
+        for n, p in placers.items():  # one spare per other live node (3), for the new cluster
+            assert p.spares_computed - before[n] == 3, n
+    finally:
+        await c.aclose()

@@ -189,3 +189,16 @@ def test_nothing_free_only_when_every_wanted_duty_is_owned() -> None:
     assert placer.nothing_free(ds, moved)  # owned elsewhere (a rebalance to come): quiet
     freed = {d: n for d, n in owners.items() if n != "c"}
     assert not placer.nothing_free(ds, freed)  # c's duties free: a failover under way
+
+
+def test_settled_only_when_every_duty_is_on_its_wanted_node() -> None:
+    ds = duties()
+    members = [Member(n) for n in NAMES]
+    placer = Placer(balanced=True, newest_version=False)
+    owners = settled(ds, members)
+    assert not placer.settled(ds, owners)  # no placement yet
+    placer.place(ds, members, owners)
+    assert placer.settled(ds, owners)
+    moved = dict(owners, **{"p/0": next(n for n in NAMES if n != owners["p/0"])})
+    assert not placer.settled(ds, moved)  # a move is pending
+    assert not placer.settled(ds, {d: n for d, n in owners.items() if d != "p/1"})  # one free

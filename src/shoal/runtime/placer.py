@@ -125,6 +125,13 @@ class Placer:
         return result
 
     # -- spares ---------------------------------------------------------------------
+    def settled(self, duties: list[Duty], owners: Owners) -> bool:
+        """True if every duty is owned by the node the current placement wants it on
+        (none where it wants none): no move is pending. Spares computed while a
+        rebalance is pending are thrown away when it happens."""
+        current = self.current
+        return current is not None and _settled(duties, owners, current.wanted)
+
     def nothing_free(self, duties: list[Duty], owners: Owners) -> bool:
         """True if every duty the current placement wants somewhere is owned: no
         failover or handover is under way (spares wait for that, so as not to

@@ -21,7 +21,9 @@ every duty per watch event:
 * once nothing changed for ``SPARE_QUIET`` seconds, the placement each other
   node's loss would need is computed ahead (:mod:`shoal.runtime.placer`), in a
   worker thread so that the event loop stays free to see a death meanwhile; the
-  pass that follows a node's death then usually places nothing.
+  pass that follows a node's death then usually places nothing. While a move is
+  pending (a join's rebalance, due after ``rebalance_delay``) spares wait for it,
+  at most ``rebalance_delay``: they would be thrown away when it happens.
 
 The node's state machine is in charge of WHEN: ``placing`` is switched by its
 ``StartPlacing`` / ``StopPlacing`` actions (no acquire while off), its
@@ -202,6 +204,15 @@ class Reconciler:
                 while self._changed.is_set():
                     self._changed.clear()
                     await self.clock.sleep(SPARE_QUIET)
+                    if not self._changed.is_set() and not self.placer.settled(
+                        self.duties, self._owner_nodes()
+                    ):
+                        # a move is pending (a join's rebalance): what is computed now
+                        # is thrown away when it happens, and on a shared machine it
+                        # takes CPU from the other nodes' own passes. Wait for it, at
+                        # most rebalance_delay (a duty may stay off its wanted node)
+                        await event_or_tick(self._changed, self.clock,
+                                            self.settings.rebalance_delay)
                 while self.placing and not self._changed.is_set():
                     duties, owners = self.duties, self._owner_nodes()
                     current = list(members().values())
