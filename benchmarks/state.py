@@ -493,6 +493,13 @@ def report(args: argparse.Namespace, out: dict[str, Any]) -> list[str]:
         f"(after `malloc_trim`) | - | {cold['ready_s']:.1f} s; {mb(cold['rss'][0])} MB "
         f"({mb(cold['trimmed'][0])} MB) | - | - | - |"
     )
+    steady = sum(mem["after"][n][0] for n in names) / len(names)
+    ratio = cold["rss"][1] / steady
+    lines.append(
+        f"| the 4th node's peak RSS while joining (VmHWM) / a loaded node's steady RSS | "
+        f"<= 1.5x | {mb(cold['rss'][1])} MB / {mb(steady)} MB = {ratio:.2f}x | - | - | "
+        f"{'yes' if ratio <= 1.5 else 'no'} |"
+    )
     return lines
 
 

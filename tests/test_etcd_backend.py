@@ -244,6 +244,68 @@ async def test_prefix_isolation(single: EtcdCluster) -> None:
         await b.aclose()
 
 
+def _hook_pages(store: EtcdStore, after_first: Callable[[], object]) -> list[int]:
+    """Count the store's range requests (their ``revision``); run ``after_first`` once
+    the first page came back."""
+    calls: list[int] = []
+    real_get = store._kv.get
+
+    async def get(*args: object, **kw: object) -> object:
+        calls.append(int(kw.get("revision", 0)))  # type: ignore[call-overload]
+        resp = await real_get(*args, **kw)  # type: ignore[arg-type]
+        if len(calls) == 1:
+            await after_first()  # type: ignore[misc]
+        return resp
+
+    store._kv.get = get  # type: ignore[method-assign,assignment]
+    return calls
+
+
+async def test_range_reads_in_pages_at_one_revision(store: EtcdStore) -> None:
+    """A large load never holds the whole response next to the decoded records: the
+    range comes in pages, every later page at the first page's revision, so a write
+    between two pages is not half-seen."""
+    for i in range(10):
+        await store.put(f"p/{i:02}", b"v%d" % i)
+    await store.put("q/x", b"neighbour")
+    before = await store.revision()
+    store.range_page = 3
+
+    async def write_between_pages() -> None:
+        await store.put("p/05", b"changed")
+        await store.put("p/99", b"new")
+
+    calls = _hook_pages(store, write_between_pages)
+    res = await store.range("p/")
+    assert [kv.key for kv in res.kvs] == [f"p/{i:02}" for i in range(10)]
+    assert [kv.value for kv in res.kvs] == [b"v%d" % i for i in range(10)]
+    assert res.revision == before
+    assert calls == [0, before, before, before]  # 3 + 3 + 3 + 1 keys
+    assert [kv.key for kv in (await store.range("p/")).kvs][-1] == "p/99"
+
+
+async def test_range_restarts_when_its_snapshot_is_compacted_between_pages(
+    store: EtcdStore,
+) -> None:
+    for i in range(7):
+        await store.put(f"p/{i}", b"old")
+    before = await store.revision()
+    store.range_page = 3
+    compacted_at = 0
+
+    async def write_and_compact() -> None:
+        nonlocal compacted_at
+        compacted_at = await store.put("p/9", b"new")
+        await store.compact(compacted_at)
+
+    calls = _hook_pages(store, write_and_compact)
+    res = await store.range("p/")
+    assert [kv.key for kv in res.kvs] == [*(f"p/{i}" for i in range(7)), "p/9"]
+    assert res.revision == compacted_at > before
+    # the first page, the compacted second one, then 3 + 3 + 2 keys at the new revision
+    assert calls == [0, before, 0, compacted_at, compacted_at]
+
+
 # -- connection errors ----------------------------------------------------------------
 async def test_unreachable_endpoint_is_store_unavailable_within_timeout() -> None:
     endpoint = f"http://127.0.0.1:{_free_port()}"

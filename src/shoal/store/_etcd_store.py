@@ -77,6 +77,9 @@ __all__ = ["EtcdStore"]
 _log = logging.getLogger("shoal.store.etcd")
 T = TypeVar("T")
 
+RANGE_PAGE = 1000  # keys per range request (1 KiB documents: ~1 MB per response)
+RANGE_RESTARTS = 3  # a paged read whose snapshot got compacted starts again, this often
+
 
 class EtcdStore:
     """A :class:`~shoal.store.Store` on etcd v3. Create it with :meth:`open`."""
@@ -103,6 +106,7 @@ class EtcdStore:
         self._auth_lock = asyncio.Lock()
         self._closed = False
         self._seen_revision = 0  # highest store revision any response showed
+        self.range_page = RANGE_PAGE
         self._outage = OutageLog(logging.getLogger("shoal.store.etcd"), f"etcd ({prefix})")
         self._kv = KVService(channel, max_attempts=3)
         self._lease = LeaseService(channel, max_attempts=3)
@@ -309,13 +313,34 @@ class EtcdStore:
         return self._codec.kv(resp.kvs[0]) if resp.kvs else None
 
     async def range(self, prefix: str) -> RangeResult:
+        """Read in pages of ``range_page`` keys, all at the first page's revision (one
+        snapshot), so that a large load never holds the whole gRPC response next to
+        the decoded records. If that revision is compacted between two pages, the
+        read starts again at a newer one."""
         full = self._codec.full(prefix)
-        resp = await self._call(
-            "range", lambda t: self._kv.get(full, range_end=range_end(full), timeout=t)
+        end = range_end(full)
+        for _ in range(RANGE_RESTARTS):
+            with contextlib.suppress(Compacted):
+                return await self._range_pages(full, end)
+        return await self._range_pages(full, end)
+
+    async def _range_pages(self, start: bytes, end: bytes) -> RangeResult:
+        kvs: list[KeyValue] = []
+        rev = 0  # the first page's revision; every later page reads at it
+        while True:
+            resp = await self._call("range", self._page(start, end, rev))
+            self._note(resp)
+            rev = rev or int(resp.header.revision)
+            kvs.extend(self._codec.kv(kv) for kv in resp.kvs)  # etcd sorts them by key
+            if not resp.more or not resp.kvs:
+                return RangeResult(tuple(kvs), rev)
+            start = bytes(resp.kvs[-1].key) + b"\x00"
+            del resp
+
+    def _page(self, start: bytes, end: bytes, rev: int) -> Callable[[float], Awaitable[Any]]:
+        return lambda t: self._kv.get(
+            start, range_end=end, revision=rev, limit=self.range_page, timeout=t
         )
-        self._note(resp)
-        kvs = tuple(self._codec.kv(kv) for kv in resp.kvs)  # etcd returns them sorted by key
-        return RangeResult(kvs, int(resp.header.revision))
 
     async def revision(self) -> int:
         resp = await self._call(
