@@ -100,3 +100,50 @@ def test_settings_resolve_preferences_version_rule_and_batch_size() -> None:
     assert env.duties["engine"].prefer == ["node-a", "node-b"]
     env = load_config(None, env={"SHOAL__DUTIES__ENGINE__PREFER": "true"})
     assert env.duties["engine"].prefer is True
+
+
+def family_app(families: list[tuple[str, int]]) -> App:
+    app = App("t")
+
+    async def idle(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    for family, count in families:
+        app.duty(family, partitions=count)(idle)
+    return app
+
+
+async def test_nodes_of_two_releases_never_leave_a_partition_free() -> None:
+    """During a rolling upgrade that adds a family, the nodes declare different
+    duties, so their balanced shares differ: here n2 and n3 (families a and b)
+    want partition b/… on n1, while n1 (b only) wants it elsewhere. Before the
+    fallback hold, the partition was handed to n1, left free for `grace`, taken
+    back by the fallback and handed over again, for ever: free 99 % of the time
+    (found by the 5-run check of tests/test_rolling_repartition.py). Now the
+    node that took it by the fallback keeps it until membership changes."""
+    both, b_only = family_app([("a", 16), ("b", 32)]), family_app([("b", 32)])
+    c = SimCluster(None, ttl=6, grace=1.0, rebalance_delay=1.0)
+    try:
+        await c.add("n2", both)
+        await c.add("n3", both)
+        await c.run(5)
+        await c.add("n1", b_only)
+        await c.run(15)
+        for _ in range(20):
+            await c.run(0.5)
+            owners = c.owners()
+            b = {d: n for d, n in owners.items() if d.startswith("b/")}
+            assert len(b) == 32, sorted({f"b/{i}" for i in range(32)} - set(b))
+            assert {d: n for d, n in owners.items() if d.startswith("a/")}.keys() == {
+                f"a/{i}" for i in range(16)}
+            assert "n1" not in {n for d, n in owners.items() if d.startswith("a/")}
+            assert all(c.running().get(d) == [n] for d, n in owners.items())
+        # n1 took most of its share of b (10-11); a partition kept by its fallback
+        # owner stays there until membership changes, so a few may be short
+        assert Counter(b.values())["n1"] >= 8, Counter(b.values())
+        # membership changes: n1 leaves, b/… is rebalanced again and all is owned
+        await c.nodes["n1"].aclose()
+        await c.run(10)
+        assert len([d for d in c.owners() if d.startswith("b/")]) == 32
+    finally:
+        await c.aclose()

@@ -127,6 +127,21 @@ def test_rebalance_waits_for_stable_membership_and_spares_sticky_duties() -> Non
     assert plan(view([duty("d")], owners=only_d, placement=nobody, running={"d": 5})) == []
 
 
+def test_a_duty_taken_by_the_fallback_stays_until_membership_changes() -> None:
+    """Two nodes whose placements disagree (each wants the other to take d) must not
+    pass d back and forth with nobody running it: once this node took d by the
+    fallback, it keeps it until membership changes, then rebalances as usual."""
+    o = owner("d", token=5)
+    place = ranked("d", ["n1", ME])  # wanted on n1, which did not take it
+    kw: dict[str, Any] = {"owners": {"d": o}, "placement": place, "running": {"d": 5},
+                          "stable_since": 90.0}
+    assert plan(view([duty("d")], held={"d": 97.0}, **kw)) == []  # taken after the change
+    assert plan(view([duty("d")], held={"d": 90.0}, **kw)) == []  # ... in the same instant
+    moved = [Release("d", 5, "rebalance to n1")]
+    assert plan(view([duty("d")], held={"d": 89.9}, **kw)) == moved  # before: members changed
+    assert plan(view([duty("d")], held={"e": 97.0}, **kw)) == moved  # another duty's hold
+
+
 # -- properties over random views --------------------------------------------------
 @st.composite
 def views(draw: st.DrawFn) -> View:

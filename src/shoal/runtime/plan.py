@@ -9,7 +9,14 @@ Rules, per duty (``wanted`` comes from :func:`shoal.core.placement.place`):
   - co-located (``with_duty=X``) and I no longer own X (or X is being
     released) -> Release;
   - balanced, wanted elsewhere, and membership stable for
-    ``rebalance_delay`` -> Release (handover: stop, then delete the key);
+    ``rebalance_delay`` -> Release (handover: stop, then delete the key),
+    unless I took it by the fallback below since the last membership change
+    (``held``): the node it is wanted on did not take it then, so handing it
+    over again would leave it free again. Nodes whose placements disagree
+    (different app releases during a rolling upgrade declare different
+    duties, so their balanced shares differ) would otherwise pass a duty
+    back and forth with nobody running it; it stays here until membership
+    changes;
   - sticky, but I am no longer eligible for it (a preferred owner or a
     newer version came back: fail-back), wanted elsewhere, and membership
     stable for ``rebalance_delay`` -> Release;
@@ -71,6 +78,7 @@ class View:
     now: float
     free_since: Mapping[str, float] = field(default_factory=dict)
     stable_since: float = 0.0
+    held: Mapping[str, float] = field(default_factory=dict)  # taken by fallback, when
     grace: float = 1.0
     rebalance_delay: float = 5.0
 
@@ -93,6 +101,12 @@ def batches(
     return waves, [a for a in actions if isinstance(a, Acquire)]
 
 
+def _held(view: View, duty: str) -> bool:
+    """Taken by the fallback since the last membership change (see the rules)."""
+    taken = view.held.get(duty)
+    return taken is not None and taken >= view.stable_since
+
+
 def plan(view: View) -> list[Action]:
     """The actions to take now, releases of dependents before their anchor."""
     actions: list[Action] = []
@@ -111,7 +125,7 @@ def plan(view: View) -> list[Action]:
                 if (duty.with_duty in releasing or anchor is None or anchor.node != me
                         or anchor.lease != view.lease):  # X is a stale record: leaving too
                     reason = f"follows {duty.with_duty}, which left this node"
-            elif wanted not in (None, me) and stable:
+            elif wanted not in (None, me) and stable and not _held(view, name):
                 ranks = view.placement.ranks.get(name, [])
                 if not duty.sticky:
                     reason = f"rebalance to {wanted}"

@@ -103,6 +103,7 @@ class Reconciler:
         self._stopping: set[DutyRunner] = set()  # being stopped gracefully
         self._free_since: dict[str, float] = {}
         self._stable_since = 0.0
+        self._held: dict[str, float] = {}  # duties taken by the grace fallback, when
         self._member_sig: frozenset[tuple[str, bool]] = frozenset()
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
@@ -301,11 +302,14 @@ class Reconciler:
                 self._free_since.pop(duty.name, None)
             else:
                 self._free_since.setdefault(duty.name, now)
+        for name in [n for n in self._held if (o := owners.get(n)) is None or o.node != self.name]:
+            del self._held[name]  # the fallback's acquisition failed, or the duty left
         view = View(
             me=self.name, lease=current, duties=self.duties, owners=owners,
             placement=self.placement(members, exact=exact),
             running={n: r.token for n, r in self.runners.items()},
             now=now, free_since=self._free_since, stable_since=self._stable_since,
+            held=self._held,
             grace=self.settings.grace, rebalance_delay=self.settings.rebalance_delay,
         )
         by_name = {d.name: d for d in self.duties}
@@ -319,6 +323,9 @@ class Reconciler:
         if releases and lease() == current:
             await self._release_batch(releases)
         if acquires and lease() == current and self.placing:
+            for a in acquires:
+                if view.placement.wanted.get(a.duty) != self.name and not by_name[a.duty].with_duty:
+                    self._held[a.duty] = now  # the grace fallback: see plan's rules
             await self._acquire_batch([by_name[a.duty] for a in acquires], current)
 
     # -- duties -----------------------------------------------------------------------
