@@ -107,6 +107,12 @@ def _held(view: View, duty: str) -> bool:
     return taken is not None and taken >= view.stable_since
 
 
+def by_fallback(view: View, acquire: Acquire, duty: Duty) -> bool:
+    """True if ``plan`` chose ``acquire`` by the ``k * grace`` fallback (a duty
+    wanted elsewhere, not co-located): the runtime then records it in ``held``."""
+    return duty.with_duty is None and view.placement.wanted.get(acquire.duty) != view.me
+
+
 def plan(view: View) -> list[Action]:
     """The actions to take now, releases of dependents before their anchor."""
     actions: list[Action] = []

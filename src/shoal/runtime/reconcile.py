@@ -52,7 +52,7 @@ from shoal.runtime.app import LEADER, Duty
 from shoal.runtime.context import DutyContext
 from shoal.runtime.owners import OwnerTable
 from shoal.runtime.placer import Placer
-from shoal.runtime.plan import Release, Run, Stop, View, batches, plan
+from shoal.runtime.plan import Release, Run, Stop, View, batches, by_fallback, plan
 from shoal.runtime.runner import DutyRunner
 from shoal.runtime.settings import NodeSettings
 from shoal.runtime.state import ReplicatedState
@@ -324,8 +324,8 @@ class Reconciler:
             await self._release_batch(releases)
         if acquires and lease() == current and self.placing:
             for a in acquires:
-                if view.placement.wanted.get(a.duty) != self.name and not by_name[a.duty].with_duty:
-                    self._held[a.duty] = now  # the grace fallback: see plan's rules
+                if by_fallback(view, a, by_name[a.duty]):
+                    self._held[a.duty] = now  # see plan's rules
             await self._acquire_batch([by_name[a.duty] for a in acquires], current)
 
     # -- duties -----------------------------------------------------------------------
