@@ -6,16 +6,28 @@ simulated second in steady state, which must not grow with the number of
 duties (ownership keys hang on the node lease: keep-alive traffic only).
 
     python benchmarks/scale_sim.py --nodes 50 --duties 10000
+
+``--placement`` simulates placement alone at a larger size (100 nodes x
+100,000 duties): the cluster's owners move as the nodes' plans move them
+(acquisitions and handovers in batches of 128 keys, a pass after every
+batch), and every pass of an incremental placer is timed. A second placer
+built from scratch at the end must give the very same answer, and one
+from-scratch ``place()`` pass is timed for comparison:
+
+    python benchmarks/scale_sim.py --placement --nodes 100 --duties 100000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import random
 import time
 from collections import Counter
 from typing import Any
 
+from shoal.core.incremental import IncrementalPlacer
+from shoal.core.placement import DutySpec, NodeInfo, place
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.node import Node
@@ -95,11 +107,107 @@ async def run(nodes: int, duties: int) -> dict[str, Any]:
     }
 
 
+BATCH = 128  # keys per acquire/release transaction (etcd's default txn limit)
+
+
+def _converge(placer: IncrementalPlacer, live: list[NodeInfo], owners: dict[str, str],
+              rng: random.Random, times: list[float], batch: int = BATCH,
+              ) -> tuple[int, int, int]:
+    """Run passes until the placement is owned as wanted: after each pass the
+    nodes carry out a batch of its moves (free duties acquired by their wanted
+    node; handovers released, then acquired next time). Returns (passes, duties
+    moved, duties that moved more than once)."""
+    start = dict(owners)
+    moves: Counter[str] = Counter()
+    passes = 0
+    while passes < 100_000:
+        t0 = time.perf_counter()
+        wanted = placer.place(live, owners).wanted
+        times.append(time.perf_counter() - t0)
+        passes += 1
+        todo = [d for d, n in wanted.items() if owners.get(d) != n]
+        if not todo:
+            break
+        rng.shuffle(todo)
+        for duty in todo[:batch]:
+            target = wanted[duty]
+            if duty in owners:  # handover: release first (another pass runs between)
+                del owners[duty]
+            elif target is not None:
+                owners[duty] = target
+                moves[duty] += 1
+    moved = sum(1 for d, n in owners.items() if start.get(d) != n)
+    return passes, moved, sum(1 for c in moves.values() if c > 1)
+
+
+def _ms(times: list[float]) -> str:
+    ordered = sorted(times)
+    p50 = ordered[len(ordered) // 2] * 1000
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
+    return f"{p50:.1f} / {p99:.1f} / {ordered[-1] * 1000:.1f}"
+
+
+def placement_run(nodes: int, duties: int, seed: int = 1) -> dict[str, Any]:
+    """Placement alone, at scale: grow to ``nodes`` one join at a time, then time
+    the passes of one more join and of one node's death (``--placement``)."""
+    rng = random.Random(seed)
+    specs = [DutySpec(f"work:{i}", family="work") for i in range(duties)]
+    placer = IncrementalPlacer(specs)
+    live: list[NodeInfo] = []
+    owners: dict[str, str] = {}
+    grow: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(nodes):
+        live.append(NodeInfo(f"n{i:03d}", frozenset()))
+        _converge(placer, live, owners, rng, grow, batch=duties)  # set-up: not timed
+    out: dict[str, Any] = {"nodes": nodes, "duties": duties,
+                           "grow_s": round(time.perf_counter() - t0, 1)}
+    for phase in ("join", "leave"):
+        times: list[float] = []
+        if phase == "join":
+            live.append(NodeInfo("joiner", frozenset()))
+        else:  # kill -9: the node and its duties leave in one revision (reaper)
+            lost = live.pop(rng.randrange(len(live))).name
+            owners = {d: n for d, n in owners.items() if n != lost}
+        before = dict(owners)
+        passes, moved, twice = _converge(placer, live, owners, rng, times)
+        ideal = duties // len(live) if phase == "join" else len(before) and duties - len(before)
+        out[phase] = {"passes": passes, "pass_ms": _ms(times), "moved": moved,
+                      "ideal": ideal, "moved_twice": twice}
+    fresh = IncrementalPlacer(specs)  # a node starting now: its first pass
+    t1 = time.perf_counter()
+    same = fresh.place(live, owners).wanted == placer.place(live, owners).wanted
+    out["fresh_first_pass_s"] = round(time.perf_counter() - t1, 2)
+    live.append(NodeInfo("joiner-2", frozenset()))
+    t2 = time.perf_counter()
+    scratch = place(specs, live, owners, balanced=True).wanted
+    out["scratch_pass_s"] = round(time.perf_counter() - t2, 1)
+    out["same_answer"] = same and scratch == placer.place(live, owners).wanted
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--nodes", type=int, default=50)
     ap.add_argument("--duties", type=int, nargs="+", default=[1000, 10000])
+    ap.add_argument("--placement", action="store_true",
+                    help="simulate placement alone (100 nodes x 100,000 duties)")
+    ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
+    if args.placement:
+        print("| nodes | duties | phase | passes to converge | pass p50 / p99 / max (ms) "
+              "| moved (ideal) | moved twice |")
+        print("|---|---|---|---|---|---|---|")
+        for d in args.duties:
+            r = placement_run(args.nodes, d, args.seed)
+            for phase in ("join", "leave"):
+                p = r[phase]
+                print(f"| {r['nodes']} | {d} | {phase} | {p['passes']} | {p['pass_ms']} "
+                      f"| {p['moved']} ({p['ideal']}) | {p['moved_twice']} |", flush=True)
+            print(f"grow to {r['nodes']} nodes: {r['grow_s']} s; a fresh node's first pass "
+                  f"{r['fresh_first_pass_s']} s; one from-scratch place() pass "
+                  f"{r['scratch_pass_s']} s; same answer: {r['same_answer']}", flush=True)
+        return
     print("| nodes | duties | startup (sim s / cpu s) | join converge (sim s / cpu s) "
           "| moved on join (ideal) | steady store ops/s |")
     print("|---|---|---|---|---|---|")

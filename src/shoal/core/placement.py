@@ -121,7 +121,7 @@ class Placement:
     ``ranks``: duty -> eligible node names, preferred first (fallback order)."""
 
     wanted: dict[str, str | None] = field(default_factory=dict)
-    ranks: dict[str, list[str]] = field(default_factory=dict)
+    ranks: Mapping[str, list[str]] = field(default_factory=dict)
 
 
 def duty_family(duty: DutySpec) -> str | None:

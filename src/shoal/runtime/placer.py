@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from shoal.core.incremental import IncrementalPlacer
 from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
 from shoal.primitives.membership import Member
 from shoal.runtime.app import Duty
@@ -78,7 +79,7 @@ class Placer:
         self.spares_computed = 0
         self.spares_used = 0
         self._scores = ScoreCache()  # rendezvous hashes, reused by every placement
-        self._specs: tuple[list[Duty], list[DutySpec]] | None = None
+        self._specs: tuple[list[Duty], IncrementalPlacer] | None = None
         # (duties, live members, owners placed from, placement, exact)
         self._cache: tuple[list[Duty], Live, Owners, Placement, bool] | None = None
         self._spare_base: tuple[list[Duty], Live, Owners] | None = None
@@ -205,7 +206,7 @@ class Placer:
         (safe to run in a worker thread; the node keeps it with :meth:`keep_spare`)."""
         survivors = frozenset(m for m in members if not m.draining and m.name != lost)
         freed = {d: n for d, n in owners.items() if n != lost}
-        return survivors, freed, self._compute(duties, survivors, freed)
+        return survivors, freed, self._compute_spare(duties, survivors, freed)
 
     def keep_spare(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners,
@@ -219,19 +220,32 @@ class Placer:
         self._spares[spare[0]] = (spare[1], spare[2])
         self.spares_computed += 1
 
-    def _compute(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
+    def _nodes(self, duties: list[Duty], live: Live) -> list[NodeInfo]:
         families = {d.family for d in duties if d.partition is not None}
-        nodes = [
+        return [
             NodeInfo(m.name, frozenset(m.roles), m.weight, m.can_lead,
                      frozenset(m.disabled) | undeclared(m, families),
                      m.zone, m.app_version, m.cordoned, frozenset(m.prefers))
             for m in live
         ]
+
+    def _engine(self, duties: list[Duty]) -> IncrementalPlacer:
         if self._specs is None or self._specs[0] is not duties:
-            self._specs = (duties, [  # a singleton's family is its own name: no family
+            self._specs = (duties, IncrementalPlacer([  # a singleton's family: none
                 DutySpec(d.name, d.roles, d.sticky, d.leader_bound, d.with_duty,
                          d.family if d.family != d.name else None)
                 for d in duties
-            ])
-        return place(self._specs[1], nodes, owners, balanced=self.balanced,
+            ], balanced=self.balanced, newest_version=self.newest_version))
+        return self._specs[1]
+
+    def _compute(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
+        """The placement, from the incremental placer (it keeps what the previous
+        pass computed: see :mod:`shoal.core.incremental`)."""
+        return self._engine(duties).place(self._nodes(duties, live), owners)
+
+    def _compute_spare(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
+        """A spare's placement, from scratch (it may run in a worker thread: the
+        incremental placer's state is the event loop's)."""
+        engine = self._engine(duties)
+        return place(engine.duties, self._nodes(duties, live), owners, balanced=self.balanced,
                      newest_version=self.newest_version, cache=self._scores)

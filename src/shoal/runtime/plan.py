@@ -132,10 +132,9 @@ def plan(view: View) -> list[Action]:
                         or anchor.lease != view.lease):  # X is a stale record: leaving too
                     reason = f"follows {duty.with_duty}, which left this node"
             elif wanted not in (None, me) and stable and not _held(view, name):
-                ranks = view.placement.ranks.get(name, [])
                 if not duty.sticky:
                     reason = f"rebalance to {wanted}"
-                elif me not in ranks:
+                elif me not in view.placement.ranks.get(name, []):
                     reason = f"fail-back to {wanted}"
             if reason:
                 releasing.add(name)
@@ -149,19 +148,20 @@ def plan(view: View) -> list[Action]:
             if owner.node == me:  # left over from my previous lease
                 actions.append(Release(name, owner.token, "stale record of a previous session"))
             continue
-        ranks = view.placement.ranks.get(name, [])
-        if me not in ranks:
-            continue
         if duty.with_duty is not None:
             anchor = view.owners.get(duty.with_duty)
-            if anchor is not None and anchor.node == me and anchor.lease == view.lease:
+            if (anchor is not None and anchor.node == me and anchor.lease == view.lease
+                    and me in view.placement.ranks.get(name, [])):
                 actions.append(Acquire(name))
             continue
-        if view.placement.wanted.get(name) == me:
+        if view.placement.wanted.get(name) == me:  # then I am first in its ranks
             actions.append(Acquire(name))
             continue
         free_for = view.now - view.free_since.get(name, view.now)
-        if free_for >= view.grace * ranks.index(me):
+        if free_for < view.grace:  # I am not first: k >= 1 (ranks are read lazily)
+            continue
+        ranks = view.placement.ranks.get(name, [])
+        if me in ranks and free_for >= view.grace * ranks.index(me):
             actions.append(Acquire(name))
     declared = {d.name for d in view.duties}
     for name, owner in view.owners.items():

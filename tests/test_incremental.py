@@ -1,0 +1,163 @@
+"""IncrementalPlacer gives place()'s answer, pass after pass, ranking only what moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shoal.core import placement as placement_mod
+from shoal.core.incremental import IncrementalPlacer
+from shoal.core.placement import DutySpec, NodeInfo, place
+
+NODE_NAMES = [f"n{i}" for i in range(7)]
+
+
+@st.composite
+def duty_lists(draw: Any) -> list[DutySpec]:
+    n = draw(st.integers(1, 24))
+    duties = []
+    for i in range(n):
+        roles = draw(st.sampled_from([frozenset(), frozenset({"a"}), frozenset({"b"})]))
+        kind = draw(st.sampled_from(["pooled", "pooled", "pooled", "sticky", "single"]))
+        duties.append(DutySpec(
+            f"fam:{i}" if kind == "pooled" else f"d{i}", roles=roles,
+            sticky=kind == "sticky", leader_bound=draw(st.booleans()) and i % 5 == 0,
+            family="fam" if kind == "pooled" else None))
+    if draw(st.booleans()):
+        anchor = draw(st.sampled_from(duties)).name
+        duties.append(DutySpec("follower", with_duty=anchor))
+    return duties
+
+
+def node_infos(draw: Any, slow_rules: bool) -> list[NodeInfo]:
+    names = draw(st.lists(st.sampled_from(NODE_NAMES), unique=True, max_size=6))
+    out = []
+    for name in names:
+        out.append(NodeInfo(
+            name,
+            draw(st.sampled_from([frozenset(), frozenset({"a"}), frozenset({"a", "b"})])),
+            weight=draw(st.sampled_from([1.0, 1.0, 2.0, 0.5, 0.0])),
+            can_lead=draw(st.booleans()) or name != "n0",
+            disabled=draw(st.sampled_from([frozenset(), frozenset(), frozenset({"fam"}),
+                                           frozenset({"d*"})])),
+            zone=draw(st.sampled_from(["z1", "z2"])) if slow_rules else "",
+            cordoned=slow_rules and draw(st.booleans()),
+        ))
+    return out
+
+
+@st.composite
+def histories(draw: Any) -> tuple[list[DutySpec], list[tuple[list[NodeInfo], str, int]]]:
+    duties = draw(duty_lists())
+    steps = []
+    for _ in range(draw(st.integers(1, 8))):
+        slow = draw(st.integers(0, 9)) == 0
+        how = draw(st.sampled_from(["wanted", "wanted", "partial", "random", "same"]))
+        steps.append((node_infos(draw, slow), how, draw(st.integers(0, 2**16))))
+    return duties, steps
+
+
+def next_owners(
+    how: str, seed: int, previous: dict[str, str], wanted: dict[str, str | None],
+    duties: list[DutySpec],
+) -> dict[str, str]:
+    """Owners as a cluster would move them: all, some or none of the wanted
+    moves made, or arbitrary owners (dead nodes, undeclared duties)."""
+    if how == "same":
+        return dict(previous)
+    if how == "wanted":
+        return {d: n for d, n in wanted.items() if n is not None}
+    out = dict(previous)
+    for i, duty in enumerate(sorted(wanted)):
+        bit = (seed >> (i % 16)) & 1
+        if how == "partial" and bit:
+            if wanted[duty] is None:
+                out.pop(duty, None)
+            else:
+                out[duty] = wanted[duty]  # type: ignore[assignment]
+        elif how == "random":
+            choice = (seed + i * 7) % (len(NODE_NAMES) + 2)
+            if choice >= len(NODE_NAMES):
+                out.pop(duty, None)
+            else:
+                out[duty] = NODE_NAMES[choice]
+    if how == "random" and seed % 3 == 0:
+        out["undeclared:1"] = NODE_NAMES[seed % len(NODE_NAMES)]
+    return out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories())
+def test_every_pass_equals_place_from_scratch(
+    history: tuple[list[DutySpec], list[tuple[list[NodeInfo], str, int]]],
+) -> None:
+    duties, steps = history
+    engine = IncrementalPlacer(duties)
+    owners: dict[str, str] = {}
+    wanted: dict[str, str | None] = {d.name: None for d in duties}
+    for nodes, how, seed in steps:
+        owners = next_owners(how, seed, owners, wanted, duties)
+        got = engine.place(nodes, owners)
+        want = place(duties, nodes, owners, balanced=True)
+        assert got.wanted == want.wanted
+        assert dict(got.ranks) == want.ranks
+        wanted = dict(got.wanted)
+
+
+def test_unbalanced_and_rule_passes_fall_back_to_place() -> None:
+    duties = [DutySpec(f"p:{i}", family="p") for i in range(12)]
+    nodes = [NodeInfo(f"n{i}", frozenset(), zone=f"z{i % 2}") for i in range(3)]
+    engine = IncrementalPlacer(duties)
+    assert engine.place(nodes, {}).wanted == place(duties, nodes, {}, balanced=True).wanted
+    assert (engine.fast_passes, engine.slow_passes) == (0, 1)
+    flat = [NodeInfo(n.name, frozenset()) for n in nodes]
+    assert engine.place(flat, {}).wanted == place(duties, flat, {}, balanced=True).wanted
+    assert (engine.fast_passes, engine.slow_passes) == (1, 1)
+    unbalanced = IncrementalPlacer(duties, balanced=False)
+    assert unbalanced.place(flat, {}).wanted == place(duties, flat, {}).wanted
+    assert unbalanced.slow_passes == 1
+
+
+@pytest.fixture
+def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of (duty, node) scores each ``scored`` call computes."""
+    counts: list[int] = []
+    real = placement_mod._Ranker.scored
+
+    def counting(self: Any, duty: str, names: Any) -> Any:
+        out = real(self, duty, names)
+        counts.append(len(out))
+        return out
+
+    monkeypatch.setattr(placement_mod._Ranker, "scored", counting)
+    return counts
+
+
+def test_a_join_or_a_leave_ranks_only_the_duties_that_move(hashed: list[int]) -> None:
+    duties = [DutySpec(f"p:{i}", family="p") for i in range(2000)]
+    nodes = [NodeInfo(f"n{i:02d}", frozenset()) for i in range(20)]
+    engine = IncrementalPlacer(duties)
+    owners = {d.name: f"n{i % 20:02d}" for i, d in enumerate(duties)}
+    engine.place(nodes, owners)  # the first pass scores every owner's duties once
+    hashed.clear()
+    joined = [*nodes, NodeInfo("new", frozenset())]
+    after = engine.place(joined, owners)
+    # only the duties given away are ranked, each over the nodes with room: the newcomer
+    assert sum(hashed) == 2000 // 21
+    assert after.wanted == place(duties, joined, owners, balanced=True).wanted
+    moved = [d for d, n in after.wanted.items() if n != owners[d]]
+    assert len(moved) == 2000 // 21  # the newcomer's share, nothing else
+    hashed.clear()
+    survivors = [n for n in nodes if n.name != "n00"]
+    freed = {d: n for d, n in owners.items() if n != "n00"}
+    after = engine.place(survivors, freed)
+    assert sum(hashed) == 100 * 19  # n00's 100 duties, over the 19 survivors
+    assert after.wanted == place(duties, survivors, freed, balanced=True).wanted
+    settled = {d: n for d, n in after.wanted.items() if n is not None}
+    hashed.clear()
+    engine.place(survivors, settled)
+    assert sum(hashed) == 100  # only the new owners' own scores (to keep them in order)
+    assert engine.slow_passes == 0
