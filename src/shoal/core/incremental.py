@@ -140,6 +140,9 @@ class IncrementalPlacer:
         self._moving: set[str] = set()  # duties the last pass assigned by the greedy
         self._wanted: dict[str, str | None] = {}
         self._ranker: _Ranker | None = None
+        # a moving duty's ranking over all its eligible nodes, while the nodes hold
+        # (a dead node's duties are ranked once, not once per pass until taken)
+        self._ranked: dict[str, list[tuple[float, str]]] = {}
 
     # -- the pass -------------------------------------------------------------------
     def place(self, nodes: Sequence[NodeInfo], owners: Mapping[str, str]) -> Placement:
@@ -244,6 +247,7 @@ class IncrementalPlacer:
             for node in [n for n in live if n in self._kept]:
                 self._drop(node)
         self._ranker = _Ranker(live.values())
+        self._ranked = {}
         for node in live:
             if node not in self._kept:
                 self._adopt(node)
@@ -330,12 +334,21 @@ class IncrementalPlacer:
         heap = []
         for duty in pending:
             names = names_of[key_of[duty]]
-            if len(names) <= len(roomy):
-                cand = [n for n in names if n in roomy]
+            full = self._ranked.get(duty)
+            if full is not None:
+                scored = [x for x in full if x[1] in roomy]
             else:
-                allowed = self._sets[key_of[duty]]
-                cand = [n for n in roomy if n in allowed]
-            scored = lists[duty] = ranker.scored(duty, cand)
+                if len(names) <= len(roomy):
+                    cand = [n for n in names if n in roomy]
+                else:
+                    allowed = self._sets[key_of[duty]]
+                    cand = [n for n in roomy if n in allowed]
+                if 2 * len(cand) > len(names):  # most of them: rank over all, keep it
+                    full = self._ranked[duty] = ranker.scored(duty, names)
+                    scored = [x for x in full if x[1] in roomy]
+                else:
+                    scored = ranker.scored(duty, cand)
+            lists[duty] = scored
             if not scored:
                 return None  # every eligible node full: balance's chains and fallback
             heap.append((len(names), scored[0][0], scored[0][1], duty, 0))
@@ -361,6 +374,8 @@ class IncrementalPlacer:
             else:
                 wanted[duty] = self._owners[duty]
         self._moving = set(pending)
+        if len(self._ranked) > 2 * len(pending) + 1024:
+            self._ranked = {d: r for d, r in self._ranked.items() if d in self._moving}
         self._place_rest()
         result = dict(wanted)
         ctx = _Pass(self._by_name, key_of, names_of, ranker, result)

@@ -41,6 +41,8 @@ Every node computes the same answer from the same membership view:
      are placed by rank, outside balancing.
 
    Placing again from the result (owners = wanted) changes nothing (fixpoint).
+   :class:`shoal.core.incremental.IncrementalPlacer` gives the same answer pass
+   after pass in time that grows with what changed (the runtime uses it).
 
    Invariants: ``wanted[d]`` is None or ``ranks[d][0]``; ``ranks[d]`` lists only nodes
    eligible for ``d``, preferred first, for fallback after a grace period (co-located
