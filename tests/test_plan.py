@@ -250,3 +250,27 @@ def test_every_free_duty_wanted_here_is_acquired() -> None:
     duties = [duty("a"), duty("b"), duty("c")]
     place = Placement({"a": ME, "b": ME, "c": ME}, {n: [ME] for n in "abc"})
     assert plan(view(duties, placement=place)) == [Acquire("a"), Acquire("b"), Acquire("c")]
+
+
+class _Untouchable(dict[str, list[str]]):
+    """Ranks that fail the test when read (the incremental placer computes
+    them per duty on first read: a pass must not read what it does not need)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        raise AssertionError(f"ranks of {key!r} read")
+
+    def __getitem__(self, key: str) -> list[str]:
+        raise AssertionError(f"ranks of {key!r} read")
+
+
+def test_plan_reads_ranks_only_for_a_fallback_that_may_be_due() -> None:
+    duties = [duty("mine"), duty("theirs"), duty("owned"), duty("late")]
+    wanted: dict[str, str | None] = {
+        "mine": ME, "theirs": "n1", "owned": "n1", "late": "n1"}
+    v = view(duties, placement=Placement(wanted, _Untouchable()),
+             owners={"owned": owner("owned", node="n1")},
+             free_since={"mine": 100.0, "theirs": 99.5, "late": 99.5})
+    assert plan(v) == [Acquire("mine")]  # "theirs"/"late": free for 0.5 s < grace
+    due = view([duty("late")], placement=Placement({"late": "n1"}, {"late": ["n1", ME]}),
+               free_since={"late": 99.0})
+    assert plan(due) == [Acquire("late")]
