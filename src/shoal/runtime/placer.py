@@ -5,6 +5,9 @@ of a reconcile pass (a few milliseconds for 1,000 duties). A mass failover (a no
 with hundreds of duties dies) must not pay it more than once per survivor, and
 preferably not on its critical path at all:
 
+* **incremental**: a placement that must be computed starts from the previous
+  one (:class:`shoal.core.incremental.IncrementalPlacer`: only the duties that
+  move are ranked; the answer is ``place``'s);
 * **cache**: a placement is reused while the live members and the owners hold;
 * **confirmed owners**: a pass woken by owner changes that only CONFIRM the
   placement (a duty taken by the node it is wanted on) reuses it provisionally;
