@@ -107,6 +107,65 @@ def test_every_pass_equals_place_from_scratch(
         wanted = dict(got.wanted)
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(0, 2**16))
+def test_passes_told_what_changed_equal_place_from_scratch(
+    history: tuple[list[DutySpec], list[tuple[list[NodeInfo], str, int]]], extra: int,
+) -> None:
+    """``changed``: only the duties named are compared with the previous owners
+    (here: exactly those whose owner changed, plus some that did not)."""
+    duties, steps = history
+    engine = IncrementalPlacer(duties)
+    owners: dict[str, str] = {}
+    wanted: dict[str, str | None] = {d.name: None for d in duties}
+    names = sorted({d.name for d in duties} | {"undeclared:1"})
+    for nodes, how, seed in steps:
+        before = owners
+        owners = next_owners(how, seed, owners, wanted, duties)
+        changed = {d for d in before.keys() | owners.keys() if before.get(d) != owners.get(d)}
+        changed |= {n for i, n in enumerate(names) if (extra >> (i % 16)) & 1}
+        got = engine.place(nodes, owners, changed=sorted(changed))
+        want = place(duties, nodes, owners, balanced=True)
+        assert got.wanted == want.wanted
+        assert dict(got.ranks) == want.ranks
+        wanted = dict(got.wanted)
+
+
+def test_a_hint_that_leaves_out_a_change_is_not_checked() -> None:
+    """The hint is trusted (that is its point): a change left out of it is not seen.
+    (This pins the contract the docstring states; callers pass None when unsure.)"""
+    duties = [DutySpec(f"p:{i}", family="p") for i in range(6)]
+    nodes = [NodeInfo("a", frozenset()), NodeInfo("b", frozenset())]
+    on_a = {d.name: "a" for d in duties}
+    on_b = {d.name: "b" for d in duties}
+    from_a = place(duties, nodes, on_a, balanced=True).wanted
+    from_b = place(duties, nodes, on_b, balanced=True).wanted
+    assert from_a != from_b  # each keeps its own owner's three best: the owners matter
+    told = IncrementalPlacer(duties)
+    told.place(nodes, on_a)
+    assert told.place(nodes, on_b, changed=list(on_b)).wanted == from_b
+    untold = IncrementalPlacer(duties)
+    untold.place(nodes, on_a)
+    assert untold.place(nodes, on_b, changed=[]).wanted == from_a  # the move not seen
+    assert untold.place(nodes, on_b).wanted == from_b  # None: compared in full
+
+
+@pytest.mark.parametrize("moved", range(0, 12, 2))
+def test_weights_that_stop_being_equal_rebuild_the_kept_orders(moved: int) -> None:
+    """Equal weights rank by the hash alone (int keys), unequal ones by the weighted
+    score (floats): when a weighted node joins, keys kept from before are not mixed
+    with new ones (a node over its cap gives away its truly lowest-scored duties)."""
+    duties = [DutySpec(f"p:{i}", family="p") for i in range(12)]
+    a, b = NodeInfo("a", frozenset()), NodeInfo("b", frozenset())
+    engine = IncrementalPlacer(duties)
+    before = {d.name: "a" for d in duties}
+    before[f"p:{moved}"] = before[f"p:{moved + 1}"] = "b"
+    engine.place([a, b], before)
+    after = {d.name: "a" for d in duties}  # the two come to a: ranked by the new ranker
+    heavy = [a, b, NodeInfo("c", frozenset(), weight=3.0)]
+    assert engine.place(heavy, after).wanted == place(duties, heavy, after, balanced=True).wanted
+
+
 def test_unbalanced_and_rule_passes_fall_back_to_place() -> None:
     duties = [DutySpec(f"p:{i}", family="p") for i in range(12)]
     nodes = [NodeInfo(f"n{i}", frozenset(), zone=f"z{i % 2}") for i in range(3)]
@@ -127,8 +186,8 @@ def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     counts: list[int] = []
     real = placement_mod._Ranker.scored
 
-    def counting(self: Any, duty: str, names: Any) -> Any:
-        out = real(self, duty, names)
+    def counting(self: Any, duty: str, names: Any, **kw: Any) -> Any:
+        out = real(self, duty, names, **kw)
         counts.append(len(out))
         return out
 

@@ -81,6 +81,8 @@ __all__ = [
 
 _PERSON = b"shoal-rdv-v1"  # domain separation; changing it reshuffles every cluster
 _TWO_52 = float(1 << 52)
+_from_bytes = int.from_bytes
+_log = math.log
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,36 +180,79 @@ def eligible(
     return sorted(found, key=lambda n: n.name)
 
 
-class _Ranker:
-    """Rendezvous scores with the per-node half of the hash precomputed."""
+def _uniform(weights: set[float]) -> bool:
+    return len(weights) == 1 and min(weights) > 0
 
-    def __init__(
-        self, nodes: Iterable[NodeInfo], logs: dict[tuple[str, str], float] | None = None
-    ) -> None:
-        self._logs = logs  # (duty, node) -> ln(unit hash), kept across calls
-        self._hashers: dict[str, tuple[float, blake2b]] = {}
+
+class _Ranker:
+    """Rendezvous scores with the per-node half of the hash precomputed.
+
+    :meth:`scored` gives each pair's key: ``-score``, so that sorting puts the best
+    first. When every node has the same positive weight, ``weight / -ln(h)`` orders
+    pairs exactly as ``h`` does, so the key is ``h``'s 52 bits, negated: an int, no
+    logarithm, no division (about half the cost of a pair). Keys of one ranker are
+    only ever compared with each other."""
+
+    def __init__(self, nodes: Iterable[NodeInfo], cache: dict[tuple[str, str], int] | None = None,
+                 ) -> None:
+        self._cache = cache  # (duty, node) -> the pair's 52-bit hash, kept across calls
+        self._rows: dict[str, tuple[str, blake2b, float]] = {}
         for node in nodes:
             raw = node.name.encode()
             hasher = blake2b(digest_size=8, person=_PERSON)
             hasher.update(len(raw).to_bytes(4, "big") + raw)
-            self._hashers[node.name] = (node.weight, hasher)
+            self._rows[node.name] = (node.name, hasher, node.weight)
+        self._plain = _uniform({w for _, _, w in self._rows.values()})
+        self._lines: dict[tuple[str, ...], list[tuple[str, blake2b]]] = {}
 
-    def scored(self, duty: str, names: Iterable[str]) -> list[tuple[float, str]]:
-        """``(-score, name)`` for each node, best first (ties by name)."""
+    def _line(self, names: Iterable[str]) -> list[tuple[str, blake2b]]:
+        """(name, hasher) per name; kept for a tuple of names (a pass asks for the
+        same eligible nodes again and again)."""
+        if not isinstance(names, tuple):
+            return [(n, self._rows[n][1]) for n in names]
+        line = self._lines.get(names)
+        if line is None:
+            line = self._lines[names] = [(n, self._rows[n][1]) for n in names]
+        return line
+
+    @staticmethod
+    def plain_for(nodes: Iterable[NodeInfo]) -> bool:
+        """The :attr:`plain` a ranker over ``nodes`` has."""
+        return _uniform({n.weight for n in nodes})
+
+    @property
+    def plain(self) -> bool:
+        """True if keys are the negated 52-bit hashes (all weights equal, positive)."""
+        return self._plain
+
+    def scored(self, duty: str, names: Iterable[str], *, sort: bool = True,
+               ) -> list[tuple[float, str]]:
+        """``(key, name)`` for each node, best first (ties by name); ``sort=False``:
+        in the order of ``names``."""
         raw = duty.encode()
-        logs = self._logs
-        out = []
-        for name in names:
-            weight, base = self._hashers[name]
-            if logs is None or (log_unit := logs.get((duty, name))) is None:
+        out: list[tuple[float, str]] = []
+        add = out.append
+        bits: int | None
+        if self._cache is None and self._plain:  # the hot path: a tight loop
+            from_bytes = _from_bytes
+            for name, base in self._line(names):
                 hasher = base.copy()
                 hasher.update(raw)
-                unit = ((int.from_bytes(hasher.digest(), "big") >> 12) + 0.5) / _TWO_52
-                log_unit = math.log(unit)
-                if logs is not None:
-                    logs[duty, name] = log_unit
-            out.append((weight / log_unit, name))  # log(unit) < 0: this is -score
-        out.sort()
+                add((-(from_bytes(hasher.digest(), "big") >> 12), name))
+        else:
+            cache = self._cache
+            for name in names:
+                _, base, weight = self._rows[name]
+                if cache is None or (bits := cache.get((duty, name))) is None:
+                    hasher = base.copy()
+                    hasher.update(raw)
+                    bits = _from_bytes(hasher.digest(), "big") >> 12
+                    if cache is not None:
+                        cache[duty, name] = bits
+                # log(h) < 0: weight / log(h) is -score
+                add((-bits if self._plain else weight / _log((bits + 0.5) / _TWO_52), name))
+        if sort:
+            out.sort()
         return out
 
 
@@ -223,13 +268,13 @@ class ScoreCache:
     (cleared when full)."""
 
     def __init__(self, limit: int = 1_000_000) -> None:
-        self._logs: dict[tuple[str, str], float] = {}
+        self._hashes: dict[tuple[str, str], int] = {}
         self._limit = limit
 
-    def logs(self) -> dict[tuple[str, str], float]:
-        if len(self._logs) > self._limit:
-            self._logs = {}
-        return self._logs
+    def hashes(self) -> dict[tuple[str, str], int]:
+        if len(self._hashes) > self._limit:
+            self._hashes = {}
+        return self._hashes
 
 
 def rank(duty_name: str, nodes: Sequence[NodeInfo]) -> list[str]:
@@ -310,7 +355,7 @@ def place(
     _unique((n.name for n in nodes), "node")
     by_name = {d.name: d for d in duties}
     live = {n.name: n for n in sorted(nodes, key=lambda n: n.name)}
-    ranker = _Ranker(live.values(), cache.logs() if cache is not None else None)
+    ranker = _Ranker(live.values(), cache.hashes() if cache is not None else None)
     fits = _fits_cache(live)
     rules = newest_version or any(n.cordoned or n.prefers for n in live.values())
     wanted: dict[str, str | None] = {}
