@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.cli.run import _burst, _status_lines
+from shoal.cli.run import _burst, _runs, _status_lines
 from shoal.runtime.fanout import Fanout
 from shoal.runtime.node import ClusterEvent
 
@@ -58,3 +58,13 @@ def test_a_plain_status_line() -> None:
     line = _status_lines(node, [None])
     assert line.split(" ", 1)[1] == "status | ACTIVE | leader n1 | members n1,n2 | runs p/1,p/2"
     assert "\n" not in line
+
+
+def test_the_runs_field_stays_short_on_a_node_running_hundreds_of_partitions() -> None:
+    running = ["leader", *(f"p/{i}" for i in range(250)), "import:a", "import:b",
+               *(f"sync:{i}" for i in range(5))]
+    assert _runs(running) == "leader,p/*(250),import:a,import:b,sync:*(5)"
+    assert _runs(["p/1", "p/2"]) == "p/1,p/2"  # small families: by name
+    assert _runs([]) == "-"
+    many = [f"d{i}" for i in range(30)]
+    assert _runs(many) == ",".join(many[:24]) + ",+6"

@@ -6,6 +6,9 @@ line on stdout for every membership, leader, phase or duty change::
 
     12:00:01.234 started ticker (token 17) | ACTIVE | leader n1 | members n1,n2 | runs leader,ticker
 
+(``runs``: a family with more than 3 duties running here is one item,
+``p/*(250)``; at most 24 items, then ``+N``.)
+
 On SIGTERM or SIGINT it drains (hands its duties over) and exits 0; a second
 signal during the drain exits at once (code 1).
 
@@ -182,7 +185,7 @@ def _status_lines(node: Node, burst: Sequence[ClusterEvent | None]) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
     status = node.status()
     members = ",".join(sorted(status.members)) or "-"
-    runs = ",".join(status.running) or "-"
+    runs = _runs(status.running)
     tail = f"| {status.phase} | leader {status.leader or '-'} | members {members} | runs {runs}"
     lines = []
     for ev in burst:
@@ -191,6 +194,29 @@ def _status_lines(node: Node, burst: Sequence[ClusterEvent | None]) -> str:
             what = f"{ev.kind} {ev.name or '-'}" + (f" ({ev.detail})" if ev.detail else "")
         lines.append(f"{stamp} {what} {tail}")
     return "\n".join(lines)
+
+
+RUNS_SHOWN = 24  # items of the ``runs`` field at most; a family of more than
+FAMILY_SHOWN = 3  # this many running duties is shown as ``p/*(250)``
+
+
+def _runs(running: Sequence[str]) -> str:
+    """The ``runs`` field: duty names, but a family with many running members
+    (partitions ``p/0``..., ``for_each`` duties ``import:x``...) as one item, so
+    that a line stays short on a node running 250 partitions (it is printed for
+    every event: a mass failover starts hundreds of duties)."""
+    groups: dict[str, list[str]] = {}
+    for name in running:
+        head, sep, tail = name.rpartition("/")
+        if not (sep and tail.isdigit()):
+            head, sep, _ = name.partition(":")
+        groups.setdefault(f"{head}{sep}*" if sep else name, []).append(name)
+    items: list[str] = []
+    for key, names in groups.items():
+        items.extend([f"{key}({len(names)})"] if len(names) > FAMILY_SHOWN else names)
+    if len(items) > RUNS_SHOWN:
+        items = [*items[:RUNS_SHOWN], f"+{len(items) - RUNS_SHOWN}"]
+    return ",".join(items) or "-"
 
 
 def _burst(events: Subscription[ClusterEvent], first: ClusterEvent) -> list[ClusterEvent]:
