@@ -196,8 +196,8 @@ def _status_lines(node: Node, burst: Sequence[ClusterEvent | None]) -> str:
     return "\n".join(lines)
 
 
-RUNS_SHOWN = 24  # items of the ``runs`` field at most; a family of more than
-FAMILY_SHOWN = 3  # this many running duties is shown as ``p/*(250)``
+RUNS_SHOWN = 24  # items of the ``runs`` field at most, then ``+N``
+FAMILY_SHOWN = 3  # a family with more running duties is one item: ``p/*(250)``
 
 
 def _runs(running: Sequence[str]) -> str:

@@ -199,23 +199,23 @@ class _Ranker:
     def __init__(self, nodes: Iterable[NodeInfo], cache: dict[tuple[str, str], int] | None = None,
                  ) -> None:
         self._cache = cache  # (duty, node) -> the pair's 52-bit hash, kept across calls
-        self._rows: dict[str, tuple[str, blake2b, float]] = {}
+        self._rows: dict[str, tuple[blake2b, float]] = {}  # name -> (hasher, weight)
         for node in nodes:
             raw = node.name.encode()
             hasher = blake2b(digest_size=8, person=_PERSON)
             hasher.update(len(raw).to_bytes(4, "big") + raw)
-            self._rows[node.name] = (node.name, hasher, node.weight)
-        self._plain = _uniform({w for _, _, w in self._rows.values()})
+            self._rows[node.name] = (hasher, node.weight)
+        self._plain = _uniform({w for _, w in self._rows.values()})
         self._lines: dict[tuple[str, ...], list[tuple[str, blake2b]]] = {}
 
     def _line(self, names: Iterable[str]) -> list[tuple[str, blake2b]]:
         """(name, hasher) per name; kept for a tuple of names (a pass asks for the
         same eligible nodes again and again)."""
         if not isinstance(names, tuple):
-            return [(n, self._rows[n][1]) for n in names]
+            return [(n, self._rows[n][0]) for n in names]
         line = self._lines.get(names)
         if line is None:
-            line = self._lines[names] = [(n, self._rows[n][1]) for n in names]
+            line = self._lines[names] = [(n, self._rows[n][0]) for n in names]
         return line
 
     @staticmethod
@@ -243,9 +243,9 @@ class _Ranker:
                 hasher.update(raw)
                 add((-(from_bytes(hasher.digest(), "big") >> 12), name))
         else:
-            cache = self._cache
+            cache, plain = self._cache, self._plain
             for name in names:
-                _, base, weight = self._rows[name]
+                base, weight = self._rows[name]
                 if cache is None or (bits := cache.get((duty, name))) is None:
                     hasher = base.copy()
                     hasher.update(raw)
@@ -253,7 +253,7 @@ class _Ranker:
                     if cache is not None:
                         cache[duty, name] = bits
                 # log(h) < 0: weight / log(h) is -score
-                add((-bits if self._plain else weight / _log((bits + 0.5) / _TWO_52), name))
+                add((-bits if plain else weight / _log((bits + 0.5) / _TWO_52), name))
         if sort:
             out.sort()
         return out
