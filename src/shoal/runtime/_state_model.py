@@ -212,8 +212,27 @@ def _no_constant(name: str) -> Any:
     raise InvalidArgument(f"{name} is not valid JSON")
 
 
+# String values up to this many characters are interned too (in objects, and in
+# arrays held by objects): status words, codes and tags repeat across the
+# documents of one shape. Names and ids are mostly longer and mostly unique; a
+# unique interned string costs its slot in the interpreter's intern table, so
+# longer strings stay as parsed.
+SHARED_VALUE_CHARS = 8
+
+
 def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {sys.intern(k): v for k, v in pairs}
+    # One loop, no call per value: this runs for every object of every document.
+    intern, limit, out = sys.intern, SHARED_VALUE_CHARS, {}
+    for k, v in pairs:
+        if type(v) is str:
+            if len(v) <= limit:
+                v = intern(v)
+        elif type(v) is list:
+            for i, item in enumerate(v):
+                if type(item) is str and len(item) <= limit:
+                    v[i] = intern(item)
+        out[intern(k)] = v
+    return out
 
 
 _DECODER = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_interned)

@@ -271,7 +271,9 @@ class ReplicatedState:
         except (ValueError, TooDeep) as exc:
             log.warning("state: %s%s is not a JSON document (%s); ignored", PREFIX, name, exc)
             return None
-        return Doc(value, kv.mod_revision, kv.version, kv.create_revision)
+        rev, created = kv.mod_revision, kv.create_revision
+        # One int object when they are equal (a document written once): 32 bytes less.
+        return Doc(value, rev, kv.version, rev if created == rev else created)
 
     def _apply(self, ev: Event) -> None:
         rev = ev.revision
