@@ -248,6 +248,32 @@ async def test_others_see_the_draining_flag_while_a_slow_duty_stops(
     assert "a" not in b.members and c.owners().get("slow") == "b"
 
 
+async def test_a_quick_drain_revokes_without_publishing_the_flag_first(
+    cluster_factory: Any,
+) -> None:
+    """Duties that stop within FLAG_AFTER: no draining flag is written; the revoke
+    is the one write the others see (record and owner keys gone together)."""
+    app = App("t")
+
+    @app.duty("quick")
+    async def quick(ctx: DutyContext) -> None:
+        await ctx.stopping.wait()
+
+    c = cluster_factory(app)
+    a = await c.add("a")
+    b = await c.add("b")
+    await c.run(3.0)
+    assert c.owners().get("quick") == "a"
+    seen = b.subscribe()
+    await a.drain()
+    await c.run(0.2)
+    events = []
+    while (ev := seen.get_nowait()) is not None:
+        events.append((ev.kind, ev.name))
+    assert ("left", "a") in events and ("updated", "a") not in events, events
+    assert "a" not in b.members and c.owners().get("quick") == "b"
+
+
 async def test_crashing_duty_is_restarted_with_backoff(
     cluster_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
