@@ -131,6 +131,40 @@ def test_passes_told_what_changed_equal_place_from_scratch(
         wanted = dict(got.wanted)
 
 
+def _kept_state(engine: IncrementalPlacer) -> tuple[Any, ...]:
+    return (engine._owners, engine._owned, engine._kept, engine._order, engine._orphans,
+            engine._moving, engine._wanted, {d: sorted(r) for d, r in engine._ranked.items()},
+            engine._valid)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(histories(), st.integers(0, 2**16))
+def test_a_pass_on_a_fork_equals_place_and_leaves_the_original_as_it_was(
+    history: tuple[list[DutySpec], list[tuple[list[NodeInfo], str, int]]], pick: int,
+) -> None:
+    """What a spare placement does: after each pass, fork, and on the fork place for
+    the loss of one node (it leaves, its duties are freed). The fork's answer is
+    place()'s; the original's state is the same as an engine's that never forked."""
+    duties, steps = history
+    engine, twin = IncrementalPlacer(duties), IncrementalPlacer(duties)
+    owners: dict[str, str] = {}
+    wanted: dict[str, str | None] = {d.name: None for d in duties}
+    for nodes, how, seed in steps:
+        owners = next_owners(how, seed, owners, wanted, duties)
+        got = engine.place(nodes, owners)
+        assert twin.place(nodes, owners).wanted == got.wanted
+        if nodes and engine.forkable():
+            lost = nodes[pick % len(nodes)].name
+            survivors = [n for n in nodes if n.name != lost]
+            freed = {d: n for d, n in owners.items() if n != lost}
+            what_if = engine.fork().place(survivors, freed)
+            want = place(duties, survivors, freed, balanced=True)
+            assert what_if.wanted == want.wanted
+            assert dict(what_if.ranks) == want.ranks
+        assert _kept_state(engine) == _kept_state(twin)
+        wanted = dict(got.wanted)
+
+
 def test_a_hint_that_leaves_out_a_change_is_not_checked() -> None:
     """The hint is trusted (that is its point): a change left out of it is not seen.
     (This pins the contract the docstring states; callers pass None when unsure.)"""

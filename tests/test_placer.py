@@ -202,3 +202,22 @@ def test_settled_only_when_every_duty_is_on_its_wanted_node() -> None:
     moved = dict(owners, **{"p/0": next(n for n in NAMES if n != owners["p/0"])})
     assert not placer.settled(ds, moved)  # a move is pending
     assert not placer.settled(ds, {d: n for d, n in owners.items() if d != "p/1"})  # one free
+
+
+def test_a_forked_spare_is_the_same_placement_as_one_from_scratch() -> None:
+    """After a fast pass, spares are passes on a fork of the incremental placer
+    (cheap enough for the event loop); they equal the from-scratch ones, and the
+    placer's own next pass is unchanged by them."""
+    ds = duties(60)
+    members = [Member(n) for n in NAMES]
+    owners = settled(ds, members)
+    placer = Placer(balanced=True, newest_version=False)
+    assert not placer.spare_forks(ds)  # nothing placed yet: from scratch
+    first = placer.place(ds, members, owners)
+    assert placer.spare_forks(ds)
+    for lost in ["a", "b", "c", "d"]:
+        forked = placer.spare(ds, members, owners, lost, fork=True)
+        scratch = placer.spare(ds, members, owners, lost)
+        assert forked[:2] == scratch[:2] and forked[2] == scratch[2]
+        assert forked[2] == fresh(ds, list(forked[0]), forked[1])
+    assert placer.place(ds, members, owners) == first

@@ -32,6 +32,7 @@ calls ``place`` itself.
 
 from __future__ import annotations
 
+import copy
 import heapq
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -173,6 +174,28 @@ class IncrementalPlacer:
             return self._slow(nodes, owners)
         self.fast_passes += 1
         return result
+
+    def forkable(self) -> bool:
+        """True if :meth:`fork` then a pass costs what changed, not a pass from
+        scratch: the last pass took the fast path (the state is kept) and a pass
+        over a subset of its nodes would take it too."""
+        return self._valid and not self._slow_only and _fast(self._live, self.duties)
+
+    def fork(self) -> IncrementalPlacer:
+        """A copy to run a what-if pass on (a spare placement: "if this node left"),
+        leaving this placer's own state as it is. Costs a copy of the state kept
+        (linear in the duties, no hashing); a pass on the copy then costs what
+        changed. Not thread-safe: fork and pass where this placer is used."""
+        twin = copy.copy(self)  # shares the configuration and what passes replace
+        twin._owners = dict(self._owners)  # and copies what they change in place
+        twin._owned = {n: set(s) for n, s in self._owned.items()}
+        twin._kept = {n: dict(k) for n, k in self._kept.items()}
+        twin._order = {n: list(o) for n, o in self._order.items()}
+        twin._orphans = set(self._orphans)
+        twin._moving = set(self._moving)
+        twin._wanted = dict(self._wanted)
+        twin._ranked = dict(self._ranked)
+        return twin
 
     def _slow(self, nodes: Sequence[NodeInfo], owners: Mapping[str, str]) -> Placement:
         self.slow_passes += 1

@@ -201,14 +201,29 @@ class Placer:
         members = list(members)
         self.keep_spare(duties, members, owners, self.spare(duties, members, owners, lost))
 
+    def spare_forks(self, duties: list[Duty]) -> bool:
+        """True if a spare for these duties would be a pass on a fork of the
+        incremental placer (:meth:`spare` with ``fork=True``): what the node's
+        loss changes, milliseconds at 1,000 duties, cheap enough for the event
+        loop. Otherwise a spare is a placement from scratch (a worker thread)."""
+        return self._specs is not None and self._specs[0] is duties and self._specs[1].forkable()
+
     def spare(
-        self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str
+        self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str,
+        *, fork: bool = False,
     ) -> tuple[Live, Owners, Placement]:
         """The spare placement for the loss of ``lost`` (survivors, their owners,
-        placement), computed but not kept. Touches no state but the score cache
-        (safe to run in a worker thread; the node keeps it with :meth:`keep_spare`)."""
+        placement), computed but not kept (the node keeps it with :meth:`keep_spare`).
+
+        ``fork=True`` (when :meth:`spare_forks`): a pass on a fork of the incremental
+        placer; only where the placer is used (the event loop). Otherwise from
+        scratch, touching no state but the score cache: safe in a worker thread.
+        Both give ``place``'s answer."""
         survivors = frozenset(m for m in members if not m.draining and m.name != lost)
         freed = {d: n for d, n in owners.items() if n != lost}
+        if fork:
+            twin = self._engine(duties).fork()
+            return survivors, freed, twin.place(self._nodes(duties, survivors), freed)
         return survivors, freed, self._compute_spare(duties, survivors, freed)
 
     def keep_spare(
