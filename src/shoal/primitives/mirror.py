@@ -4,6 +4,11 @@ Loads the prefix with one ``range`` and then follows a ``watch`` from the
 next revision, so it never misses or repeats a change. When the watch is
 told its revision was compacted it reloads in full. Store errors are
 retried with jittered backoff (:mod:`shoal.aio._retry`), resuming from the last applied revision.
+
+Listeners are told in batches: the events that arrive together (one store
+transaction's, one watch response's) are applied at once and handed over in
+one call, on the event loop's next turn, so that a failover's hundreds of
+owner changes cost a listener one call per batch, not one per key.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Mirror:
         self.connected = False
         self.reloads = 0
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[Event] = []  # applied, listeners not told yet
 
     def listen(self, listener: Listener) -> None:
         self._listeners.append(listener)
@@ -62,6 +68,18 @@ class Mirror:
         for listener in self._listeners:
             listener(events)
 
+    def _queue(self, ev: Event) -> None:
+        """Tell the listeners about ``ev`` (applied already) with the events that
+        follow it before the watch waits again."""
+        if not self._batch:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append(ev)
+
+    def _flush(self) -> None:
+        events, self._batch = self._batch, []
+        if events:  # (none: a reload or aclose came first)
+            self._notify(events)
+
     async def _reload(self) -> None:
         res = await self._store.range(self.prefix)
         n = len(self.prefix)
@@ -69,6 +87,7 @@ class Mirror:
         self.revision = res.revision
         self.reloads += 1
         self.ready.set()
+        self._batch = []  # the full load covers them
         self._notify(None)
 
     def _apply(self, ev: Event) -> None:
@@ -91,7 +110,7 @@ class Mirror:
                     self.connected = True
                     async for ev in it:
                         self._apply(ev)
-                        self._notify([ev])
+                        self._queue(ev)
                         backoff.reset()
                 return
             except Compacted:
@@ -107,3 +126,4 @@ class Mirror:
     async def aclose(self) -> None:
         await cancel_and_wait([self._task])
         self._task = None
+        self._batch = []
