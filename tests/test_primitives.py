@@ -167,6 +167,29 @@ def test_member_decode_ignores_unknown_fields() -> None:
 
 
 # -- mirror ------------------------------------------------------------------------
+async def test_mirror_tells_listeners_a_transactions_events_in_one_call(env: tuple) -> None:
+    """The events that arrive together (here: one transaction's) reach a listener
+    in one call, in order, after the mirror applied them all; a later change comes
+    in a call of its own."""
+    from shoal.store.protocol import Put
+
+    clock, store, link = env
+    calls: list[tuple[list[str], set[str]]] = []
+    m = Mirror(link, "p/", clock)
+    m.listen(lambda evs: calls.append(([e.kv.key for e in evs or []], set(m.items))))
+    m.start()
+    await m.wait_ready()
+    calls.clear()
+    await store.txn([], [Put(f"p/{i}", b"v") for i in range(5)])
+    await clock.settle()
+    keys = [f"p/{i}" for i in range(5)]
+    assert calls == [(keys, {str(i) for i in range(5)})]
+    await store.put("p/9", b"v")
+    await clock.settle()
+    assert len(calls) == 2 and calls[1][0] == ["p/9"]
+    await m.aclose()
+
+
 async def test_mirror_loads_follows_resumes_and_reloads(env: tuple) -> None:
     clock, store, link = env
     await store.put("p/a", b"1")
