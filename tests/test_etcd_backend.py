@@ -572,7 +572,9 @@ async def test_three_members_each_killed_in_turn(
         seen = {e.kv.key: e.revision for e in got}
         assert len(seen) == len(got)
         for key, revision in acknowledged.items():  # every acknowledged write, as written
-            assert seen.get(key) == revision
+            assert seen.get(key) == revision, (  # (the context is built only on failure)
+                key, revision, [(e.revision, e.kv.key) for e in got
+                                if abs(e.revision - revision) <= 2], unknown[-3:])
         for key in unknown:  # an unknown outcome shows up in the watch iff it happened
             assert (key in seen) == (await s.get(key) is not None)
         # the interruption is reported (rate-limited: once per outage, see shoal.aio._outage)
