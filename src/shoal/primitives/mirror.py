@@ -65,6 +65,8 @@ class Mirror:
         await self.ready.wait()
 
     def _notify(self, events: list[Event] | None) -> None:
+        if events is None:
+            self._batch = []  # a full load covers what was not told yet
         for listener in self._listeners:
             listener(events)
 
@@ -87,7 +89,6 @@ class Mirror:
         self.revision = res.revision
         self.reloads += 1
         self.ready.set()
-        self._batch = []  # the full load covers them
         self._notify(None)
 
     def _apply(self, ev: Event) -> None:

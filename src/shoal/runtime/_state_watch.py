@@ -53,7 +53,6 @@ class StateMirror(Mirror):
         await asyncio.sleep(0)  # the loop's handle that resumed us still holds the result
         self.reloads += 1
         self.ready.set()
-        self._batch = []  # the full load covers them
         self._notify(None)
 
     def _apply(self, ev: Event) -> None:
