@@ -133,7 +133,8 @@ def test_passes_told_what_changed_equal_place_from_scratch(
 
 def _kept_state(engine: IncrementalPlacer) -> tuple[Any, ...]:
     return (engine._owners, engine._owned, engine._kept, engine._order, engine._orphans,
-            engine._moving, engine._wanted, {d: sorted(r) for d, r in engine._ranked.items()},
+            engine._moving, engine._wanted,
+            {d: sorted(zip(*r, strict=True)) for d, r in engine._ranked.items()},
             engine._valid)
 
 
@@ -216,16 +217,17 @@ def test_unbalanced_and_rule_passes_fall_back_to_place() -> None:
 
 @pytest.fixture
 def hashed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """The number of (duty, node) scores each ``scored`` call computes."""
+    """The number of (duty, node) scores each ``keys`` call (which ``scored``
+    calls) computes."""
     counts: list[int] = []
-    real = placement_mod._Ranker.scored
+    real = placement_mod._Ranker.keys
 
-    def counting(self: Any, duty: str, names: Any, **kw: Any) -> Any:
-        out = real(self, duty, names, **kw)
+    def counting(self: Any, duty: str, names: Any) -> Any:
+        out = real(self, duty, names)
         counts.append(len(out))
         return out
 
-    monkeypatch.setattr(placement_mod._Ranker, "scored", counting)
+    monkeypatch.setattr(placement_mod._Ranker, "keys", counting)
     return counts
 
 

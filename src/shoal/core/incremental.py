@@ -54,6 +54,21 @@ from shoal.core.placement import (
 __all__ = ["IncrementalPlacer"]
 
 Key = tuple[frozenset[str], bool, frozenset[str]]  # roles, leader-bound, nodes disabling it
+_Keyed = tuple[list[float], Sequence[str]]  # a duty's keys over some nodes (in name order)
+
+
+def _best(keyed: _Keyed, roomy: set[str]) -> tuple[float, str] | None:
+    """The best ``(key, node)`` of a duty among the nodes with room (ties by name:
+    the first in order). No tuple per pair: this runs for every full node a
+    duty finds first."""
+    keys, nodes = keyed
+    key = min((k for k, n in zip(keys, nodes, strict=True) if n in roomy), default=None)
+    if key is None:
+        return None
+    at = keys.index(key)
+    while nodes[at] not in roomy:  # an equal key on a full node, first in order
+        at = keys.index(key, at + 1)
+    return key, nodes[at]
 
 
 def _fast(nodes: Mapping[str, NodeInfo], duties: Sequence[DutySpec]) -> bool:
@@ -147,7 +162,7 @@ class IncrementalPlacer:
         self._ranker: _Ranker | None = None
         # a moving duty's ranking over all its eligible nodes, while the nodes hold
         # (a dead node's duties are ranked once, not once per pass until taken)
-        self._ranked: dict[str, list[tuple[float, str]]] = {}
+        self._ranked: dict[str, _Keyed] = {}
 
     # -- the pass -------------------------------------------------------------------
     def place(self, nodes: Sequence[NodeInfo], owners: Mapping[str, str],
@@ -379,48 +394,54 @@ class IncrementalPlacer:
         ranker = self._ranker
         pending = [d for d in self._orphans if names_of[key_of[d]]] + excess
         all_roomy = len(roomy) == len(self._live)
-        # each pending duty's candidates, unsorted (a duty's list is sorted only if
-        # its best node is full: most take their best)
-        lists: dict[str, list[tuple[float, str]]] = {}
-        heap = []
+        # each pending duty's keys over its candidates, never sorted: the heap holds
+        # its best node with room; if that node is full when popped, the duty goes
+        # back with its best node still with room (what walking its sorted list and
+        # skipping full nodes gives: nodes never regain room within a pass)
+        cands: dict[str, _Keyed] = {}
+        heap: list[tuple[int, float, str, str]] = []
         for duty in pending:
             names = names_of[key_of[duty]]
-            full = self._ranked.get(duty)
-            if full is not None:  # ranked in an earlier pass: may name nodes gone since
-                scored = [x for x in full if x[1] in roomy]
-            elif all_roomy:
-                scored = self._ranked[duty] = ranker.scored(duty, names, sort=False)
-            else:
-                if len(names) <= len(roomy):
+            found = self._ranked.get(duty)
+            best: tuple[float, str] | None
+            if found is None:
+                if all_roomy:
+                    cand: Sequence[str] = names
+                elif len(names) <= len(roomy):
                     cand = [n for n in names if n in roomy]
                 else:
                     allowed = self._sets[key_of[duty]]
-                    cand = [n for n in roomy if n in allowed]
-                if 2 * len(cand) > len(names):  # most of them: rank over all, keep it
-                    full = self._ranked[duty] = ranker.scored(duty, names, sort=False)
-                    scored = [x for x in full if x[1] in roomy]
+                    cand = sorted(n for n in roomy if n in allowed)
+                if all_roomy or 2 * len(cand) > len(names):  # most: rank over all, keep it
+                    found = self._ranked[duty] = (ranker.keys(duty, names), names)
                 else:
-                    scored = ranker.scored(duty, cand, sort=False)
-            if not scored:
+                    found = (ranker.keys(duty, cand), cand)
+                keys, nodes = found
+                if nodes is cand and keys:  # all with room: the best is the min key
+                    key = min(keys)  # and its first index (nodes in name order)
+                    best = (key, nodes[keys.index(key)])
+                else:
+                    best = _best(found, roomy)
+            else:  # ranked in an earlier pass: may name nodes gone since
+                best = _best(found, roomy)
+            if best is None:
                 return None  # every eligible node full: balance's chains and fallback
-            lists[duty] = scored
-            best = min(scored)
-            heap.append((len(names), best[0], best[1], duty, 0))
+            cands[duty] = found
+            heap.append((len(names), best[0], best[1], duty))
         heapq.heapify(heap)
         out: dict[str, str] = {}
         while heap:
-            width, _, node, duty, idx = heapq.heappop(heap)
+            width, _, node, duty = heapq.heappop(heap)
             if load[node] < cap[node]:
                 load[node] += 1
                 out[duty] = node
+                if load[node] == cap[node]:
+                    roomy.discard(node)
                 continue
-            scored = lists[duty]
-            if idx == 0:
-                scored.sort()  # its best (the min) stays first
-            if idx + 1 >= len(scored):
+            best = _best(cands[duty], roomy)
+            if best is None:
                 return None
-            neg, nxt = scored[idx + 1]
-            heapq.heappush(heap, (width, neg, nxt, duty, idx + 1))
+            heapq.heappush(heap, (width, best[0], best[1], duty))
         wanted = self._wanted
         gone = set(excess)
         for duty in self._moving.union(pending):

@@ -184,6 +184,9 @@ def _uniform(weights: set[float]) -> bool:
     return len(weights) == 1 and min(weights) > 0
 
 
+_LINES = 1024  # tuples of names a ranker keeps hashers for
+
+
 class _Ranker:
     """Rendezvous scores with the per-node half of the hash precomputed.
 
@@ -206,16 +209,21 @@ class _Ranker:
             hasher.update(len(raw).to_bytes(4, "big") + raw)
             self._rows[node.name] = (hasher, node.weight)
         self._plain = _uniform({w for _, w in self._rows.values()})
-        self._lines: dict[tuple[str, ...], list[tuple[str, blake2b]]] = {}
+        self._lines: dict[int, tuple[tuple[str, ...], list[blake2b]]] = {}
 
-    def _line(self, names: Iterable[str]) -> list[tuple[str, blake2b]]:
-        """(name, hasher) per name; kept for a tuple of names (a pass asks for the
-        same eligible nodes again and again)."""
+    def _line(self, names: Sequence[str]) -> list[blake2b]:
+        """The prepared hasher of each name; kept per tuple of names (a pass asks
+        for the same eligible nodes again and again), found by identity: hashing
+        a tuple of 100 names costs more than the lookup saves."""
         if not isinstance(names, tuple):
-            return [(n, self._rows[n][0]) for n in names]
-        line = self._lines.get(names)
-        if line is None:
-            line = self._lines[names] = [(n, self._rows[n][0]) for n in names]
+            return [self._rows[n][0] for n in names]
+        found = self._lines.get(id(names))
+        if found is not None and found[0] is names:  # held here: its id is not reused
+            return found[1]
+        if len(self._lines) >= _LINES:
+            self._lines.clear()
+        line = [self._rows[n][0] for n in names]
+        self._lines[id(names)] = (names, line)
         return line
 
     @staticmethod
@@ -228,32 +236,41 @@ class _Ranker:
         """True if keys are the negated 52-bit hashes (all weights equal, positive)."""
         return self._plain
 
+    def keys(self, duty: str, names: Sequence[str]) -> list[float]:
+        """Each node's key (``-score``: smaller is better), in the order of
+        ``names``. The hot path of a pass: no tuple per pair (a caller wanting the
+        best takes ``min`` and its first index, which is :meth:`scored`'s first
+        when ``names`` are in name order)."""
+        raw = duty.encode()
+        out: list[float] = []
+        add = out.append
+        bits: int | None
+        if self._cache is None and self._plain:  # a tight loop
+            from_bytes = _from_bytes
+            for base in self._line(names):
+                hasher = base.copy()
+                hasher.update(raw)
+                add(-(from_bytes(hasher.digest(), "big") >> 12))
+            return out
+        cache, plain = self._cache, self._plain
+        for name in names:
+            base, weight = self._rows[name]
+            if cache is None or (bits := cache.get((duty, name))) is None:
+                hasher = base.copy()
+                hasher.update(raw)
+                bits = _from_bytes(hasher.digest(), "big") >> 12
+                if cache is not None:
+                    cache[duty, name] = bits
+            # log(h) < 0: weight / log(h) is -score
+            add(-bits if plain else weight / _log((bits + 0.5) / _TWO_52))
+        return out
+
     def scored(self, duty: str, names: Iterable[str], *, sort: bool = True,
                ) -> list[tuple[float, str]]:
         """``(key, name)`` for each node, best first (ties by name); ``sort=False``:
         in the order of ``names``."""
-        raw = duty.encode()
-        out: list[tuple[float, str]] = []
-        add = out.append
-        bits: int | None
-        if self._cache is None and self._plain:  # the hot path: a tight loop
-            from_bytes = _from_bytes
-            for name, base in self._line(names):
-                hasher = base.copy()
-                hasher.update(raw)
-                add((-(from_bytes(hasher.digest(), "big") >> 12), name))
-        else:
-            cache, plain = self._cache, self._plain
-            for name in names:
-                base, weight = self._rows[name]
-                if cache is None or (bits := cache.get((duty, name))) is None:
-                    hasher = base.copy()
-                    hasher.update(raw)
-                    bits = _from_bytes(hasher.digest(), "big") >> 12
-                    if cache is not None:
-                        cache[duty, name] = bits
-                # log(h) < 0: weight / log(h) is -score
-                add((-bits if plain else weight / _log((bits + 0.5) / _TWO_52), name))
+        seq = names if isinstance(names, (tuple, list)) else list(names)
+        out = list(zip(self.keys(duty, seq), seq, strict=True))
         if sort:
             out.sort()
         return out
