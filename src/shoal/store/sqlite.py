@@ -7,7 +7,8 @@ of the machine) and ``log`` (one row per change event: the watch history).
 How calls block: every sqlite3 call runs on ONE worker thread owned by the
 store, so no coroutine ever blocks the event loop, and calls of one store run
 one after another. A write waits for the file's write lock (``BEGIN
-IMMEDIATE``) up to ``lock_timeout`` seconds, then raises
+IMMEDIATE``, tried again every 0.1-1 ms: :mod:`shoal.store._sqlite_lock`) up
+to ``lock_timeout`` seconds, then raises
 :class:`~shoal.StoreUnavailable`; a failed write never half-happens. Reads
 never wait for the lock (WAL), only for this store's call in flight (which may
 be a write waiting for it). Cancelling a call cancels the wait; a write that
@@ -54,6 +55,7 @@ from shoal.errors import (
 )
 from shoal.store._log_watch import Watcher as _Watcher
 from shoal.store._log_watch import batches as _batches
+from shoal.store._sqlite_lock import begin_immediate
 from shoal.store._sqlite_wake import WakeChannel, open_channel
 from shoal.store.protocol import (
     Compare,
@@ -262,7 +264,7 @@ class SqliteStore:
                     raise
                 time.sleep(backoff.next_delay())
         self._x("PRAGMA synchronous=FULL")
-        self._x("BEGIN IMMEDIATE")
+        self._begin_write()
         for statement in _SCHEMA:
             self._x(statement)
         self._x("INSERT OR IGNORE INTO meta VALUES ('rev', 1), ('compact', 0), ('boot', '')")
@@ -284,8 +286,13 @@ class SqliteStore:
             self._db = None
 
     # -- write transactions (worker thread) ------------------------------------------
+    def _begin_write(self) -> None:
+        if self._db is None:
+            raise NotRunning(f"sqlite store {self.path} is closed")
+        begin_immediate(self._db, self._timeout, int(self._timeout * 1000))
+
     def _write_sync(self, fn: Callable[[], T]) -> tuple[T, int]:
-        self._x("BEGIN IMMEDIATE")
+        self._begin_write()
         self._rev = self._start_rev = self._meta("rev")
         self._dirty = False
         self._expire_due()
