@@ -42,12 +42,17 @@ class FakeTime:
         self.now += seconds
 
 
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    clock = FakeTime()
+    monkeypatch.setattr(_sqlite_lock, "time", clock)
+    return clock
+
+
 def test_a_held_lock_is_tried_again_every_millisecond_at_most_until_the_timeout(
-    dbs: tuple[sqlite3.Connection, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch,
+    dbs: tuple[sqlite3.Connection, sqlite3.Connection], fake: FakeTime,
 ) -> None:
     holder, writer = dbs
-    fake = FakeTime()
-    monkeypatch.setattr(_sqlite_lock, "time", fake)
     holder.execute("BEGIN IMMEDIATE")
     with pytest.raises(sqlite3.OperationalError, match="locked"):
         begin_immediate(writer, 0.01, 5000)
@@ -81,11 +86,9 @@ def test_the_lock_is_taken_soon_after_another_writer_releases_it(
 
 
 def test_other_errors_are_raised_at_once(
-    dbs: tuple[sqlite3.Connection, sqlite3.Connection], monkeypatch: pytest.MonkeyPatch,
+    dbs: tuple[sqlite3.Connection, sqlite3.Connection], fake: FakeTime,
 ) -> None:
     _, writer = dbs
-    fake = FakeTime()
-    monkeypatch.setattr(_sqlite_lock, "time", fake)
     writer.execute("BEGIN")
     with pytest.raises(sqlite3.OperationalError, match="within a transaction"):
         begin_immediate(writer, 5.0, 5000)
