@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shoal.core import placement as placement_mod
-from shoal.core.incremental import IncrementalPlacer
+from shoal.core.incremental import IncrementalPlacer, _best
 from shoal.core.placement import DutySpec, NodeInfo, place
 
 NODE_NAMES = [f"n{i}" for i in range(7)]
@@ -256,3 +256,26 @@ def test_a_join_or_a_leave_ranks_only_the_duties_that_move(hashed: list[int]) ->
     engine.place(survivors, settled)
     assert sum(hashed) == 100  # only the new owners' own scores (to keep them in order)
     assert engine.slow_passes == 0
+
+
+def test_the_best_node_with_room_breaks_ties_by_name_order() -> None:
+    keys = [5.0, -3.0, -3.0, 0.0]  # b and c tie for the best key
+    nodes = ("a", "b", "c", "d")
+    assert _best((keys, nodes), {"a", "b", "c", "d"}) == (-3.0, "b")
+    assert _best((keys, nodes), {"a", "c", "d"}) == (-3.0, "c")  # b full: its tie c
+    assert _best((keys, nodes), {"a", "d"}) == (0.0, "d")
+    assert _best((keys, nodes), set()) is None
+
+
+def test_ranker_keys_follow_the_names_given_whatever_their_container() -> None:
+    nodes = [NodeInfo(f"n{i}", frozenset()) for i in range(5)]
+    ranker = placement_mod._Ranker(nodes)
+    names = tuple(n.name for n in nodes)
+    want = ranker.keys("d", names)
+    assert ranker.keys("d", list(names)) == want
+    assert [k for k, _ in ranker.scored("d", iter(names), sort=False)] == want
+    assert ranker.keys("d", tuple(reversed(names))) == want[::-1]  # another tuple
+    # hashers are kept per tuple object, at most _LINES of them
+    for i in range(placement_mod._LINES + 10):
+        assert ranker.keys("d", (names[i % 5],)) == [want[i % 5]]
+    assert len(ranker._lines) <= placement_mod._LINES
