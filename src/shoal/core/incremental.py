@@ -19,7 +19,8 @@ changed passes them as ``changed=`` and skips it), the caps (per node), and
 ranking only the duties that must move, and only over the nodes with room for
 them (a node at its cap never takes one: the same greedy as
 :func:`~shoal.core._balance.balance`, without its no-op steps). A moving
-duty's candidates are sorted only if its best node is full.
+duty's keys are never sorted: it takes the smallest among the nodes with room,
+found again if that node fills up first.
 Ranks (the fallback order) are computed per duty when read.
 
 The answer is the one ``place(..., balanced=True)`` gives for the same

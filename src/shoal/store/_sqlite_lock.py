@@ -4,7 +4,7 @@ Where the write lock is held, sqlite's busy handler (``sqlite3.connect(timeout=)
 sleeps 1, 2, 5, 10, 15, 20, 25 ms... between tries, so a writer queued behind
 others that each hold the lock for a few milliseconds (one fsynced commit)
 waits up to the next step of that ladder: with four processes writing at once,
-p99 10-20 ms for what takes 2-5 ms (``benchmarks/sqlite_lock.py``). Here the
+p99 ~10 ms against ~5 ms with the retries here (``benchmarks/sqlite_lock.py``). The
 lock is tried again every 0.1 ms at first, then at most every millisecond, up to
 the same timeout. Runs on the store's worker thread (it sleeps).
 """
