@@ -91,6 +91,34 @@ def test_owner_table_reads_never_change_it() -> None:
     table.forget_pending()
 
 
+
+def test_owner_table_nodes_is_one_dict_until_something_changes() -> None:
+    table = OwnerTable()
+    table.apply([_put("a", "n1", 5)])
+    first = table.nodes()
+    assert first == {"a": "n1"} and table.nodes() is first  # unchanged: the same dict
+    table.confirm(3)  # covers no pending write: nothing changed
+    assert table.nodes() is first
+    steps = [
+        lambda: table.wrote("b", 9, Owner("b", "me", 9, 0.0, 7)),
+        lambda: table.wrote("a", 10, None),
+        lambda: table.confirm(9),
+        lambda: table.apply([_put("b", "me", 9)]),
+        lambda: table.forget_pending(),
+        lambda: table.reload({}),
+    ]
+    seen = [first]
+    for step in steps:
+        step()
+        now = table.nodes()
+        assert now == {d: o.node for d, o in table.view().items()}
+        assert all(now is not old for old in seen)  # every change: a new dict
+        seen.append(now)
+    # the dicts handed out earlier were never changed since
+    assert seen[1] == {"a": "n1", "b": "me"} and seen[2] == {"b": "me"}
+    assert seen[-1] == {}
+
+
 # -- Session --------------------------------------------------------------------------------
 async def test_session_reports_typed_events_with_send_times() -> None:
     clock = FakeClock()

@@ -27,14 +27,18 @@ class OwnerTable:
     def __init__(self) -> None:
         self.seen: dict[str, Owner] = {}
         self.pending: dict[str, tuple[int, Owner | None]] = {}
+        self.version = 0  # bumped by every change: what derived views are cached by
+        self._nodes: tuple[int, dict[str, str]] = (-1, {})
 
     # -- the watch -----------------------------------------------------------------
     def reload(self, items: dict[str, KeyValue]) -> None:
         """Replace the watched view (a full reload of ``duties/``)."""
         self.seen = {duty: Owner.decode(duty, kv) for duty, kv in items.items()}
+        self.version += 1
 
     def apply(self, events: Iterable[Event]) -> None:
         """Apply watch events on ``duties/`` keys."""
+        self.version += 1
         for ev in events:
             duty = ev.kv.key[len(DUTIES):]
             if ev.type is EventType.PUT:
@@ -44,17 +48,23 @@ class OwnerTable:
 
     def confirm(self, revision: int) -> None:
         """The watch applied everything up to ``revision``: drop what it now covers."""
-        for duty in [d for d, (rev, _) in self.pending.items() if rev <= revision]:
+        covered = [d for d, (rev, _) in self.pending.items() if rev <= revision]
+        for duty in covered:
             del self.pending[duty]
+        if covered:
+            self.version += 1
 
     # -- our own writes ---------------------------------------------------------------
     def wrote(self, duty: str, revision: int, owner: Owner | None) -> None:
         """This node acquired (``owner``) or released (None) ``duty`` at ``revision``."""
         self.pending[duty] = (revision, owner)
+        self.version += 1
 
     def forget_pending(self) -> None:
         """Our lease is gone: our own writes no longer say anything."""
-        self.pending.clear()
+        if self.pending:
+            self.pending.clear()
+            self.version += 1
 
     # -- reads (no side effects) -------------------------------------------------------
     def view(self) -> dict[str, Owner]:
@@ -66,6 +76,15 @@ class OwnerTable:
             else:
                 out[duty] = owner
         return out
+
+    def nodes(self) -> dict[str, str]:
+        """Duty -> the node that owns it, as :meth:`view` has it. The same dict
+        while nothing changed (a pass asks several times; do not modify it)."""
+        version, nodes = self._nodes
+        if version != self.version:
+            nodes = {duty: owner.node for duty, owner in self.view().items()}
+            self._nodes = (self.version, nodes)
+        return nodes
 
     def get(self, duty: str) -> Owner | None:
         if duty in self.pending:

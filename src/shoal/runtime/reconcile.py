@@ -190,7 +190,7 @@ class Reconciler:
         return self.placer.place(self.duties, members.values(), self._owner_nodes(), exact=exact)
 
     def _owner_nodes(self) -> dict[str, str]:
-        return {n: o.node for n, o in self.owners.view().items()}
+        return self.owners.nodes()
 
     async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
         """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds
