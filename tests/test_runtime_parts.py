@@ -91,7 +91,6 @@ def test_owner_table_reads_never_change_it() -> None:
     table.forget_pending()
 
 
-
 def test_owner_table_nodes_is_one_dict_until_something_changes() -> None:
     table = OwnerTable()
     table.apply([_put("a", "n1", 5)])

@@ -9,6 +9,9 @@ Two sources, kept apart:
 :meth:`view` merges them (pending wins) and never changes the table. When the watch
 has applied a revision, :meth:`confirm` drops the pending writes it now covers, so a
 pending entry lives exactly until the watch catches up with it.
+
+Change the table only through its methods: each bumps :attr:`OwnerTable.version`,
+which :meth:`OwnerTable.nodes` is cached by.
 """
 
 from __future__ import annotations
