@@ -42,7 +42,7 @@ def _writer(path: str, index: int, start: float, mode: str, rows: int, rounds: i
         if mode == "sqlite":
             db.execute("BEGIN IMMEDIATE")
         else:
-            begin_immediate(db, 5.0, 5000)
+            begin_immediate(db, 5.0)
         for k in range(rows):
             db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"{index}:{k}", "x" * 100))
         db.execute("COMMIT")

@@ -23,11 +23,12 @@ def _locked(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-def begin_immediate(db: sqlite3.Connection, timeout: float, busy_timeout_ms: int) -> None:
+def begin_immediate(db: sqlite3.Connection, timeout: float) -> None:
     """``BEGIN IMMEDIATE`` on ``db``, trying the write lock until ``timeout``
     seconds have passed (then the last "database is locked" error is raised).
-    ``db``'s own busy timeout (``busy_timeout_ms``, what it was connected with)
-    is off during the tries and set back after, for every other statement."""
+    ``db``'s own busy timeout is off during the tries and set back after, for
+    every other statement."""
+    busy_timeout_ms = int(db.execute("PRAGMA busy_timeout").fetchone()[0])
     db.execute("PRAGMA busy_timeout = 0")
     try:
         deadline = time.monotonic() + timeout
@@ -42,4 +43,4 @@ def begin_immediate(db: sqlite3.Connection, timeout: float, busy_timeout_ms: int
             time.sleep(delay)
             delay = min(2 * delay, LONGEST_RETRY)
     finally:
-        db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        db.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")

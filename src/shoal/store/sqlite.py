@@ -289,7 +289,7 @@ class SqliteStore:
     def _begin_write(self) -> None:
         if self._db is None:
             raise NotRunning(f"sqlite store {self.path} is closed")
-        begin_immediate(self._db, self._timeout, int(self._timeout * 1000))
+        begin_immediate(self._db, self._timeout)
 
     def _write_sync(self, fn: Callable[[], T]) -> tuple[T, int]:
         self._begin_write()
