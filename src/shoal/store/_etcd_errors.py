@@ -85,6 +85,9 @@ def short_reason(exc: BaseException) -> str:
         return "TLS handshake failed: the server certificate is not trusted"
     if "BAD_CERTIFICATE" in details or "CERTIFICATE_REQUIRED" in details:
         return "TLS handshake failed: the server refused the client certificate (or its absence)"
+    if "TSI_DATA_CORRUPTED" in details:  # TLS 1.3: the server's alert came after the handshake
+        return ("TLS handshake failed: the server ended the connection with an alert (most "
+                "likely it refused the client certificate, or its absence)")  # fmt: skip
     if "handshake" in low or "ssl" in low or "certificate" in low:
         return f"TLS handshake failed: {_one_line(last, 100)}"
     if "socket closed" in low or "connection reset" in low:
