@@ -11,8 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from shoal.testing.chaos import QUOTA, STORES, fault_kinds, quota_size, run_chaos
+from shoal.testing.chaos import (
+    QUOTA,
+    STORE_DIVERGED,
+    STORES,
+    fault_kinds,
+    quota_size,
+    run_chaos,
+)
 from shoal.testing.chaos_report import ChaosResult
+from shoal.testing.etcd_server import etcd_version
+
+# etcd releases whose members can diverge after a kill -9 under load (etcd-io/etcd#13766)
+DIVERGING_ETCD = ("3.5.0", "3.5.1", "3.5.2")
 
 LONGEST_FAULT_S = 4.0  # pauses, partitions and outages last 2.5-4 s
 SQLITE_MINIMUM = {"kill9": 3, "pause": 2, "partition": 2, "store_outage": 1}
@@ -67,6 +78,11 @@ def test_chaos_on_sqlite(tmp_path: Path) -> None:
 @pytest.mark.timeout(240)
 def test_chaos_on_a_three_member_etcd(tmp_path: Path) -> None:
     result = run_chaos("etcd3", nodes=5, duration=35, seed=12, workdir=tmp_path)
+    version = etcd_version()
+    if version in DIVERGING_ETCD and any(a.startswith(STORE_DIVERGED) for a in result.anomalies):
+        # no client can agree with every member then; any other failure is Shoal's
+        pytest.xfail(f"etcd {version}'s members diverged (etcd-io/etcd#13766, fixed in "
+                     f"3.5.3):\n{result.text()}")  # fmt: skip
     _check(result, ETCD_MINIMUM)
 
 

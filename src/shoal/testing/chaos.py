@@ -48,18 +48,22 @@ from shoal.config import StoreSection
 from shoal.errors import InvalidArgument, ProcessError
 from shoal.primitives.ownership import DUTIES as OWNERS
 from shoal.primitives.ownership import Owner
+from shoal.store.etcd import EtcdStore
 from shoal.store.factory import open_store
 from shoal.store.protocol import Delete, Put, Store
 from shoal.testing.chaos_app import DOCS, DUTIES, LEADER_DUTY, STOP_FILE
-from shoal.testing.chaos_report import ChaosResult, analyse, latest_applied
+from shoal.testing.chaos_report import ChaosResult, analyse, disagreeing, latest_applied
 from shoal.testing.data_check import DOC_DUTY_PREFIX
-from shoal.testing.etcd_server import EtcdCluster
+from shoal.testing.etcd_server import EtcdCluster, etcd_version
 from shoal.testing.history import HistoryRecorder, load_history
 from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import NodeProcess
 from shoal.testing.proxy import FaultProxy
 
-__all__ = ["QUOTA", "STORES", "ChaosResult", "fault_kinds", "main", "quota_size", "run_chaos"]
+__all__ = [
+    "QUOTA", "STORES", "STORE_DIVERGED", "ChaosResult", "fault_kinds", "main", "quota_size",
+    "run_chaos",
+]  # fmt: skip
 
 T = TypeVar("T")
 APP = "shoal.testing.chaos_app:app"
@@ -68,6 +72,7 @@ ETCD_TIMEOUT = 2.0
 BOUND_S = TTL + 0.5 + TTL / 2 + TTL / 3 + 1.0  # G3 after the last heal: ttl + expiry tick
 #   + grace (a non-preferred node takes a free duty) + rejoin backoff + watch/start slack
 STORES = ("sqlite", "etcd1", "etcd3", "postgres")
+STORE_DIVERGED = "store diverged"  # the start of the anomaly check_members_agree reports
 KINDS = ("kill9", "pause", "partition", "member_kill", "store_outage")
 QUOTA = {"kill9": 3, "pause": 2, "partition": 2, "member_kill": 1, "store_outage": 1}
 WEIGHT = {"kill9": 3, "pause": 2, "partition": 2, "member_kill": 1, "store_outage": 1}
@@ -366,7 +371,34 @@ class Chaos:
             time.sleep(0.2)
         res = self.hub.call(self.store.range("state/"))
         final = {kv.key: json.loads(kv.value) for kv in res.kvs}
+        if self.etcd is not None and self.etcd.members > 1:
+            self.check_members_agree()
         return final, applied
+
+    def check_members_agree(self) -> None:
+        """An anomaly when etcd's members disagree on the mod revisions under ``state/``:
+        each member read on its own (linearizably, so caught up), after every write ended.
+        Then the store broke its own guarantees (e.g. etcd-io/etcd#13766 in etcd
+        3.5.0-3.5.2, after a kill -9 under load) and the violations are not Shoal's."""
+        assert self.etcd is not None
+        prefix = self.section["etcd"]["prefix"]
+
+        async def view(endpoint: str) -> dict[str, int]:
+            member = await EtcdStore.open([endpoint], prefix=prefix, timeout=3.0)
+            try:
+                return {kv.key: kv.mod_revision for kv in (await member.range("state/")).kvs}
+            finally:
+                await member.aclose()
+
+        views = [self.hub.call(view(ep)) for ep in self.etcd.endpoints]
+        differ = disagreeing(views)
+        if differ:
+            self.anomalies.append(
+                f"{STORE_DIVERGED}: etcd {etcd_version(self.etcd.binary)}'s members disagree "
+                f"on the mod revisions of {len(differ)} keys (e.g. "
+                f"{[[v.get(k) for v in views] for k in differ[:3]]} for {differ[:3]}); "
+                "etcd 3.5.0-3.5.2 can do this after a kill -9 (etcd-io/etcd#13766)"
+            )
 
     def stop_nodes(self) -> None:
         for proc in self.procs.values():

@@ -35,7 +35,7 @@ from shoal.testing.history import (
 )
 
 __all__ = [
-    "ChaosResult", "analyse", "latest_applied", "outage_reads", "outage_recovery",
+    "ChaosResult", "analyse", "disagreeing", "latest_applied", "outage_reads", "outage_recovery",
     "unexplained_overlaps",
 ]
 
@@ -93,6 +93,13 @@ class ChaosResult:
         lines += [f"VIOLATION {v.kind}: {v.detail}" for v in r.violations]
         lines.append(f"violations: {len(r.violations)}")
         return "\n".join(lines)
+
+
+def disagreeing(views: Sequence[Mapping[str, int]]) -> list[str]:
+    """Keys whose mod revision differs between the members' views (a key missing from
+    some view counts as a difference), sorted."""
+    keys = sorted(set().union(*views))
+    return [k for k in keys if len({v.get(k) for v in views}) > 1]
 
 
 def _order(kind: str) -> int:

@@ -9,6 +9,6 @@ in production; tests and benchmarks import it from here::
         store = await EtcdStore.open(cluster.endpoints)
 """
 
-from shoal.cli._etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary
+from shoal.cli._etcd_server import EtcdCluster, EtcdServerError, etcd_version, find_etcd_binary
 
-__all__ = ["EtcdCluster", "EtcdServerError", "find_etcd_binary"]
+__all__ = ["EtcdCluster", "EtcdServerError", "etcd_version", "find_etcd_binary"]
