@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from shoal.core.node_state import Phase
 from shoal.errors import AppImportError, NameTaken, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -178,15 +179,18 @@ def _status(node: Node, ev: ClusterEvent | None) -> str:
 
 
 def _status_lines(node: Node, burst: Sequence[ClusterEvent | None]) -> str:
-    """One status line per event of ``burst`` (None: a plain ``status`` line). The
-    node's status is taken ONCE for the whole burst: a mass failover starts hundreds
-    of duties in one pass, and a snapshot per line would cost O(duties) each."""
+    """One status line per event of ``burst`` (None: a plain ``status`` line), with one
+    tail for the whole burst. The tail reads the node's cheap views (phase, leader,
+    member names, running duties), not :meth:`Node.status`: that snapshot copies every
+    owner and declared duty, and in a mass failover the lines are printed while the
+    survivors still acquire (they share the CPU)."""
     now = time.time()
     stamp = time.strftime("%H:%M:%S", time.localtime(now)) + f".{int(now * 1000) % 1000:03d}"
-    status = node.status()
-    members = ",".join(sorted(status.members)) or "-"
-    runs = _runs(status.running)
-    tail = f"| {status.phase} | leader {status.leader or '-'} | members {members} | runs {runs}"
+    phase = node.phase
+    leader = node.leader if phase == Phase.ACTIVE else None  # as status(): known when active
+    members = ",".join(sorted(node.members)) or "-"
+    runs = _runs(sorted(node.runners))
+    tail = f"| {phase} | leader {leader or '-'} | members {members} | runs {runs}"
     lines = []
     for ev in burst:
         what = "status"
