@@ -29,6 +29,8 @@ computes the wanted placement itself (``shoal.core.placement.place``).
    moment this process sees (watch event) the LAST of them owned by another node.
    Then the node is restarted under the same name and the benchmark waits until the
    placement has settled again (all 1000 owned by their wanted node): "rebalance".
+   Also measured: the CPU time the 4 survivors used together from the kill to that
+   watch event (``/proc/PID/schedstat``; on 2 cores it is what they queue for).
 3. ``--no-reaper-reps`` times (default 10): the same, but the node's reaper is killed
    first (a lost machine, or a node run with ``reaper.enabled: false``): the
    partitions wait for the lease to expire (TTL + etcd's 500 ms expiry tick).
@@ -232,6 +234,7 @@ class Rig:
         self.live: dict[str, NodeProcess] = {}
         self.store: Store | None = None
         self.view: View | None = None
+        self.survivor_cpu = 0.0  # CPU seconds the survivors used in the last failover
 
     async def start(self) -> float:
         if self.endpoints:
@@ -288,6 +291,8 @@ class Rig:
             if not reapers:
                 raise RuntimeError(f"{victim.label}: reaper pid unknown")
         count = view.arm(name)
+        survivors = [p.pid for p in self.live.values()]
+        cpu0 = sum(cpu_ns(pid) for pid in survivors)
         t0 = time.time()
         for pid in reapers:
             os.kill(pid, signal.SIGKILL)
@@ -296,6 +301,7 @@ class Rig:
             await asyncio.wait_for(view.reowned.wait(), TTL + 15)
         except TimeoutError:
             raise TimeoutError(f"{len(view.pending)} partitions of {name} not re-owned") from None
+        self.survivor_cpu = (sum(cpu_ns(pid) for pid in survivors) - cpu0) / 1e9
         took = view.reowned_at - t0
         view.victim = None
         victim.stop()
@@ -303,6 +309,14 @@ class Rig:
         self.live[name] = self.cluster.spawn(name)
         settled = await view.wait_settled(set(self.live), list(self.live.values()), 90)
         return took, count, settled - restarted
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time a process has used, in ns (Linux ``/proc/PID/schedstat``; 0 elsewhere)."""
+    try:
+        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -332,6 +346,7 @@ def report(results: dict[str, Any]) -> str:
         ("kill -9 node + reaper (= no reaper): all its partitions re-owned",
          "reown_noreaper", 1000),
         ("  then restarted: placement settled again (from spawn)", "rebalance_noreaper", 1000),
+        ("  CPU the 4 survivors used from the kill to the re-own (sum)", "cpu", 1000),
         ("partitions the killed node owned (count)", "owned", 1),
     ):
         if s := results.get(key):
@@ -354,8 +369,9 @@ def report(results: dict[str, Any]) -> str:
 
 
 async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    results: dict[str, Any] = {"reown": [], "rebalance": [], "owned": [],
-                               "reown_noreaper": [], "rebalance_noreaper": [], "ops": {}}
+    results: dict[str, Any] = {"reown": [], "rebalance": [], "owned": [], "cpu": [],
+                               "reown_noreaper": [], "rebalance_noreaper": [],
+                               "cpu_noreaper": [], "ops": {}}
     etcd = EtcdCluster(members=1) if args.store == "etcd" else None
     try:
         endpoints: list[str] = []
@@ -386,6 +402,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         reown, owned, rebalance = await rig.failover(kill_reaper=bool(kind))
                         results["reown" + kind].append(reown)
                         results["rebalance" + kind].append(rebalance)
+                        results["cpu" + kind].append(rig.survivor_cpu)
                         if not kind:
                             results["owned"].append(owned)
                         log(f"kill{kind or ''} #{rep + 1}: {owned} partitions re-owned in "
