@@ -6,6 +6,7 @@ of their own (benchmarks/scale.py measures the real thing)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from shoal.core.placement import DutySpec, NodeInfo, place
+from shoal.errors import StoreUnavailable
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.node import Node
@@ -215,5 +217,91 @@ async def test_spares_wait_for_a_joins_rebalance_then_are_computed_once() -> Non
         assert sum(1 for o in c.owners().values() if o == "n4") >= PARTS // 4 - 1
         for n, p in placers.items():  # one spare per other live node (3), for the new cluster
             assert p.spares_computed - before[n] == 3, n
+    finally:
+        await c.aclose()
+
+
+async def test_own_acquisitions_seen_before_the_reply_wake_no_second_pass() -> None:
+    """The watch may deliver a survivor's own acquisition before the transaction's
+    reply: those events only confirm what the pass in flight will run, so they wake
+    no second pass (a placement and a plan over every duty, on the CPU the other
+    survivors need). An acquisition that fails still wakes one."""
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    try:
+        for name in NODES:
+            node = await c.add(name)
+            node._duties.offload_spares = False
+        await c.run(4.0)
+        owners = c.owners()
+        victim = "n2"
+        lost = {d for d, o in owners.items() if o == victim}
+        survivors = [n for n in NODES if n != victim]
+        passes = {n: [0] for n in survivors}
+        for n in survivors:
+            duties = c.nodes[n]._duties
+            inner_pass, inner_txn = duties.reconcile, c.nodes[n].store.txn
+
+            async def counted(*a: Any, _f: Any = inner_pass, _n: str = n, **k: Any) -> None:
+                passes[_n][0] += 1
+                await _f(*a, **k)
+
+            async def late_reply(*a: Any, _f: Any = inner_txn, **k: Any) -> Any:
+                res = await _f(*a, **k)
+                for _ in range(10):  # the watch delivers the write first
+                    await asyncio.sleep(0)
+                return res
+
+            duties.reconcile = counted  # type: ignore[method-assign]
+            c.nodes[n].store.txn = late_reply  # type: ignore[method-assign]
+        dead = c.nodes.pop(victim)
+        session = dead.session
+        assert session is not None
+        await dead.abandon()
+        await c.store.revoke(session.lease)
+        for _ in range(20):  # well inside one tick: only woken passes run
+            await c.run(0.01, step=0.01)
+        assert all(c.owners().get(d) in survivors for d in lost)
+        for duty, nodes in c.running().items():
+            assert len(nodes) == 1, f"{duty} runs on {nodes}"
+        assert {n: p[0] for n, p in passes.items()} == dict.fromkeys(survivors, 1)
+    finally:
+        await c.aclose()
+
+
+async def test_an_acquisition_without_a_reply_wakes_a_pass_at_once() -> None:
+    """The events let by while the acquisition was in flight are looked at again at
+    once when it ends without a reply (here: its transaction raised after it was
+    applied), not at the next tick: the duties it took run within milliseconds."""
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    try:
+        for name in NODES:
+            node = await c.add(name)
+            node._duties.offload_spares = False
+        await c.run(4.0)
+        victim, unlucky = "n2", "n4"
+        node = c.nodes[unlucky]
+        inner_txn = node.store.txn
+        raised = [0]
+
+        async def no_reply(*a: Any, **k: Any) -> Any:
+            res = await inner_txn(*a, **k)
+            for _ in range(10):
+                await asyncio.sleep(0)
+            if not raised[0] and any(op.key.startswith("duties/p/") for op in a[1]):
+                raised[0] += 1
+                raise StoreUnavailable("the reply was lost")
+            return res
+
+        node.store.txn = no_reply  # type: ignore[method-assign]
+        dead = c.nodes.pop(victim)
+        session = dead.session
+        assert session is not None
+        await dead.abandon()
+        await c.store.revoke(session.lease)
+        for _ in range(5):  # far inside one tick (0.5 s)
+            await c.run(0.01, step=0.01)
+        assert raised[0] == 1
+        mine = [d for d, o in c.owners().items() if o == unlucky]
+        assert mine and all(d in node.runners for d in mine)
     finally:
         await c.aclose()

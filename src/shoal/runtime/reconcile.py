@@ -113,6 +113,7 @@ class Reconciler:
         self.offload_spares = isinstance(self.clock, SystemClock)
         self._anchors: tuple[list[Duty], frozenset[str]] | None = None  # with_duty targets
         self._leader: str | None = None  # last leader reported
+        self._acquiring: frozenset[str] = frozenset()  # in the acquisition in flight
 
     # -- inputs ---------------------------------------------------------------------
     def set_duties(self, duties: list[Duty]) -> None:
@@ -176,7 +177,9 @@ class Reconciler:
             if owner is None or wanted.get(duty) != owner.node or duty in anchors:
                 return False
             runner = self.runners.get(duty)
-            if owner.node == self.name:  # our own acquire: runs with that token already
+            if owner.node == self.name:  # our own acquire: runs with that token already,
+                if runner is None and duty in self._acquiring:  # or will once its reply
+                    continue  # is in (the watch may deliver the write before the reply)
                 if runner is None or runner.token != owner.token:
                     return False
             elif runner is not None:  # taken from under us: stop it now
@@ -393,10 +396,18 @@ class Reconciler:
         each, conflict-tolerant: a key taken by another node is skipped); run the
         ones won."""
         free = {d.name: d for d in duties if self.owners.get(d.name) is None}
-        tokens = await ownership.acquire_many(
-            self.store, free, self.name, lease, self.clock.time(),
-            limit=self.settings.max_txn_ops,
-        )
+        self._acquiring = frozenset(free)
+        answered = False
+        try:
+            tokens = await ownership.acquire_many(
+                self.store, free, self.name, lease, self.clock.time(),
+                limit=self.settings.max_txn_ops,
+            )
+            answered = True
+        finally:
+            self._acquiring = frozenset()
+            if not answered:  # events let by while in flight are looked at again
+                self.wake.set()
         for name, token in sorted(tokens.items()):
             owner = Owner(name, self.name, token, self.clock.time(), lease)
             self.owners.wrote(name, token, owner)
