@@ -59,6 +59,25 @@ def fresh_wanted(c: SimCluster, live: list[str]) -> dict[str, str | None]:
     return place(specs, nodes, c.owners(), balanced=True).wanted
 
 
+async def settled_cluster() -> SimCluster:
+    """Five nodes, joined, balanced and settled; spares computed inline."""
+    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    for name in NODES:
+        node = await c.add(name)
+        node._duties.offload_spares = False  # deterministic under the fake clock
+    await c.run(4.0)  # joined, balanced (rebalance_delay), settled
+    return c
+
+
+async def crash(c: SimCluster, victim: str) -> None:
+    """``victim`` crashes (nothing released) and its reaper revokes its lease at once."""
+    dead = c.nodes.pop(victim)
+    session = dead.session
+    assert session is not None
+    await dead.abandon()
+    await c.store.revoke(session.lease)
+
+
 @pytest.mark.parametrize("spares", [True, False])
 async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_survivor(
     spares: bool, monkeypatch: pytest.MonkeyPatch
@@ -226,12 +245,8 @@ async def test_own_acquisitions_seen_before_the_reply_wake_no_second_pass() -> N
     reply: those events only confirm what the pass in flight will run, so they wake
     no second pass (a placement and a plan over every duty, on the CPU the other
     survivors need). An acquisition that fails still wakes one."""
-    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    c = await settled_cluster()
     try:
-        for name in NODES:
-            node = await c.add(name)
-            node._duties.offload_spares = False
-        await c.run(4.0)
         owners = c.owners()
         victim = "n2"
         lost = {d for d, o in owners.items() if o == victim}
@@ -253,11 +268,7 @@ async def test_own_acquisitions_seen_before_the_reply_wake_no_second_pass() -> N
 
             duties.reconcile = counted  # type: ignore[method-assign]
             c.nodes[n].store.txn = late_reply  # type: ignore[method-assign]
-        dead = c.nodes.pop(victim)
-        session = dead.session
-        assert session is not None
-        await dead.abandon()
-        await c.store.revoke(session.lease)
+        await crash(c, victim)
         for _ in range(20):  # well inside one tick: only woken passes run
             await c.run(0.01, step=0.01)
         assert all(c.owners().get(d) in survivors for d in lost)
@@ -272,12 +283,8 @@ async def test_an_acquisition_without_a_reply_wakes_a_pass_at_once() -> None:
     """The events let by while the acquisition was in flight are looked at again at
     once when it ends without a reply (here: its transaction raised after it was
     applied), not at the next tick: the duties it took run within milliseconds."""
-    c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
+    c = await settled_cluster()
     try:
-        for name in NODES:
-            node = await c.add(name)
-            node._duties.offload_spares = False
-        await c.run(4.0)
         victim, unlucky = "n2", "n4"
         node = c.nodes[unlucky]
         inner_txn = node.store.txn
@@ -293,11 +300,7 @@ async def test_an_acquisition_without_a_reply_wakes_a_pass_at_once() -> None:
             return res
 
         node.store.txn = no_reply  # type: ignore[method-assign]
-        dead = c.nodes.pop(victim)
-        session = dead.session
-        assert session is not None
-        await dead.abandon()
-        await c.store.revoke(session.lease)
+        await crash(c, victim)
         for _ in range(5):  # far inside one tick (0.5 s)
             await c.run(0.01, step=0.01)
         assert raised[0] == 1
