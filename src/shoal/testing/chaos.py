@@ -390,7 +390,14 @@ class Chaos:
             finally:
                 await member.aclose()
 
-        views = [self.hub.call(view(ep)) for ep in self.etcd.endpoints]
+        views = []
+        for endpoint in self.etcd.endpoints:
+            try:
+                views.append(self.hub.call(view(endpoint)))
+            except Exception as exc:  # reported, so that the run's other checks still run
+                self.anomalies.append(f"etcd member {endpoint} could not be read on its own "
+                                      f"after the run: {type(exc).__name__}: {exc}")  # fmt: skip
+                return
         differ = disagreeing(views)
         if differ:
             self.anomalies.append(
