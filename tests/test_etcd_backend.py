@@ -41,7 +41,8 @@ from shoal.store.protocol import (
     Store,
     Target,
 )
-from shoal.testing.etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary
+from shoal.testing.chaos_report import disagreeing
+from shoal.testing.etcd_server import EtcdCluster, EtcdServerError, find_etcd_binary, member_view
 
 pytestmark = [pytest.mark.etcd, pytest.mark.timeout(60)]
 
@@ -601,16 +602,8 @@ async def test_three_members_each_killed_in_turn(
 async def _members_disagree(cluster: EtcdCluster, prefix: str, under: str) -> list[str]:
     """Keys under ``under`` whose mod revision differs between members (each member
     read on its own, linearizably: so each answers from its own copy, caught up)."""
-    views: list[dict[str, int]] = []
-    for endpoint in cluster.endpoints:
-        member = await EtcdStore.open([endpoint], prefix=prefix, timeout=3.0)
-        try:
-            res = await member.range(under)
-            views.append({kv.key: kv.mod_revision for kv in res.kvs})
-        finally:
-            await member.aclose()
-    keys = set().union(*views)
-    return sorted(k for k in keys if len({v.get(k) for v in views}) > 1)[:5]
+    views = [await member_view(endpoint, prefix, under) for endpoint in cluster.endpoints]
+    return disagreeing(views)[:5]
 
 
 async def test_watch_resumes_after_restart_on_same_data_dir(tmp_path: Path) -> None:

@@ -48,13 +48,12 @@ from shoal.config import StoreSection
 from shoal.errors import InvalidArgument, ProcessError
 from shoal.primitives.ownership import DUTIES as OWNERS
 from shoal.primitives.ownership import Owner
-from shoal.store.etcd import EtcdStore
 from shoal.store.factory import open_store
 from shoal.store.protocol import Delete, Put, Store
 from shoal.testing.chaos_app import DOCS, DUTIES, LEADER_DUTY, STOP_FILE
 from shoal.testing.chaos_report import ChaosResult, analyse, disagreeing, latest_applied
 from shoal.testing.data_check import DOC_DUTY_PREFIX
-from shoal.testing.etcd_server import EtcdCluster, etcd_version
+from shoal.testing.etcd_server import EtcdCluster, etcd_version, member_view
 from shoal.testing.history import HistoryRecorder, load_history
 from shoal.testing.pg_server import PgServer
 from shoal.testing.procs import NodeProcess
@@ -382,18 +381,10 @@ class Chaos:
         3.5.0-3.5.2, after a kill -9 under load) and the violations are not Shoal's."""
         assert self.etcd is not None
         prefix = self.section["etcd"]["prefix"]
-
-        async def view(endpoint: str) -> dict[str, int]:
-            member = await EtcdStore.open([endpoint], prefix=prefix, timeout=3.0)
-            try:
-                return {kv.key: kv.mod_revision for kv in (await member.range("state/")).kvs}
-            finally:
-                await member.aclose()
-
         views = []
         for endpoint in self.etcd.endpoints:
             try:
-                views.append(self.hub.call(view(endpoint)))
+                views.append(self.hub.call(member_view(endpoint, prefix, "state/")))
             except Exception as exc:  # reported, so that the run's other checks still run
                 self.anomalies.append(f"etcd member {endpoint} could not be read on its own "
                                       f"after the run: {type(exc).__name__}: {exc}")  # fmt: skip
