@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +109,19 @@ def test_dashboard_shows_failover(browser: Any, tmp_path: Path) -> None:
         assert took < FAILOVER_BOUND
         page.wait_for_timeout(300)  # let the event list render
         page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+
+        # the app's version on every node; a cordon shown, then gone with the uncordon
+        meta = page.inner_text("#nodes li[data-node=demo-3]")
+        assert "app 1.0" in meta and "shoal " in meta, meta
+        config = str(run.workdir / "demo-1.yaml")
+        for verb, shown in (("cordon", "true"), ("uncordon", "false")):
+            res = subprocess.run([sys.executable, "-m", "shoal.cli.main", "node", verb, "demo-3",
+                                  "--config", config], capture_output=True, text=True, timeout=60)
+            assert res.returncode == 0, res.stderr
+            page.wait_for_selector(f"#nodes li[data-node=demo-3][data-cordoned={shown}]",
+                                   timeout=10_000)
+            pills = page.inner_text("#nodes li[data-node=demo-3] .name")
+            assert ("cordoned" in pills) is (verb == "cordon"), pills
 
         phone = browser.new_page()
         phone.set_viewport_size({"width": 390, "height": 844})

@@ -43,7 +43,7 @@ from shoal.runtime.schedule import RunContext
 
 __all__ = ["MANAGERS", "app"]
 
-app = App("demo")
+app = App("demo", version="1.0")  # the app's own version: in node records, status, dashboard
 
 MANAGERS = ("rule-engine", "task-manager", "notification-manager")
 

@@ -226,9 +226,10 @@ def render(view: dict[str, Any], source: str = "") -> str:
     rows = []
     lease_notes = []
     for n in view.get("nodes", []):
-        name = n["name"] + (" *" if n.get("self") else "") + (" (draining)" if n.get("draining")
-                                                                 else "")
+        name = n["name"] + (" *" if n.get("self") else "") + "".join(
+            f" ({flag})" for flag in ("draining", "cordoned") if n.get(flag))
         rows.append([name, ",".join(n.get("roles", [])) or "-", n.get("zone") or "-", _lead(n),
+                     n.get("app_version") or "-",
                      _age(now - n["started_at"]) if n.get("started_at") else "-",
                      str(len(n.get("duties", []))), n.get("address") or "-"])
         session = n.get("session")
@@ -240,7 +241,8 @@ def render(view: dict[str, Any], source: str = "") -> str:
         elif n.get("lease_remaining") is not None:
             lease_notes.append(f"{n['name']}: lease expires in {n['lease_remaining']} s "
                                "unless kept alive")
-    out += _table(["NODE", "ROLES", "ZONE", "LEADER", "UP", "DUTIES", "ADDRESS"], rows)
+    out += _table(["NODE", "ROLES", "ZONE", "LEADER", "VERSION", "UP", "DUTIES", "ADDRESS"],
+                  rows)
     out += [*lease_notes, ""]
     nobody = "UNOWNED" if view.get("owners_known") is not False else "unknown"
     drows = [[d["name"], d.get("owner") or nobody,
@@ -277,8 +279,9 @@ def _show(view: dict[str, Any], source: str, as_json: bool, watching: bool) -> N
                    "(with --watch one line per refresh).")
 def status(config_file: Path | None, url: str | None, watch: bool, count: int | None,
            as_json: bool) -> None:
-    """Show the cluster: nodes (roles, zone, uptime, leader, lease), each duty
-    with its owner, fencing token and since-when, and the store's health.
+    """Show the cluster: nodes (roles, zone, leader, app version, uptime,
+    lease; draining or cordoned), each duty with its owner, fencing token and
+    since-when, and the store's health.
 
     Exit codes: 0 ok, 1 no node answered, 2 bad options or configuration,
     3 store unreachable.
