@@ -271,6 +271,25 @@ def test_roles_and_duties() -> None:
     assert "node.roles: bad role 'a b'" in problems({"node": {"roles": ["a b"]}})
 
 
+
+
+def test_zones_and_preferred_nodes_follow_the_naming_rules() -> None:
+    assert NodeConfig(node={"zone": "eu-west-1a"}).node.zone == "eu-west-1a"
+    assert NodeConfig(node={"zone": ""}).node.zone == ""
+    for zone in ("a b", "z" * 64, "-x"):
+        message = problems({"node": {"zone": zone}})
+        assert message.startswith(f"node.zone: bad zone {zone!r} — use 1 to 63 letters"), message
+    prefer = NodeConfig(duties={"x": {"prefer": "n1, n2,n1"}}).duty_override("x").prefer
+    assert prefer == ["n1", "n2"]
+    assert NodeConfig(duties={"x": {"prefer": "true"}}).duty_override("x").prefer is True
+    assert NodeConfig(duties={"x": {"prefer": False}}).duty_override("x").prefer is False
+    message = problems({"duties": {"x": {"prefer": [""]}}})
+    assert message.startswith("duties.x.prefer: bad node name '' — use 1 to 63 letters"), message
+    for bad in (5, ["n1", {"a": 1}], {"n1": True}):
+        message = problems({"duties": {"x": {"prefer": bad}}})
+        assert message == (f"duties.x.prefer: bad value {bad!r} — use true (this node) or a list "
+                           "of node names, e.g. [node-a, node-b]"), message  # one line
+        assert_clean(message)
 # -- secrets ------------------------------------------------------------------
 
 

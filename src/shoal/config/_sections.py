@@ -69,6 +69,16 @@ class NodeSection(Section):
     def _roles_csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("zone")
+    @classmethod
+    def _check_zone(cls, zone: str) -> str:
+        if zone and not _ROLE_RE.fullmatch(zone):
+            raise ValueError(
+                f"bad zone {zone!r} — use 1 to 63 letters, digits, '.', '_', ':' or '-', "
+                "starting with a letter or digit (or \"\" for none)"
+            )
+        return zone
+
     @field_validator("roles")
     @classmethod
     def _check_roles(cls, roles: list[str]) -> list[str]:
@@ -145,10 +155,21 @@ class DutyOverride(Section):
 
     @field_validator("prefer", mode="before")
     @classmethod
-    def _prefer_csv(cls, value: Any) -> Any:
-        if isinstance(value, str) and value.strip().lower() not in ("true", "false", "1", "0"):
-            return _split_csv(value)
-        return value
+    def _prefer_names(cls, value: Any) -> Any:
+        """true/false, or node names (a list, or ``"a,b"``), each a valid node name:
+        one error naming the value, not one per branch of ``bool | list[str]``."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+            return value
+        names = _split_csv(value)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"bad value {value!r} — use true (this node) or a list of "
+                             "node names, e.g. [node-a, node-b]")
+        for name in names:
+            if not _NAME_RE.fullmatch(name):
+                raise ValueError(f"bad node name {name!r} — {_NAME_FIX}")
+        return list(dict.fromkeys(names))
 
     @model_validator(mode="after")
     def _schedule(self) -> DutyOverride:
