@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from shoal.config import NodeConfig, load_config
+from shoal.errors import InvalidArgument
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.runtime.settings import NodeSettings
@@ -147,3 +148,11 @@ async def test_nodes_of_two_releases_never_leave_a_partition_free() -> None:
         assert len([d for d in c.owners() if d.startswith("b/")]) == 32
     finally:
         await c.aclose()
+
+
+def test_an_app_version_must_be_a_short_plain_string() -> None:
+    for good in ("", "2.4.1", "1.0.0-rc.1+build.7", "v2", "x" * 64):
+        assert App("t", version=good).version == good
+    for bad in ("x" * 65, "1.0 beta", "a\nb", "-1", 5, None):
+        with pytest.raises(InvalidArgument, match=r"^App version .*: use 1 to 64 letters"):
+            App("t", version=bad)  # type: ignore[arg-type]

@@ -87,6 +87,7 @@ class Duty:
 
 DocSource = Callable[[str], Mapping[str, Any]]
 _NAMESPACE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.+_-]{0,63}$")  # 2.4.1, 1.0.0-rc.1+build.7
 log = logging.getLogger("shoal.app")
 
 
@@ -166,6 +167,10 @@ class App:
         self, name: str, version: str = "", *,
         management_role: Callable[[Any], bool] | None = None,
     ) -> None:
+        if not isinstance(version, str) or (version and not _VERSION.match(version)):
+            raise InvalidArgument(
+                f"App version {version!r}: use 1 to 64 letters, digits, '.', '+', '_' or '-', "
+                "starting with a letter or digit (e.g. '2.4.1'), or '' for none")
         self.name = name
         self.version = version  # the app's own version, in every node record
         self.management_role = management_role
