@@ -485,6 +485,7 @@ async def test_event_streams_are_limited_and_closed_with_the_server(cluster: Clu
 
 async def test_dashboard_errors_openapi_and_mounting(cluster: Cluster) -> None:
     a = await cluster.add("a")
+    await cluster.run(1.0)  # joined: /cluster lists it
     async with client(a) as http:
         page = await http.get("/")
         assert page.headers["content-type"].startswith("text/html")
@@ -500,7 +501,10 @@ async def test_dashboard_errors_openapi_and_mounting(cluster: Cluster) -> None:
         assert_error(resp, 405, "method_not_allowed")
         assert "GET" in resp.headers["allow"]
         doc = (await http.get("/openapi.json")).json()
+        node = (await http.get("/cluster")).json()["nodes"][0]
     assert doc["openapi"].startswith("3.") and doc["servers"] == [{"url": "/"}]
+    schema = doc["components"]["schemas"]["Node"]  # every field of /cluster's nodes described
+    assert set(schema["required"]) <= set(node) <= set(schema["properties"]), sorted(node)
     assert {"/health", "/ready", "/cluster", "/metrics", "/events", "/state/{ns}/{key}",
             "/nodes/{name}/drain"} <= set(doc["paths"])
     outer = Starlette(routes=[Mount("/shoal", app=create_app(a, token=TOKEN))])

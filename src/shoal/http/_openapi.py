@@ -63,15 +63,17 @@ _SCHEMAS: dict[str, Any] = {
     },
     "Node": {
         "type": "object",
-        "required": ["name", "roles", "zone", "weight", "can_lead", "version", "draining",
-                     "leader", "self", "duties", "workers"],
+        "required": ["name", "roles", "zone", "weight", "can_lead", "version", "app_version",
+                     "cordoned", "draining", "leader", "self", "duties", "workers", "keys"],
         "properties": {
             "name": {"type": "string"},
             "roles": {"type": "array", "items": {"type": "string"}},
             "zone": {"type": "string"},
             "weight": {"type": "number"},
             "can_lead": {"type": "boolean"},
-            "version": {"type": "string"},
+            "version": {"type": "string"},  # Shoal's
+            "app_version": {"type": "string"},  # the app's (shoal.App(name, version=...))
+            "cordoned": {"type": "boolean"},
             "address": {"type": "string"},
             "started_at": {"type": "number"},
             "joined_at": {"type": "number"},
@@ -81,6 +83,8 @@ _SCHEMAS: dict[str, Any] = {
             "self": {"type": "boolean"},
             "duties": {"type": "array", "items": {"type": "string"}},
             "workers": {"type": "object", "additionalProperties": {"type": "integer"}},
+            "keys": {"type": "array", "items": {"type": "string"}},
+            "lease_remaining": _NULLABLE_INT,
             "partitions": {"type": ["object", "null"], "additionalProperties": {"type": "integer"}},
             "session": {"type": ["object", "null"]},
         },
