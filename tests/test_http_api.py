@@ -384,12 +384,20 @@ async def test_metrics_parse_with_prometheus_client(cluster: Cluster) -> None:
     phases = {s["phase"]: v for s, v in one["shoal_phase"]}
     assert phases == {"JOINING": 0, "ACTIVE": 1, "SUSPENDED": 0, "LOST": 0, "STOPPED": 0}
     assert one["shoal_info"][0][0]["version"]
+    assert one["shoal_info"][0][0]["app_version"] == a.app.version
+    assert one["shoal_cordoned"] == [({"node": "a"}, 0.0)]
     remaining = one["shoal_lease_remaining_seconds"][0][1]
     assert 0 < remaining <= TTL - 1.0
     # a second app on the same node has its own registry (no global one): same output
     from shoal.http._metrics import node_registry, render_metrics
 
     assert render_metrics(node_registry(a.status, "v")) != b""
+    assert await a.set_cordoned(True)
+    await cluster.run(0.5)  # its record, republished, comes back through the watch
+    async with client(a) as http:
+        text = (await http.get("/metrics")).text
+    cordoned = {f.name: f for f in text_string_to_metric_families(text)}["shoal_cordoned"]
+    assert [s.value for s in cordoned.samples] == [1.0]
     await b.aclose()
     await cluster.run(1.0)
     async with client(a) as http:

@@ -29,11 +29,14 @@ CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # name -> (type, help); counters are named with their ``_total`` suffix
 METRICS: dict[str, tuple[str, str]] = {
-    "shoal_info": ("gauge", "Always 1; labels carry the Shoal version."),
+    "shoal_info": (
+        "gauge", "Always 1; labels carry the Shoal version and the app's own version."
+    ),
     "shoal_nodes": ("gauge", "Live nodes in the cluster as this node sees them."),
     "shoal_is_leader": ("gauge", "1 if this node is the leader, else 0."),
     "shoal_phase": ("gauge", "1 for this node's current phase, 0 for the others."),
     "shoal_draining": ("gauge", "1 while this node is draining."),
+    "shoal_cordoned": ("gauge", "1 while this node is cordoned (it takes no new duties)."),
     "shoal_duties_owned": ("gauge", "Duties running on this node."),
     "shoal_duties_unowned": (
         "gauge", "Declared duties that no node owns right now (absent while unknown)."
@@ -87,9 +90,11 @@ class _Families:
 class NodeCollector(Collector):
     """Turns one :class:`NodeStatus` per scrape into Shoal's metric families."""
 
-    def __init__(self, status: Callable[[], NodeStatus], version: str = "") -> None:
+    def __init__(self, status: Callable[[], NodeStatus], version: str = "",
+                 app_version: str = "") -> None:
         self._status = status
         self._version = version
+        self._app_version = app_version
 
     def describe(self) -> list[Metric]:
         return []  # families are only known at scrape time (no auto-describe)
@@ -97,12 +102,14 @@ class NodeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         s = self._status()
         f = _Families(s.name)
-        f.add("shoal_info", 1, version=self._version)
+        f.add("shoal_info", 1, version=self._version, app_version=self._app_version)
         f.add("shoal_nodes", len(s.members))
         f.add("shoal_is_leader", s.is_leader)
         for phase in Phase:
             f.add("shoal_phase", phase is s.phase, phase=str(phase))
         f.add("shoal_draining", s.draining)
+        me = s.members.get(s.name)  # its record, as the other nodes see it
+        f.add("shoal_cordoned", me is not None and me.cordoned)
         f.add("shoal_duties_owned", len(s.local))
         if s.unowned is not None:
             f.add("shoal_duties_unowned", s.unowned)
@@ -129,10 +136,11 @@ class NodeCollector(Collector):
         yield from f.made.values()
 
 
-def node_registry(status: Callable[[], NodeStatus], version: str = "") -> CollectorRegistry:
+def node_registry(status: Callable[[], NodeStatus], version: str = "",
+                  app_version: str = "") -> CollectorRegistry:
     """A registry of its own holding one :class:`NodeCollector`."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(NodeCollector(status, version))
+    registry.register(NodeCollector(status, version, app_version))
     return registry
 
 

@@ -201,7 +201,7 @@ class _Api:
         self.feed = feed
         self.write_wait = write_wait
         self.version = VERSION
-        self.registry = node_registry(node.status, VERSION)  # this app's own registry
+        self.registry = node_registry(node.status, VERSION, node.app.version)  # its own
         self.auth_failures = AuthFailures(self.registry, node.name)
         self.page = resources.files("shoal.http").joinpath("dashboard.html").read_text("utf-8")
         self.page_headers = {
