@@ -43,7 +43,8 @@ def test_reaper_settings_come_from_the_descriptor(tmp_path: Path) -> None:
     db = str(tmp_path / "s.db")
     sqlite = NodeSettings.from_config(parse_config({"store": {"sqlite": {"path": db}}}))
     assert sqlite.reaper is True
-    assert sqlite.reaper_store == {"backend": "sqlite", "reaper": "shoal.store.sqlite", "path": db}
+    assert sqlite.reaper_store == {
+        "backend": "sqlite", "reaper": "shoal.store._sqlite_reaper", "path": db}
     memory = NodeSettings.from_config(parse_config({"store": {"backend": "memory"}}))
     assert memory.reaper is False  # declared: the memory backend has no reaper module
     assert get_backend("memory").reaper is None

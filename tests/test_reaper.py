@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,83 @@ def test_etcd_gateway_with_tls_and_auth() -> None:
             revoke({**info, "password": "wrong", "timeout": 0.3}, lease)
         assert revoke(info, lease).startswith("revoked via https://")
         assert revoke(info, lease).startswith("already gone")
+
+
+# -- what reaper_prepare readies while the node lives -----------------------------------
+async def test_sqlite_reaper_opens_the_file_before_the_death(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The revoke uses the file opened at start (no store opening at the node's death),
+    and its commit wakes the other processes' watches at once (send-only wake channel)."""
+    from shoal.store import _sqlite_reaper
+
+    path = tmp_path / "shoal.db"
+    # a watcher that, without a wake-up, would poll only every 60 s
+    store = await SqliteStore.open(path, wake_poll_interval=60.0)
+    try:
+        lease = await _granted(store)
+        events = store.watch("nodes/", start_revision=await store.revision() + 1)
+        info = {"backend": "sqlite", "path": str(path)}
+        reaper = ThreadPoolExecutor(max_workers=1)  # the reaper's one thread
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(reaper, _sqlite_reaper.reaper_prepare, info)
+        assert _sqlite_reaper._store is not None
+
+        def no_open(*args: object, **kwargs: object) -> SqliteStore:
+            raise AssertionError("the revoke opened the store again")
+
+        monkeypatch.setattr(SqliteStore, "open_blocking", no_open)
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.3)  # the watch has read the history and waits for the poller
+        assert not waiting.done()
+        assert (await loop.run_in_executor(reaper, revoke, info, lease)).startswith("revoked in")
+        reaper.shutdown()
+        assert _sqlite_reaper._store is None  # used once, then closed
+        async with asyncio.timeout(10):  # far below the 60 s poll: woken by the datagram
+            event = await waiting
+        assert event.kv.key == "nodes/x" and event.type.name == "DELETE"
+        await events.aclose()
+        assert await store.lease_ttl(lease) < 0
+    finally:
+        await store.aclose()
+
+
+def test_sqlite_reaper_without_a_prepared_file(tmp_path: Path) -> None:
+    """A file that could not be opened at start is opened (or reported) at the revoke."""
+    from shoal.errors import ConfigError
+    from shoal.store import _sqlite_reaper
+
+    missing = tmp_path / "no-such-dir" / "shoal.db"
+    _sqlite_reaper.reaper_prepare({"path": str(missing)})  # does not raise
+    assert _sqlite_reaper._store is None
+    with pytest.raises(ConfigError, match="no-such-dir"):
+        _sqlite_reaper.reaper_revoke({"path": str(missing)}, 1)
+    assert _sqlite_reaper.reaper_revoke({"path": str(tmp_path / "new.db")}, 1) == "already gone"
+
+
+@pytest.mark.etcd
+async def test_etcd_gateway_warm_up_is_read_only_and_quick(etcd_endpoints: list[str]) -> None:
+    """reaper_prepare sends one read-only request (the store's revision does not move),
+    keeps its opener for the revoke, and does not wait on an endpoint that is down."""
+    from shoal.store import _etcd_gateway
+    from shoal.store.etcd import EtcdStore
+
+    store = await EtcdStore.open(etcd_endpoints, prefix=f"/gw-{uuid.uuid4().hex[:8]}")
+    try:
+        lease = await _granted(store)
+        before = await store.revision()
+        monkey = _etcd_gateway._prepared
+        try:
+            started = time.monotonic()
+            _etcd_gateway.reaper_prepare({"endpoints": ["http://127.0.0.1:1"]})  # refused
+            assert time.monotonic() - started < 1.0
+            _etcd_gateway.reaper_prepare({"endpoints": etcd_endpoints})
+            assert _etcd_gateway._prepared is not None
+            assert await store.revision() == before  # nothing written by the warm-up
+            info = {"backend": "etcd", "endpoints": etcd_endpoints, "timeout": 2.0}
+            assert revoke(info, lease).startswith("revoked via")
+        finally:
+            _etcd_gateway._prepared = monkey
+        assert await store.get("nodes/x") is None
+    finally:
+        await store.aclose()

@@ -46,7 +46,7 @@ def wake_dir(db: Path) -> Path:
 class WakeChannel:
     """This store's socket; :meth:`notify` wakes the others, ``on_wake`` runs on ours."""
 
-    def __init__(self, directory: Path, sock: socket.socket, path: Path) -> None:
+    def __init__(self, directory: Path, sock: socket.socket, path: Path | None) -> None:
         self.directory = directory
         self._sock = sock
         self._path = path
@@ -71,7 +71,7 @@ class WakeChannel:
         except OSError:
             return
         for entry in entries:
-            if entry.path == str(self._path) or not entry.name.endswith(".s"):
+            if not entry.name.endswith(".s") or entry.path == str(self._path):
                 continue
             try:
                 self._sock.sendto(b"w", entry.path)
@@ -86,8 +86,9 @@ class WakeChannel:
             with contextlib.suppress(Exception):
                 self._loop.remove_reader(self._sock.fileno())
         self._sock.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self._path)
+        if self._path is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._path)
 
 
 def open_channel(db: Path) -> WakeChannel | None:
@@ -112,3 +113,13 @@ def open_channel(db: Path) -> WakeChannel | None:
         log.info("sqlite store %s: no wake-up channel (%s); polling only", db, exc)
         return None
     return WakeChannel(directory, sock, path)
+
+
+def open_notifier(db: Path) -> WakeChannel | None:
+    """A channel that only wakes the others (its socket is bound to no name, so
+    nobody sends to it): for a process that writes but never watches (the reaper)."""
+    if not hasattr(socket, "AF_UNIX"):
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.setblocking(False)
+    return WakeChannel(wake_dir(db), sock, None)

@@ -105,7 +105,8 @@ class Backend:
     * ``reaper_info(section)`` -> plain data handed (over a pipe) to the reaper
       process; None in ``reaper`` means this backend has no reaper;
     * ``reaper``: the module (light to import) defining ``reaper_prepare(info)``
-      (imports what a revoke needs, run when the reaper starts) and
+      (run when the reaper starts, while the node lives: import, connect and warm
+      up what a revoke needs, so the revoke at the death is one request) and
       ``reaper_revoke(info, lease) -> str`` (run inside the reaper process when
       the node process died);
     * ``missing(section)`` -> a one-line reason when the store plainly holds no

@@ -36,7 +36,7 @@ import sqlite3
 import time
 import urllib.parse
 import weakref
-from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,7 +56,7 @@ from shoal.errors import (
 from shoal.store._log_watch import Watcher as _Watcher
 from shoal.store._log_watch import batches as _batches
 from shoal.store._sqlite_lock import begin_immediate
-from shoal.store._sqlite_wake import WakeChannel, open_channel
+from shoal.store._sqlite_wake import WakeChannel, open_channel, open_notifier
 from shoal.store.protocol import (
     Compare,
     Delete,
@@ -582,6 +582,39 @@ class SqliteStore:
         await asyncio.get_running_loop().run_in_executor(self._pool, self._close_sync)
         self._pool.shutdown(wait=False)
 
+    # -- without an event loop (the reaper process) -----------------------------------
+    @classmethod
+    def open_blocking(cls, path: str | Path, *, lock_timeout: float = 5.0) -> SqliteStore:
+        """Open the file for :meth:`revoke_blocking` in a process that runs no event
+        loop (the reaper): no poller, no expiry check, no worker thread. Its commits
+        still wake the pollers of the other processes (a send-only wake channel)."""
+        self = cls(Path(path), SYSTEM_CLOCK, 0.01, 10_000, lock_timeout)
+        try:
+            self._guard(self._open_sync)
+        except BaseException:
+            self.close_blocking()
+            raise
+        self._channel = open_notifier(self.path)
+        return self
+
+    def revoke_blocking(self, lease: int) -> None:
+        """:meth:`revoke`, on the calling thread (a store from :meth:`open_blocking`)."""
+
+        def body() -> None:
+            self._lease(lease)
+            self._drop_lease(lease)
+
+        self._guard(functools.partial(self._write_sync, body))
+
+    def close_blocking(self) -> None:
+        """Close a store from :meth:`open_blocking`. Idempotent."""
+        self._closed = True
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        self._close_sync()
+        self._pool.shutdown(wait=False)
+
     # -- background tasks (event loop) --------------------------------------------------
     async def _poll_loop(self) -> None:
         failing = False
@@ -646,26 +679,6 @@ def _missing(section: SqliteSection) -> str | None:
             "check the path (or --config)")
 
 
-def reaper_prepare(info: Mapping[str, Any]) -> None:
-    """Nothing to import: this module is loaded already (the reaper imported it)."""
-
-
-def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
-    """Revoke ``lease`` in the file ``info["path"]`` (runs in the reaper process)."""
-
-    async def go() -> str:
-        store = await SqliteStore.open(info["path"])
-        try:
-            await store.revoke(lease)
-        except LeaseNotFound:
-            return "already gone"
-        finally:
-            await store.aclose()
-        return f"revoked in {info['path']}"
-
-    return asyncio.run(go())
-
-
 BACKEND = Backend(
     name="sqlite",
     summary="one SQLite file shared by the node processes of one machine (the default)",
@@ -674,7 +687,7 @@ BACKEND = Backend(
     section=SqliteSection,
     describe=lambda s: f"sqlite at {s.path}",
     identity=lambda s: {"backend": "sqlite", "path": str(Path(s.path).resolve())},
-    reaper="shoal.store.sqlite",
+    reaper="shoal.store._sqlite_reaper",
     reaper_info=lambda s: {"path": str(s.path)},
     missing=_missing,
     path_keys=(("path",),),
