@@ -334,7 +334,7 @@ async def test_etcd_gateway_warm_up_is_read_only_and_quick(etcd_endpoints: list[
     try:
         lease = await _granted(store)
         before = await store.revision()
-        monkey = _etcd_gateway._prepared
+        saved = _etcd_gateway._prepared
         try:
             started = time.monotonic()
             _etcd_gateway.reaper_prepare({"endpoints": ["http://127.0.0.1:1"]})  # refused
@@ -345,7 +345,7 @@ async def test_etcd_gateway_warm_up_is_read_only_and_quick(etcd_endpoints: list[
             info = {"backend": "etcd", "endpoints": etcd_endpoints, "timeout": 2.0}
             assert revoke(info, lease).startswith("revoked via")
         finally:
-            _etcd_gateway._prepared = monkey
+            _etcd_gateway._prepared = saved
         assert await store.get("nodes/x") is None
     finally:
         await store.aclose()

@@ -22,7 +22,11 @@ __all__ = ["reaper_prepare", "reaper_revoke"]
 
 
 _WARM_UP_LIMIT = 0.25  # seconds: the warm-up is best effort, never a wait
-_prepared: Any = None  # the opener reaper_prepare built (TLS context loaded once)
+_prepared: tuple[dict[str, Any], Any] | None = None  # (info, the opener built for it)
+
+
+def _endpoints(info: Mapping[str, Any]) -> list[str]:
+    return [str(e).rstrip("/") for e in info.get("endpoints") or ()]
 
 
 def reaper_prepare(info: Mapping[str, Any]) -> None:
@@ -34,14 +38,15 @@ def reaper_prepare(info: Mapping[str, Any]) -> None:
     import urllib.request
 
     global _prepared
-    endpoints = [str(e).rstrip("/") for e in info.get("endpoints") or ()]
+    endpoints = _endpoints(info)
     if not endpoints:
         return
     request = urllib.request.Request(
         f"{endpoints[0]}/v3/maintenance/status", b"{}", {"Content-Type": "application/json"})
     try:
-        _prepared = _opener(info, endpoints)  # (a bad TLS file fails again at the revoke)
-        with _prepared.open(request, timeout=_WARM_UP_LIMIT) as resp:
+        opener = _opener(info, endpoints)  # (a bad TLS file fails again at the revoke)
+        _prepared = (dict(info), opener)
+        with opener.open(request, timeout=_WARM_UP_LIMIT) as resp:
             json.loads(resp.read() or b"{}")
     except Exception:  # a warm-up: whatever happened, the path ran
         return
@@ -75,8 +80,10 @@ def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
     import urllib.request
 
     timeout = float(info.get("timeout") or 5.0)
-    endpoints = [str(e).rstrip("/") for e in info.get("endpoints") or ()]
-    opener = _prepared or _opener(info, endpoints)
+    endpoints = _endpoints(info)
+    prepared = _prepared
+    opener = (prepared[1] if prepared is not None and prepared[0] == dict(info)
+              else _opener(info, endpoints))
 
     def post(url: str, body: dict[str, Any], headers: dict[str, str], limit: float) -> Any:
         data = json.dumps(body).encode()

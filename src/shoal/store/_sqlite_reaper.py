@@ -10,6 +10,7 @@ as any store's commit does.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from shoal.errors import LeaseNotFound, ShoalError
@@ -33,6 +34,9 @@ def reaper_revoke(info: Mapping[str, Any], lease: int) -> str:
     """Revoke ``lease`` in the file ``info["path"]``; returns what happened."""
     global _store
     store, _store = _store, None
+    if store is not None and store.path != Path(info["path"]):  # prepared for another file
+        store.close_blocking()
+        store = None
     try:
         if store is None:
             store = SqliteStore.open_blocking(str(info["path"]))
