@@ -12,11 +12,12 @@ duties (ownership keys hang on the node lease: keep-alive traffic only).
 (acquisitions and handovers in batches of 128 keys, a pass after every
 batch), and every pass of an incremental placer is timed. A second placer
 built from scratch at the end must give the very same answer, and one
-from-scratch ``place()`` pass is timed for comparison. Phases: one more node
-joins; a node dies (its owners go with it); another dies, and this time every
-pass is told which owners changed since the last (``changed=``, as a caller
-tracking the owners' watch events can; the runtime does not pass it yet, so
-there a pass compares the owners in full):
+from-scratch ``place()`` pass is timed for comparison. Every pass is told
+which owners changed since the last (``changed=``), as the runtime's owner
+table tells it (:meth:`shoal.runtime.owners.OwnerTable.changed_since`).
+Phases: one more node joins; a node dies (its owners go with it); another
+dies, and this time the passes are not told and compare the owners in full
+(what the runtime does after a watch reload, or when its change log was cut):
 
     python benchmarks/scale_sim.py --placement --nodes 100 --duties 100000
 """
@@ -112,6 +113,7 @@ async def run(nodes: int, duties: int) -> dict[str, Any]:
 
 
 BATCH = 128  # keys per acquire/release transaction (etcd's default txn limit)
+PHASES = ("join", "leave", "leave, untold")
 
 
 def _converge(placer: IncrementalPlacer, live: list[NodeInfo], owners: dict[str, str],
@@ -170,15 +172,16 @@ def placement_run(nodes: int, duties: int, seed: int = 1) -> dict[str, Any]:
         _converge(placer, live, owners, rng, grow, batch=duties)  # set-up: not timed
     out: dict[str, Any] = {"nodes": nodes, "duties": duties,
                            "grow_s": round(time.perf_counter() - t0, 1)}
-    for phase in ("join", "leave", "leave, told"):
+    for phase in PHASES:
         times: list[float] = []
-        changed: list[str] | None = None
+        changed: list[str] | None = []  # told (as the runtime's owner table tells it)
         if phase == "join":
             live.append(NodeInfo("joiner", frozenset()))
         else:  # kill -9: the node and its duties leave in one revision (reaper)
             lost = live.pop(rng.randrange(len(live))).name
-            if phase == "leave, told":  # the pass is told which owners changed
-                changed = [d for d, n in owners.items() if n == lost]
+            changed = [d for d, n in owners.items() if n == lost]
+            if phase != "leave":  # after a watch reload: compared in full
+                changed = None
             owners = {d: n for d, n in owners.items() if n != lost}
         before = dict(owners)
         passes, moved, twice = _converge(placer, live, owners, rng, times, changed=changed)
@@ -211,7 +214,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         for d in args.duties:
             r = placement_run(args.nodes, d, args.seed)
-            for phase in ("join", "leave", "leave, told"):
+            for phase in PHASES:
                 p = r[phase]
                 print(f"| {r['nodes']} | {d} | {phase} | {p['passes']} | {p['pass_ms']} "
                       f"| {p['first_ms']:.1f} | {p['moved']} ({p['ideal']}) "

@@ -3,13 +3,20 @@ give what a fresh ``place`` gives for the situation they are used in."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.core.placement import DutySpec, NodeInfo, Placement, place
 from shoal.primitives.membership import Member
+from shoal.primitives.ownership import DUTIES, Owner
 from shoal.runtime.app import App, Duty
 from shoal.runtime.context import DutyContext
+from shoal.runtime.owners import OwnerTable
 from shoal.runtime.placer import Placer, only_confirmed
+from shoal.store.protocol import Event, EventType, KeyValue
 
 NAMES = ["a", "b", "c", "d"]
 
@@ -221,3 +228,82 @@ def test_a_forked_spare_is_the_same_placement_as_one_from_scratch() -> None:
         assert forked[:2] == scratch[:2] and forked[2] == scratch[2]
         assert forked[2] == fresh(ds, list(forked[0]), forked[1])
     assert placer.place(ds, members, owners) == first
+
+
+class _Lying:
+    """A history that says nothing changed (to show the hint is used)."""
+
+    def __init__(self, table: OwnerTable) -> None:
+        self._table = table
+
+    @property
+    def version(self) -> int:
+        return self._table.version
+
+    def changed_since(self, version: int) -> set[str] | None:
+        return set()
+
+
+def _owner(duty: str, node: str, rev: int) -> Event:
+    value = json.dumps({"node": node, "since": 0.0}).encode()
+    return Event(EventType.PUT, KeyValue(DUTIES + duty, value, rev, rev, 1, 7))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 59), st.sampled_from([*NAMES, None]),
+                          st.booleans()), min_size=1, max_size=25))
+def test_passes_told_what_changed_by_the_owner_table_give_places_answer(
+    steps: list[tuple[int, str | None, bool]],
+) -> None:
+    """The runtime hands the placer its OwnerTable: a pass is then told which owners
+    changed since the last one (not comparing them all), and still gives exactly
+    what a fresh ``place`` gives, across owner changes and members leaving."""
+    ds = duties(60)
+    members = [Member(n) for n in NAMES]
+    table = OwnerTable()
+    table.reload({})
+    rev = 0
+    for d, n in settled(ds, members).items():
+        rev += 1
+        table.apply([_owner(d, n, rev)])
+    placer = Placer(balanced=True, newest_version=False)
+    assert placer.place(ds, members, table.nodes(), history=table) == fresh(
+        ds, members, table.nodes())
+    for index, node, leave in steps:
+        rev += 1
+        duty = ds[index].name
+        if node is None:
+            table.apply([Event(EventType.DELETE, KeyValue(DUTIES + duty, b"", rev, rev, 0, 0))])
+        else:
+            table.wrote(duty, rev, Owner(duty, node, rev, 0.0, 7))
+        if leave and len(members) > 1:
+            gone = members.pop(index % len(members)).name
+            rev += 1
+            table.apply([Event(EventType.DELETE, KeyValue(DUTIES + d, b"", rev, rev, 0, 0))
+                         for d, n in table.nodes().items() if n == gone])
+        owners = table.nodes()
+        assert placer.place(ds, members, owners, history=table) == fresh(ds, members, owners)
+    assert placer.told == placer.computed - 1  # every pass after the first was told
+
+
+def test_a_pass_told_nothing_changed_keeps_the_old_owners() -> None:
+    """The hint is used: told (falsely) that nothing changed, a pass misses the
+    partitions b took from a and differs from ``place``, which moves some back.
+    (The runtime's table never lies: see the test above.)"""
+    ds = duties(60)
+    members = [Member(n) for n in NAMES]
+    table = OwnerTable()
+    rev = 0
+    for d, n in settled(ds, members).items():
+        rev += 1
+        table.apply([_owner(d, n, rev)])
+    placer = Placer(balanced=True, newest_version=False)
+    lying = _Lying(table)
+    placer.place(ds, members, table.nodes(), history=lying)
+    for d, n in list(table.nodes().items()):
+        if n == "a" and d.startswith("p/"):  # b takes a's partitions: b is over its cap
+            rev += 1
+            table.wrote(d, rev, Owner(d, "b", rev, 0.0, 7))
+    owners = table.nodes()
+    got = placer.place(ds, members, owners, history=lying)
+    assert placer.told == 1 and got.wanted != fresh(ds, members, owners).wanted

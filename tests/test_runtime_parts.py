@@ -7,6 +7,10 @@ import asyncio
 import contextlib
 import json
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from shoal.core.node_state import KeepaliveFailed, KeepaliveOk, LeaseGone, SessionEvent
 from shoal.primitives.ownership import DUTIES, Owner
 from shoal.primitives.session import LeaseSession
@@ -116,6 +120,75 @@ def test_owner_table_nodes_is_one_dict_until_something_changes() -> None:
     # the dicts handed out earlier were never changed since
     assert seen[1] == {"a": "n1", "b": "me"} and seen[2] == {"b": "me"}
     assert seen[-1] == {}
+
+
+def _delete(duty: str, rev: int) -> Event:
+    return Event(EventType.DELETE, KeyValue(DUTIES + duty, b"", rev, rev, 0, 0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["put", "delete", "wrote", "release", "confirm",
+                                          "forget", "reload"]),
+                          st.sampled_from(["a", "b", "c", "d"]),
+                          st.sampled_from(["n1", "n2", "me"])), max_size=30),
+       st.integers(min_value=2, max_value=12))
+def test_owner_table_changed_since_covers_every_owner_that_differs(
+    ops: list[tuple[str, str, str]], limit: int,
+) -> None:
+    """changed_since(v) names every duty whose owner differs from nodes() at v
+    (a superset), or says None: after a reload, or once the log was cut (never
+    for the version just before a change other than a reload)."""
+    table = OwnerTable()
+    rev = 0
+    snaps: list[tuple[int, dict[str, str]]] = [(table.version, dict(table.nodes()))]
+    reloaded_at = 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("shoal.runtime.owners.LOG_LIMIT", limit)
+        for op, duty, node in ops:
+            rev += 1
+            if op == "put":
+                table.apply([_put(duty, node, rev), _put("e", node, rev)])
+            elif op == "delete":
+                table.apply([_delete(duty, rev)])
+            elif op == "wrote":
+                table.wrote(duty, rev, Owner(duty, node, rev, 0.0, 7))
+            elif op == "release":
+                table.wrote(duty, rev, None)
+            elif op == "confirm":
+                table.confirm(rev - 3)
+            elif op == "forget":
+                table.forget_pending()
+            else:
+                table.reload({d: KeyValue(DUTIES + d, _put(d, node, rev).kv.value, rev, rev, 1, 7)
+                              for d in ("a", duty)})
+                reloaded_at = table.version
+            now = table.nodes()
+            for version, before in snaps:
+                told = table.changed_since(version)
+                if told is None:  # a reload since, or cut: never the step just before
+                    assert version < reloaded_at or version < snaps[-1][0]
+                    continue
+                assert {d for d, _ in before.items() ^ now.items()} <= told
+            snaps.append((table.version, dict(now)))
+    assert table.changed_since(table.version) == set()
+    assert table.changed_since(table.version + 1) is None  # a version not reached
+
+
+def test_owner_table_changed_since_forgets_the_oldest_past_its_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("shoal.runtime.owners.LOG_LIMIT", 4)
+    table = OwnerTable()
+    start = table.version
+    for i in range(3):
+        table.apply([_put(f"d{i}", "n1", i + 1)])
+    assert table.changed_since(start) == {"d0", "d1", "d2"}
+    table.apply([_put("x", "n1", 4), _put("y", "n1", 4)])  # 5 logged: the oldest go
+    assert table.changed_since(start) is None
+    assert table.changed_since(table.version - 1) == {"x", "y"}
+    table.reload({})
+    assert table.changed_since(table.version - 1) is None
+    assert table.changed_since(table.version) == set()
 
 
 # -- Session --------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ preferably not on its critical path at all:
 * **incremental**: a placement that must be computed starts from the previous
   one (:class:`shoal.core.incremental.IncrementalPlacer`: only the duties that
   move are ranked; the answer is ``place``'s);
+  and, given the owners' history (:meth:`shoal.runtime.owners.OwnerTable.changed_since`),
+  it is told which owners changed since its last pass instead of comparing them all;
 * **cache**: a placement is reused while the live members and the owners hold;
 * **confirmed owners**: a pass woken by owner changes that only CONFIRM the
   placement (a duty taken by the node it is wanted on) reuses it provisionally;
@@ -30,6 +32,7 @@ preferably not on its critical path at all:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from shoal.core.incremental import IncrementalPlacer
 from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, place
@@ -43,6 +46,16 @@ SPARE_MAX_PAIRS = 100_000
 
 Live = frozenset[Member]
 Owners = dict[str, str]  # duty -> owner node
+
+
+class History(Protocol):
+    """Where owners come from, versioned (:class:`~shoal.runtime.owners.OwnerTable`):
+    the owners a pass is given are the source's at its current ``version``."""
+
+    @property
+    def version(self) -> int: ...
+
+    def changed_since(self, version: int) -> set[str] | None: ...
 
 
 def undeclared(member: Member, families: set[str]) -> frozenset[str]:
@@ -83,6 +96,9 @@ class Placer:
         self.spares_used = 0
         self._scores = ScoreCache()  # rendezvous hashes, reused by every placement
         self._specs: tuple[list[Duty], IncrementalPlacer] | None = None
+        # the history and its version the engine's last pass placed from
+        self._engine_at: tuple[IncrementalPlacer, History, int] | None = None
+        self.told = 0  # engine passes told which owners changed
         # (duties, live members, owners placed from, placement, exact)
         self._cache: tuple[list[Duty], Live, Owners, Placement, bool] | None = None
         self._spare_base: tuple[list[Duty], Live, Owners] | None = None
@@ -101,11 +117,12 @@ class Placer:
 
     def place(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners, *,
-        exact: bool = True,
+        exact: bool = True, history: History | None = None,
     ) -> Placement:
         """Where every duty should run, given the members (draining ones are not
         live) and ``owners``. ``exact=False`` allows reusing a placement the owners
-        only confirmed since (see the module docstring)."""
+        only confirmed since (see the module docstring). ``history``: where
+        ``owners`` come from (they must be its owners at its current version)."""
         live = frozenset(m for m in members if not m.draining)
         cached = self._cache
         if cached is not None and cached[0] is duties and cached[1] == live:
@@ -123,7 +140,7 @@ class Placer:
                 self.spares_used += 1  # (other survivors may have taken their share already)
                 self._cache = (duties, live, owners, spare[1], same)
                 return spare[1]
-        result = self._compute(duties, live, owners)
+        result = self._compute(duties, live, owners, history)
         self.computed += 1
         self._cache = (duties, live, owners, result, True)
         return result
@@ -256,10 +273,23 @@ class Placer:
             ], balanced=self.balanced, newest_version=self.newest_version))
         return self._specs[1]
 
-    def _compute(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
+    def _compute(self, duties: list[Duty], live: Live, owners: Owners,
+                 history: History | None = None) -> Placement:
         """The placement, from the incremental placer (it keeps what the previous
-        pass computed: see :mod:`shoal.core.incremental`)."""
-        return self._engine(duties).place(self._nodes(duties, live), owners)
+        pass computed: see :mod:`shoal.core.incremental`), told which owners
+        changed since its last pass when ``history`` knows it."""
+        engine = self._engine(duties)
+        changed: set[str] | None = None
+        at = self._engine_at
+        if history is not None and at is not None and at[0] is engine and at[1] is history:
+            changed = history.changed_since(at[2])
+        self._engine_at = None  # (should the pass raise)
+        result = engine.place(self._nodes(duties, live), owners, changed)
+        if changed is not None:
+            self.told += 1
+        if history is not None:
+            self._engine_at = (engine, history, history.version)
+        return result
 
     def _compute_spare(self, duties: list[Duty], live: Live, owners: Owners) -> Placement:
         """A spare's placement, from scratch (it may run in a worker thread: the

@@ -190,7 +190,8 @@ class Reconciler:
         """Where every duty should run (:class:`~shoal.runtime.placer.Placer`: cached
         while members and owners hold; ``exact=False`` also reuses a placement the
         owners only confirmed since)."""
-        return self.placer.place(self.duties, members.values(), self._owner_nodes(), exact=exact)
+        return self.placer.place(self.duties, members.values(), self._owner_nodes(), exact=exact,
+                                 history=self.owners)
 
     def _owner_nodes(self) -> dict[str, str]:
         return self.owners.nodes()
