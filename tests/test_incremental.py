@@ -279,3 +279,112 @@ def test_ranker_keys_follow_the_names_given_whatever_their_container() -> None:
     for i in range(placement_mod._LINES + 10):
         assert ranker.keys("d", (names[i % 5],)) == [want[i % 5]]
     assert len(ranker._lines) <= placement_mod._LINES
+
+
+@st.composite
+def leave_histories(
+    draw: Any,
+) -> tuple[list[DutySpec], list[NodeInfo], list[tuple[int, str, int, int]]]:
+    """Many pooled duties, the first nodes, then steps that only take nodes away:
+    how many leave, how the owners move after the warming (runner-ups go stale),
+    a seed, and how many runner-ups are warmed before the step."""
+    duties = [*draw(duty_lists()), *(DutySpec(f"fam:x{i}", family="fam",
+                                              roles=frozenset({"a"}) if i % 7 == 3 else frozenset())
+                                     for i in range(draw(st.integers(10, 60))))]
+    names = NODE_NAMES[:draw(st.integers(3, 7))]
+    equal = draw(st.booleans())
+    nodes = [NodeInfo(n, draw(st.sampled_from([frozenset(), frozenset({"a"})])),
+                      weight=1.0 if equal else draw(st.sampled_from([1.0, 2.0, 0.5])))
+             for n in names]
+    steps = [(draw(st.integers(0, 2)), draw(st.sampled_from(["same", "same", "partial", "random"])),
+              draw(st.integers(0, 2**16)), draw(st.integers(0, 80)))
+             for _ in range(draw(st.integers(1, 5)))]
+    return duties, nodes, steps
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(leave_histories())
+def test_runner_ups_warmed_between_passes_give_place_s_answer(
+    history: tuple[list[DutySpec], list[NodeInfo], list[tuple[int, str, int, int]]],
+) -> None:
+    """Runner-ups (warm) are only a shortcut: passes after nodes die (their duties
+    freed, or still listed as theirs), with owners moved since the warming (stale
+    runner-ups) or a dead node back first (a join), equal place() from scratch."""
+    duties, nodes, steps = history
+    engine = IncrementalPlacer(duties)
+    owners: dict[str, str] = {}
+    wanted: dict[str, str | None] = {d.name: None for d in duties}
+    dead: list[NodeInfo] = []
+    for leaving, how, seed, warm in steps:
+        for _ in range(2):  # settle: every duty on its wanted node
+            owners = next_owners("wanted", 0, owners, wanted, duties)
+            wanted = dict(engine.place(nodes, owners).wanted)
+        engine.warm(warm)
+        if seed & 2:  # at scale the full rankings of past passes are trimmed
+            engine._ranked.clear()
+        owners = next_owners(how, seed, owners, wanted, duties)
+        got = engine.place(nodes, owners)
+        assert got.wanted == place(duties, nodes, owners, balanced=True).wanted
+        if seed & 4 and dead:  # one of the dead comes back first (a join)
+            nodes = [*nodes, dead.pop()]
+            got = engine.place(nodes, owners)
+            assert got.wanted == place(duties, nodes, owners, balanced=True).wanted
+        gone = {n.name for n in nodes[:leaving]}
+        dead.extend(nodes[:leaving])
+        nodes = nodes[leaving:]
+        if seed & 1:  # the reaper frees the dead nodes' duties in the same revision
+            owners = {d: n for d, n in owners.items() if n not in gone}
+        got = engine.place(nodes, owners)
+        want = place(duties, nodes, owners, balanced=True)
+        assert got.wanted == want.wanted
+        assert dict(got.ranks) == want.ranks
+        wanted = dict(got.wanted)
+
+
+def test_a_death_places_from_runner_ups_without_ranking_every_duty(
+    hashed: list[int],
+) -> None:
+    """Warmed while quiet, a node's death ranks over all survivors only the duties
+    whose runner-up filled up first; the answer is place()'s."""
+    duties = [DutySpec(f"p:{i}", family="p") for i in range(2000)]
+    nodes = [NodeInfo(f"n{i:02d}", frozenset()) for i in range(20)]
+    engine = IncrementalPlacer(duties)
+    owners = {d.name: f"n{i % 20:02d}" for i, d in enumerate(duties)}
+    engine.place(nodes, owners)
+    owners = {d: n for d, n in engine.place(nodes, owners).wanted.items() if n is not None}
+    engine.place(nodes, owners)
+    assert not engine.warm(1500) and not engine.warm(1500)  # 2,000 kept duties to do
+    assert engine.warm(1500)  # nothing left
+    hashed.clear()
+    survivors = [n for n in nodes if n.name != "n00"]
+    freed = {d: n for d, n in owners.items() if n != "n00"}
+    after = engine.place(survivors, freed)
+    ranked = sum(hashed)
+    lost = sum(1 for n in owners.values() if n == "n00")
+    assert engine.runner_hits == lost
+    assert 0 < ranked < lost * 19 // 2  # only the duties whose best node filled up
+    assert after.wanted == place(duties, survivors, freed, balanced=True).wanted
+    # a join: most entries are caught up with one hash (the newcomer's key); the
+    # duties that moved, or whose runner-up died, are ranked in full again
+    settled = {d: n for d, n in after.wanted.items() if n is not None}
+    joined = [*survivors, NodeInfo("new", frozenset())]
+    settled = {d: n for d, n in engine.place(joined, settled).wanted.items() if n is not None}
+    engine.place(joined, settled)
+    hashed.clear()
+    while not engine.warm(500):
+        pass
+    assert sum(1 for count in hashed if count == 1) > 1500
+    assert sum(hashed) < 2000 * 20 // 4  # a quarter of warming them all afresh
+    hits = engine.runner_hits
+    hashed.clear()
+    survivors = [n for n in joined if n.name != "n01"]  # a second death, after the join
+    freed = {d: n for d, n in settled.items() if n != "n01"}
+    after = engine.place(survivors, freed)
+    assert engine.runner_hits - hits == sum(1 for n in settled.values() if n == "n01")
+    assert sum(hashed) < (engine.runner_hits - hits) * 19 // 2
+    assert after.wanted == place(duties, survivors, freed, balanced=True).wanted
+    # a node whose record changes (here its weight) drops every entry
+    changed = [NodeInfo(n.name, n.roles, weight=2.0) if n.name == "n02" else n
+               for n in survivors]
+    engine.place(changed, {d: n for d, n in after.wanted.items() if n is not None})
+    assert engine._runner.table == {}

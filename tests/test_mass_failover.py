@@ -78,12 +78,17 @@ async def crash(c: SimCluster, victim: str) -> None:
     await c.store.revoke(session.lease)
 
 
-@pytest.mark.parametrize("spares", [True, False])
+@pytest.mark.parametrize("ahead", ["spares", "none", "runner-ups"])
 async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_survivor(
-    spares: bool, monkeypatch: pytest.MonkeyPatch
+    ahead: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """What is computed ahead while quiet: spares (small clusters), nothing, or
+    (large ones) the placer's runner-ups, here switched on at this size."""
+    spares = ahead == "spares"
     if not spares:
         monkeypatch.setattr("shoal.runtime.placer.SPARE_MAX_NODES", 0)
+    if ahead == "runner-ups":
+        monkeypatch.setattr("shoal.runtime.placer.WARM_MIN_DUTIES", 0)
     c = SimCluster(partitioned_app(), grace=1.0, rebalance_delay=1.0)
     try:
         for name in NODES:
@@ -103,6 +108,11 @@ async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_surviv
             assert all(p.spares_computed >= len(NODES) - 1 for p in placers.values())
         else:
             assert all(p.spares_computed == 0 for p in placers.values())
+        engines = {n: p._engine(c.nodes[n]._duties.duties) for n, p in placers.items()}
+        for n, engine in engines.items():  # warmed while quiet: every kept duty's
+            kept = sum(len(k) for k in engine._kept.values())  # runner-up, or none
+            assert len(engine._runner.table) == (kept if ahead == "runner-ups" else 0), n
+        hits = {n: e.runner_hits for n, e in engines.items()}
         txns = {n: count_txns(c.nodes[n]) for n in survivors}
 
         dead = c.nodes.pop(victim)
@@ -123,6 +133,8 @@ async def test_a_dead_nodes_partitions_take_one_placement_and_one_txn_per_surviv
             assert placed == (0 if spares else 1), f"{n} placed {placed} times for one loss"
             assert placers[n].spares_used - used[n] == (1 if spares else 0)
             assert txns[n][0] == 1, f"{n} sent {txns[n][0]} transactions"
+            hit = engines[n].runner_hits - hits[n]  # the dead node's partitions: each
+            assert hit == (len(lost - {"leader"}) if ahead == "runner-ups" else 0), n
         wanted = fresh_wanted(c, survivors)
         assert {d: now.get(d) for d in wanted} == wanted  # every duty on its wanted node
 

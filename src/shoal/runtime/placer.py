@@ -26,7 +26,11 @@ preferably not on its critical path at all:
   the spare wants them on (the other survivors were faster), as above. Spares
   are skipped in large clusters (more than ``SPARE_MAX_NODES`` live nodes or
   ``SPARE_MAX_PAIRS`` duty x node pairs), where computing them ahead would cost
-  too much idle CPU.
+  too much idle CPU;
+* **runner-ups**: there instead, from ``WARM_MIN_DUTIES`` duties up, the
+  incremental placer's runner-ups are warmed while the cluster is quiet
+  (:meth:`Placer.warm`: each kept duty's best node but its owner), so that a
+  node's death does not rank its duties over every survivor.
 """
 
 from __future__ import annotations
@@ -39,10 +43,13 @@ from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, plac
 from shoal.primitives.membership import Member
 from shoal.runtime.app import Duty
 
-__all__ = ["SPARE_MAX_NODES", "SPARE_MAX_PAIRS", "Placer", "only_confirmed", "undeclared"]
+__all__ = ["SPARE_MAX_NODES", "SPARE_MAX_PAIRS", "WARM_MIN_DUTIES", "Placer", "only_confirmed",
+           "undeclared"]
 
 SPARE_MAX_NODES = 16
 SPARE_MAX_PAIRS = 100_000
+WARM_MIN_DUTIES = 20_000  # below, a death's duties are ranked in a few ms: no warming
+WARM_PAIRS = 10_000  # duty x node pairs hashed per warm step (a few ms of event loop)
 
 Live = frozenset[Member]
 Owners = dict[str, str]  # duty -> owner node
@@ -202,13 +209,30 @@ class Placer:
         """The live nodes (not ``me``) whose loss has no spare placement yet for
         these members and owners; [] when spares are off for a cluster this size."""
         live = frozenset(m for m in members if not m.draining)
-        if len(live) > SPARE_MAX_NODES or len(live) * len(duties) > SPARE_MAX_PAIRS:
+        if self.spares_off(duties, live):
             return []
         names = {m.name for m in live}
         if not self.spares_base_matches(duties, live, owners):
             return sorted(n for n in names if n != me)
         done = {n for s in self._spares for n in names - {m.name for m in s}}
         return sorted(n for n in names if n != me and n not in done)
+
+    def spares_off(self, duties: list[Duty], members: Iterable[Member]) -> bool:
+        """True if the cluster is too large for spare placements."""
+        live = sum(1 for m in members if not m.draining)
+        return live > SPARE_MAX_NODES or live * len(duties) > SPARE_MAX_PAIRS
+
+    def warm(self, duties: list[Duty], members: Iterable[Member]) -> bool:
+        """One step (about ``WARM_PAIRS`` hashes) of warming the incremental placer's
+        runner-ups, where spares are off and there are at least ``WARM_MIN_DUTIES``
+        duties. True when there is nothing (left) to do."""
+        members = list(members)
+        if len(duties) < WARM_MIN_DUTIES or not self.spares_off(duties, members):
+            return True
+        if self._specs is None or self._specs[0] is not duties:
+            return True
+        live = max(1, sum(1 for m in members if not m.draining))
+        return self._specs[1].warm(max(1, WARM_PAIRS // live))
 
     def add_spare(
         self, duties: list[Duty], members: Iterable[Member], owners: Owners, lost: str

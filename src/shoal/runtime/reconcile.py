@@ -199,11 +199,13 @@ class Reconciler:
     async def _spares(self, members: Callable[[], Mapping[str, Member]]) -> None:
         """Compute spare placements once nothing changed for ``SPARE_QUIET`` seconds
         and no wanted duty is free, one at a time, giving way as soon as something
-        changes. Each is a pass on a fork of the incremental placer, in the event
-        loop (what the loss changes: a few milliseconds at 1,000 duties), when the
-        placer allows it (:meth:`Placer.spare_forks`); otherwise a placement from
-        scratch in a worker thread of its own (``offload_spares``: the event loop
-        stays free to see a node's death, and the app's threads are not used)."""
+        changes (in clusters too large for spares, warm the placer's runner-ups
+        instead, a few milliseconds at a time). Each is a pass on a fork of the
+        incremental placer, in the event loop (what the loss changes: a few
+        milliseconds at 1,000 duties), when the placer allows it
+        (:meth:`Placer.spare_forks`); otherwise a placement from scratch in a
+        worker thread of its own (``offload_spares``: the event loop stays free to
+        see a node's death, and the app's threads are not used)."""
         pool = ThreadPoolExecutor(1, thread_name_prefix=f"shoal-spares-{self.name}")
         loop = asyncio.get_running_loop()
         try:
@@ -225,8 +227,14 @@ class Reconciler:
                     duties, owners = self.duties, self._owner_nodes()
                     current = list(members().values())
                     missing = self.placer.spares_missing(duties, current, owners, self.name)
-                    if not missing or not self.placer.nothing_free(duties, owners):
-                        break  # done, or a failover or handover is under way
+                    if not self.placer.nothing_free(duties, owners):
+                        break  # a failover or handover is under way
+                    if not missing:  # done, or spares off: warm runner-ups instead
+                        while self.placing and not self._changed.is_set():
+                            if self.placer.warm(duties, current):
+                                break
+                            await asyncio.sleep(0)  # a step at a time: passes go first
+                        break
                     fork = self.placer.spare_forks(duties)
                     compute = functools.partial(
                         self.placer.spare, duties, current, owners, missing[0], fork=fork)
