@@ -13,6 +13,12 @@ changed (weight, roles, disabled duties) drops every entry.
 An entry is used only once its ``owner`` is no longer among the duty's eligible
 live nodes (it died, or stopped being eligible): then ``node`` is the duty's best
 node of all.
+
+Warming works through a list: every kept duty after a node came or changed,
+else the duties whose owner changed since (:meth:`RunnerUps.touch`), so that a
+quiet cluster costs nothing. An entry whose ``node`` died is not redone until
+the duty moves or a node comes (the duty is then ranked in full if its owner
+dies first: rare, and still correct).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ class RunnerUps:
         self._base = 0  # entries of earlier epochs cannot be caught up
         self._came: list[tuple[int, frozenset[str]]] = []  # nodes that came, per epoch
         self._queue: list[str] = []
+        self._all = True  # the next work list: every kept duty
+        self._dirty: set[str] = set()  # else these (owners changed)
 
     def copy(self) -> RunnerUps:
         twin = RunnerUps()
@@ -49,11 +57,17 @@ class RunnerUps:
         """Nodes came (``only_came``: and no node's record changed; nodes may have
         left too), or some node's record changed (every entry is dropped)."""
         self.epoch += 1
-        self._queue = []
+        self._queue, self._all = [], True
+        self._dirty.clear()
         if only_came:
             self._came.append((self.epoch, frozenset(came)))
         else:
             self.table, self._came, self._base = {}, [], self.epoch
+
+    def touch(self, duties: Iterable[str]) -> None:
+        """These duties' owners changed: their entries are to be redone."""
+        if not self._all:
+            self._dirty.update(duties)
 
     def best(self, duty: str, allowed: frozenset[str]) -> tuple[float, str] | None:
         """The duty's best node among ``allowed`` (its eligible live nodes) and its
@@ -68,21 +82,31 @@ class RunnerUps:
              names_of: Callable[[str], tuple[str, ...]],
              allowed_of: Callable[[str], frozenset[str]]) -> bool:
         """Compute or catch up the entries of up to ``limit`` duties of ``kept``
-        (live node -> the duties it keeps). True when none was left to do."""
-        queue = self._queue
+        (live node -> the duties it keeps) that lack a current one, from the work
+        list (module docstring; drawn up again once done). True when it is done."""
+        queue, table = self._queue, self.table
         if not queue:
-            table, epoch = self.table, self.epoch
-            queue.extend(d for node, duties in kept.items() for d in duties
-                         if (r := table.get(d)) is None or r[2] != node or r[3] != epoch)
+            if self._all:
+                for duties in kept.values():
+                    queue.extend(duties)
+                self._all = False
+            else:
+                queue.extend(self._dirty)
+            self._dirty.clear()
         done = 0
-        while queue and done < limit:
+        budget = 16 * limit  # duties looked at, current ones included
+        while queue and done < limit and budget > 0:
+            budget -= 1
             duty = queue.pop()
             owner = owner_of(duty)
             if owner is None or duty not in kept.get(owner, ()):
-                continue  # no longer kept (moved or freed since it was queued)
+                continue  # no longer kept (moved or freed since it was listed)
+            run = table.get(duty)
+            if run is not None and run[2] == owner and run[3] == self.epoch:
+                continue  # current already
             self._compute(duty, owner, ranker, names_of(duty), allowed_of(duty))
             done += 1
-        return not queue and done == 0
+        return not queue
 
     def _compute(self, duty: str, owner: str, ranker: _Keys, names: tuple[str, ...],
                  allowed: frozenset[str]) -> None:

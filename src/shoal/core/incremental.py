@@ -228,7 +228,8 @@ class IncrementalPlacer:
         """Compute the runner-ups of up to ``limit`` kept duties that lack a current
         one (module docstring): as many hashes each as it has eligible nodes, or
         as nodes came since its entry. For idle time; the answer of a pass never
-        depends on it. Returns True when there was nothing left to do."""
+        depends on it. Returns True once its work list (the duties found lacking
+        one when it was drawn up) is done; the next call draws up a new one."""
         if not self._valid or self._ranker is None:
             return True
         key_of, names, sets = self._key_of, self._names, self._sets
@@ -349,6 +350,7 @@ class IncrementalPlacer:
                 else:
                     self._owners[duty] = owner
         assert self._ranker is not None
+        self._runner.touch(changed)
         for duty in changed:
             spec = self._by_name.get(duty)
             if spec is None or spec.sticky or spec.with_duty is not None:

@@ -225,7 +225,7 @@ class Placer:
     def warm(self, duties: list[Duty], members: Iterable[Member]) -> bool:
         """One step (about ``WARM_PAIRS`` hashes) of warming the incremental placer's
         runner-ups, where spares are off and there are at least ``WARM_MIN_DUTIES``
-        duties. True when there is nothing (left) to do."""
+        duties. True when there is nothing (left) to do for now."""
         members = list(members)
         if len(duties) < WARM_MIN_DUTIES or not self.spares_off(duties, members):
             return True
