@@ -228,8 +228,9 @@ class IncrementalPlacer:
         """Compute the runner-ups of up to ``limit`` kept duties that lack a current
         one (module docstring): as many hashes each as it has eligible nodes, or
         as nodes came since its entry. For idle time; the answer of a pass never
-        depends on it. Returns True once its work list (the duties found lacking
-        one when it was drawn up) is done; the next call draws up a new one."""
+        depends on it. Returns True once its work list (every kept duty after a
+        node came or changed, else the duties whose owner changed since) is done;
+        the next call draws up a new one."""
         if not self._valid or self._ranker is None:
             return True
         key_of, names, sets = self._key_of, self._names, self._sets
