@@ -43,8 +43,8 @@ from shoal.core.placement import DutySpec, NodeInfo, Placement, ScoreCache, plac
 from shoal.primitives.membership import Member
 from shoal.runtime.app import Duty
 
-__all__ = ["SPARE_MAX_NODES", "SPARE_MAX_PAIRS", "WARM_MIN_DUTIES", "Placer", "only_confirmed",
-           "undeclared"]
+__all__ = ["SPARE_MAX_NODES", "SPARE_MAX_PAIRS", "WARM_MIN_DUTIES", "WARM_PAIRS", "History",
+           "Placer", "only_confirmed", "undeclared"]
 
 SPARE_MAX_NODES = 16
 SPARE_MAX_PAIRS = 100_000
