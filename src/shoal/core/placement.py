@@ -244,17 +244,17 @@ class _Ranker:
         best takes ``min`` and its first index, which is :meth:`scored`'s first
         when ``names`` are in name order)."""
         raw = duty.encode()
-        out: list[float] = []
-        add = out.append
-        bits: int | None
         if self._cache is None and self._plain:
-            # the hot loop, in C where it can be (map): 30% less than a loop doing
+            # the hot loop, in C where it can be (map): ~7% less than a loop doing
             # copy, update, digest and from_bytes per node; the same keys (from_bytes is
             # big-endian by default since Python 3.11)
             hashers = list(map(_copy, self._line(names)))
             for hasher in hashers:
                 hasher.update(raw)
             return [-(h >> 12) for h in map(_from_bytes, map(_digest, hashers))]
+        out: list[float] = []
+        add = out.append
+        bits: int | None
         cache, plain = self._cache, self._plain
         for name in names:
             base, weight = self._rows[name]

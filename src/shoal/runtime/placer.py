@@ -222,15 +222,21 @@ class Placer:
         live = sum(1 for m in members if not m.draining)
         return live > SPARE_MAX_NODES or live * len(duties) > SPARE_MAX_PAIRS
 
+    def warms(self, duties: list[Duty], members: Iterable[Member]) -> bool:
+        """True if runner-ups are warmed for these duties and members: spares are
+        off, there are at least ``WARM_MIN_DUTIES`` duties, and a placement of
+        them was computed (the incremental placer to warm exists)."""
+        return (len(duties) >= WARM_MIN_DUTIES and self._specs is not None
+                and self._specs[0] is duties and self.spares_off(duties, members))
+
     def warm(self, duties: list[Duty], members: Iterable[Member]) -> bool:
         """One step (about ``WARM_PAIRS`` hashes) of warming the incremental placer's
-        runner-ups, where spares are off and there are at least ``WARM_MIN_DUTIES``
-        duties. True when there is nothing (left) to do for now."""
+        runner-ups (where :meth:`warms`). True when there is nothing (left) to do
+        for now."""
         members = list(members)
-        if len(duties) < WARM_MIN_DUTIES or not self.spares_off(duties, members):
+        if not self.warms(duties, members):
             return True
-        if self._specs is None or self._specs[0] is not duties:
-            return True
+        assert self._specs is not None
         live = max(1, sum(1 for m in members if not m.draining))
         return self._specs[1].warm(max(1, WARM_PAIRS // live))
 

@@ -227,9 +227,11 @@ class Reconciler:
                     duties, owners = self.duties, self._owner_nodes()
                     current = list(members().values())
                     missing = self.placer.spares_missing(duties, current, owners, self.name)
+                    if not missing and not self.placer.warms(duties, current):
+                        break  # done
                     if not self.placer.nothing_free(duties, owners):
                         break  # a failover or handover is under way
-                    if not missing:  # done, or spares off: warm runner-ups instead
+                    if not missing:  # spares off: warm runner-ups instead
                         while self.placing and not self._changed.is_set():
                             if self.placer.warm(duties, current):
                                 break
