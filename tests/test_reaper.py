@@ -38,12 +38,15 @@ time.sleep(60)
 
 
 class Parent:
-    def __init__(self, info: dict[str, Any], lease: int, mode: str, log: Path) -> None:
+    def __init__(
+        self, info: dict[str, Any], lease: int, mode: str, log: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.log = log
         with log.open("ab") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", PARENT, json.dumps(info), str(lease), mode],
-                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, env=env,
             )
         assert self.proc.stdout is not None
         self.reaper_pid = int(self.proc.stdout.readline() or 0)
@@ -156,7 +159,18 @@ async def test_revokes_on_kill9_and_ignores_sigint(
 ) -> None:
     store, info = store_and_info
     lease = await _granted(store)
-    parent = Parent(info, lease, "hold", tmp_path / "parent.log")
+    # every process started with this env registers an atexit hook that leaves a
+    # file: the interpreter's shutdown ran (the reaper must skip it: its CPU is
+    # taken from the survivors that are taking over at that very moment)
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import atexit, os, pathlib\n"
+        f"atexit.register(lambda: pathlib.Path({str(tmp_path)!r}, "
+        "f'shutdown-{os.getpid()}').touch())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(hooks), os.environ.get("PYTHONPATH")) if p)}
+    parent = Parent(info, lease, "hold", tmp_path / "parent.log", env=env)
     parents.append(parent)
     await _until(lambda: _ignores_sigint(parent.reaper_pid), 5, "reaper ignores SIGINT")
     os.kill(parent.reaper_pid, signal.SIGINT)  # Ctrl-C is for the node, not the reaper
@@ -170,6 +184,7 @@ async def test_revokes_on_kill9_and_ignores_sigint(
     assert await store.get("nodes/x") is None
     await _until(lambda: not _alive(parent.reaper_pid), 3, "reaper exits after revoking")
     assert "revoked" in (tmp_path / "parent.log").read_text()
+    assert not (tmp_path / f"shutdown-{parent.reaper_pid}").exists(), "the reaper ran atexit"
 
 
 async def test_exit_means_no_revoke(

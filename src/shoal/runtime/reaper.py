@@ -216,5 +216,13 @@ def main() -> int:
     return 0
 
 
+def _exit(code: int) -> None:
+    """Leave at once, without the interpreter's shutdown: after a revoke it would
+    burn ~14 ms of CPU (module teardown, garbage collection) at the very moment the
+    surviving nodes need the cores to take over the dead node's duties."""
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())
