@@ -235,6 +235,11 @@ class Rig:
         self.store: Store | None = None
         self.view: View | None = None
         self.survivor_cpu = 0.0  # CPU seconds the survivors used in the last failover
+        # ... and the others on the same cores: the store server (etcd; none for
+        # SQLite) and this benchmark process (the observer). The dead node's reaper
+        # is gone by then (its CPU: benchmarks/reaper.py)
+        self.other_cpu: dict[str, float] = {}
+        self.server_pids: list[int] = []
 
     async def start(self) -> float:
         if self.endpoints:
@@ -292,7 +297,9 @@ class Rig:
                 raise RuntimeError(f"{victim.label}: reaper pid unknown")
         count = view.arm(name)
         survivors = [p.pid for p in self.live.values()]
+        others = {"store": self.server_pids, "bench": [os.getpid()]}
         cpu0 = sum(cpu_ns(pid) for pid in survivors)
+        other0 = {k: sum(cpu_ns(p) for p in pids) for k, pids in others.items()}
         t0 = time.time()
         for pid in reapers:
             os.kill(pid, signal.SIGKILL)
@@ -302,6 +309,8 @@ class Rig:
         except TimeoutError:
             raise TimeoutError(f"{len(view.pending)} partitions of {name} not re-owned") from None
         self.survivor_cpu = (sum(cpu_ns(pid) for pid in survivors) - cpu0) / 1e9
+        self.other_cpu = {k: (sum(cpu_ns(p) for p in pids) - other0[k]) / 1e9
+                          for k, pids in others.items()}
         took = view.reowned_at - t0
         view.victim = None
         victim.stop()
@@ -312,11 +321,15 @@ class Rig:
 
 
 def cpu_ns(pid: int) -> int:
-    """CPU time a process has used, in ns (Linux ``/proc/PID/schedstat``; 0 elsewhere)."""
+    """CPU time a process has used, all its threads, in ns (Linux
+    ``/proc/PID/task/*/schedstat``; 0 elsewhere or once it is gone)."""
+    total = 0
     try:
-        return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            total += int((task / "schedstat").read_text().split()[0])
     except (OSError, ValueError, IndexError):
-        return 0
+        return total
+    return total
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -347,6 +360,8 @@ def report(results: dict[str, Any]) -> str:
          "reown_noreaper", 1000),
         ("  then restarted: placement settled again (from spawn)", "rebalance_noreaper", 1000),
         ("  CPU the 4 survivors used from the kill to the re-own (sum)", "cpu", 1000),
+        ("  CPU the store server (etcd) used in that window", "cpu_store", 1000),
+        ("  CPU this benchmark process (the observer) used in that window", "cpu_bench", 1000),
         ("partitions the killed node owned (count)", "owned", 1),
     ):
         if s := results.get(key):
@@ -387,6 +402,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
             args.ops_partitions = [args.partitions]
         for count in sorted(args.ops_partitions, reverse=True):
             rig = Rig(workdir / f"p{count}", endpoints, count)
+            if etcd is not None:
+                rig.server_pids = [pid for pid in etcd.pids() if pid is not None]
             try:
                 took = await rig.start()
                 log(f"{count} partitions: 5 nodes up, all owned and settled in {took:.1f} s")
@@ -403,6 +420,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         results["reown" + kind].append(reown)
                         results["rebalance" + kind].append(rebalance)
                         results["cpu" + kind].append(rig.survivor_cpu)
+                        if not kind:
+                            for who, used in rig.other_cpu.items():
+                                results.setdefault(f"cpu_{who}", []).append(used)
                         if not kind:
                             results["owned"].append(owned)
                         log(f"kill{kind or ''} #{rep + 1}: {owned} partitions re-owned in "
