@@ -342,6 +342,30 @@ class StoreConformance:
             events = await _collect(it, 1)
         assert [e.kv.key for e in events] == [p + "a/x"]
 
+    async def test_watch_sees_a_revoke_as_one_revision_of_deletes(
+        self, harness: StoreHarness
+    ) -> None:
+        s = await harness.open()
+        p = harness.prefix
+        lease = await s.grant(30)
+        other = await s.grant(30)
+        keys = [f"{p}r/{i:02d}" for i in (3, 1, 2, 0)]
+        for key in keys:
+            await s.put(key, b"1", lease=lease.id)
+        await s.put(p + "r/other", b"1", lease=other.id)
+        r = await s.put(p + "r/free", b"1")
+        async with aclosing(s.watch(p, r + 1)) as it:
+            await s.revoke(lease.id)
+            await s.put(p + "r/after", b"1")  # the revoke's events end before this one
+            events = await _collect(it, len(keys) + 1)
+        deletes, after = events[:-1], events[-1]
+        assert [e.type for e in deletes] == [EventType.DELETE] * len(keys)
+        assert sorted(e.kv.key for e in deletes) == sorted(keys)
+        assert len({e.revision for e in deletes}) == 1  # one revision: seen at once
+        assert after.kv.key == p + "r/after" and after.revision > deletes[0].revision
+        assert await s.get(p + "r/other") is not None and await s.get(p + "r/free") is not None
+        assert await s.lease_ttl(other.id) > 0
+
     async def test_watch_sees_lease_expiry(self, harness: StoreHarness) -> None:
         s = await harness.open()
         p = harness.prefix
