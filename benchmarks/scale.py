@@ -30,7 +30,8 @@ computes the wanted placement itself (``shoal.core.placement.place``).
    Then the node is restarted under the same name and the benchmark waits until the
    placement has settled again (all 1000 owned by their wanted node): "rebalance".
    Also measured: the CPU time the 4 survivors used together from the kill to that
-   watch event (``/proc/PID/schedstat``; on 2 cores it is what they queue for).
+   watch event (every thread's ``/proc/PID/task/*/schedstat``; on 2 cores it is
+   what they queue for), and in the same window etcd's and this process's own.
 3. ``--no-reaper-reps`` times (default 10): the same, but the node's reaper is killed
    first (a lost machine, or a node run with ``reaper.enabled: false``): the
    partitions wait for the lease to expire (TTL + etcd's 500 ms expiry tick).
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import math
@@ -297,7 +299,9 @@ class Rig:
                 raise RuntimeError(f"{victim.label}: reaper pid unknown")
         count = view.arm(name)
         survivors = [p.pid for p in self.live.values()]
-        others = {"store": self.server_pids, "bench": [os.getpid()]}
+        others = {"bench": [os.getpid()]}
+        if self.server_pids:  # (SQLite: no server)
+            others["store"] = self.server_pids
         cpu0 = sum(cpu_ns(pid) for pid in survivors)
         other0 = {k: sum(cpu_ns(p) for p in pids) for k, pids in others.items()}
         t0 = time.time()
@@ -324,11 +328,9 @@ def cpu_ns(pid: int) -> int:
     """CPU time a process has used, all its threads, in ns (Linux
     ``/proc/PID/task/*/schedstat``; 0 elsewhere or once it is gone)."""
     total = 0
-    try:
+    with contextlib.suppress(OSError, ValueError, IndexError):  # gone: what was read
         for task in Path(f"/proc/{pid}/task").iterdir():
             total += int((task / "schedstat").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return total
     return total
 
 
@@ -421,10 +423,9 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                         results["rebalance" + kind].append(rebalance)
                         results["cpu" + kind].append(rig.survivor_cpu)
                         if not kind:
+                            results["owned"].append(owned)
                             for who, used in rig.other_cpu.items():
                                 results.setdefault(f"cpu_{who}", []).append(used)
-                        if not kind:
-                            results["owned"].append(owned)
                         log(f"kill{kind or ''} #{rep + 1}: {owned} partitions re-owned in "
                             f"{reown * 1000:.1f} ms; rebalanced {rebalance:.2f} s after restart")
             finally:

@@ -217,9 +217,10 @@ def main() -> int:
 
 
 def _exit(code: int) -> None:
-    """Leave at once, without the interpreter's shutdown: after a revoke it would
-    burn ~14 ms of CPU (module teardown, garbage collection) at the very moment the
-    surviving nodes need the cores to take over the dead node's duties."""
+    """Leave at once, without the interpreter's shutdown: after a revoke it burnt
+    15-40 ms of CPU (module teardown, garbage collection; ``benchmarks/reaper.py``)
+    at the very moment the surviving nodes need the cores to take over the dead
+    node's duties. What a revoke opened, it closes itself."""
     sys.stderr.flush()
     os._exit(code)
 
