@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from shoal.errors import LeaseNotFound, StoreUnavailable
 from shoal.runtime.app import App
 from shoal.runtime.context import DutyContext
 from shoal.store.memory import MemoryStore
+from shoal.store.protocol import TxnResult
 from shoal.testing.clock import FakeClock
 from shoal.testing.cluster import SimCluster
 from shoal.testing.faulty import FaultyStore
@@ -86,7 +88,8 @@ class Watcher:
             if not node.runners:
                 continue
             deadline = self.deadline(name, now)  # for every duty, the leader's too
-            assert now <= deadline + 1e-9, f"{name} runs at {now} past its deadline {deadline}"
+            assert now <= deadline + 1e-9, (
+                f"{name} runs {list(node.runners)} at {now} past its deadline {deadline}")
             assert node.session is not None
             try:  # the store still holds the lease: nobody else can own the duty
                 await self.c.store.lease_ttl(node.session.lease)
@@ -181,3 +184,43 @@ async def test_faulty_store_modes_on_their_own() -> None:
     with pytest.raises(ValueError, match="delay: must be >= 0"):
         link.slow(-1)
     await store.aclose()
+
+
+async def test_an_acquisition_answered_past_the_deadline_does_not_start_the_duty(
+    cluster: SimCluster,
+) -> None:
+    """A chaos run's G1 breach (an etcd member killed): a node sends its acquisition
+    before its lease deadline, the store applies it (the lease is alive there), and
+    the answer comes back after the deadline, when the node has stopped everything
+    and given that lease up. It must not start the duty then: the key hangs on the
+    lease it gave up, which the store drops while the node would still run it."""
+    c, w = cluster, Watcher(cluster)
+    owner = c.owners()["job"]
+    other = next(n for n in c.nodes if n != owner)
+    link = c.links[other]
+    last = link.lease_acks[-1]
+    link.drop_acks()  # its keep-alives still refresh its lease at the store
+    deadline = last.sent + TTL - MARGIN
+    await w.run(round((deadline - 0.5 - c.clock.monotonic()) / STEP) * STEP)
+    applied: list[float] = []
+    plain_txn = link.txn
+
+    async def late_answer(*args: Any, **kwargs: Any) -> TxnResult:
+        result = await plain_txn(*args, **kwargs)  # applied at the store now
+        applied.append(c.clock.monotonic())
+        await c.clock.sleep(1.0)  # its answer comes back late
+        return result
+
+    link.txn = late_answer  # type: ignore[method-assign]
+    dead = c.nodes[owner]
+    assert dead.session is not None
+    lease = dead.session.lease
+    await dead.abandon()  # the owner crashes and its reaper revokes its lease
+    await c.store.revoke(lease)
+    await w.run(2.0)  # (the Watcher fails any duty run past its node's deadline)
+    assert applied and applied[0] < deadline, "the acquisition was not applied in time"
+    assert ("job", other) not in w.ran
+    link.txn = plain_txn  # type: ignore[method-assign]
+    link.heal()
+    await w.run(3 * TTL)  # then it takes the duty on its new lease
+    assert c.running().get("job") == [other]

@@ -344,7 +344,7 @@ class Reconciler:
             for a in acquires:
                 if by_fallback(view, a, by_name[a.duty]):
                     self._held[a.duty] = now  # see plan's rules
-            await self._acquire_batch([by_name[a.duty] for a in acquires], current)
+            await self._acquire_batch([by_name[a.duty] for a in acquires], current, lease)
 
     # -- duties -----------------------------------------------------------------------
     def stop_now(self, duty: str, reason: str) -> None:
@@ -402,10 +402,14 @@ class Reconciler:
         runner.start()
         self._emit("started", duty.name, f"token {owner.token}")
 
-    async def _acquire_batch(self, duties: list[Duty], lease: int) -> None:
+    async def _acquire_batch(
+        self, duties: list[Duty], lease: int, current: Callable[[], int | None]
+    ) -> None:
         """Take the free ``duties`` in batched transactions (``max_txn_ops`` keys
         each, conflict-tolerant: a key taken by another node is skipped); run the
-        ones won."""
+        ones won, if ``current()`` is still ``lease`` when the answer comes (G1: an
+        answer may come back after the lease's deadline passed and every duty was
+        stopped; the keys then hang on a lease given up, that the store drops)."""
         free = {d.name: d for d in duties if self.owners.get(d.name) is None}
         self._acquiring = frozenset(free)
         answered = False
@@ -419,6 +423,11 @@ class Reconciler:
             self._acquiring = frozenset()
             if not answered:  # events let by while in flight are looked at again
                 self.wake.set()
+        if current() != lease:  # lost (or replaced) meanwhile: run none of them
+            log.info("node %s: %d duties acquired on lease %x after it was given up; "
+                     "not started", self.name, len(tokens), lease)
+            self.wake.set()
+            return
         for name, token in sorted(tokens.items()):
             owner = Owner(name, self.name, token, self.clock.time(), lease)
             self.owners.wrote(name, token, owner)
