@@ -364,3 +364,51 @@ async def test_etcd_gateway_warm_up_is_read_only_and_quick(etcd_endpoints: list[
         assert await store.get("nodes/x") is None
     finally:
         await store.aclose()
+
+
+# -- readiness: a node registers once its reaper can revoke -------------------------------
+async def test_ready_once_prepared_and_a_failed_prepare_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    ready = Reaper.start({"backend": "sqlite", "path": str(tmp_path / "shoal.db")})
+    broken = Reaper.start({"backend": "no-such-backend"})  # its prepare raises
+    try:
+        assert await ready.wait_ready(30) is True
+        assert ready.alive  # ready, waiting for its lease
+        assert await broken.wait_ready(30) is False
+        await _until(lambda: not broken.alive, 5, "the broken reaper exits")
+        assert "before it was ready" in caplog.text and str(broken.pid) in caplog.text
+        assert await ready.wait_ready(1) is False  # asked twice: nothing left to wait for
+    finally:
+        for reaper in (ready, broken):
+            reaper.close()
+    assert not ready.alive
+
+
+async def test_a_node_registers_only_once_its_reaper_is_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reaper's start-up (an interpreter) is over before other nodes see the
+    join, and a crash right after the join is already covered."""
+    from shoal.config import parse_config
+    from shoal.runtime.app import App
+    from shoal.runtime.node import Node
+
+    seen: list[tuple[bool, bool, bool]] = []
+    original = Reaper.wait_ready
+
+    async def spy(self: Reaper, limit: float) -> bool:
+        ok = await original(self, limit)
+        seen.append((ok, self.alive, await node.store.get("nodes/a") is None))
+        return ok
+
+    monkeypatch.setattr(Reaper, "wait_ready", spy)
+    config = parse_config({"node": {"name": "a"}, "reaper": {"enabled": True},
+                           "store": {"sqlite": {"path": str(tmp_path / "shoal.db")}}})
+    node = await Node.from_config(App("t"), config)
+    await node.start()
+    try:
+        assert seen == [(True, True, True)]  # ready, alive, and not yet registered
+        assert await node.store.get("nodes/a") is not None
+    finally:
+        await node.aclose()

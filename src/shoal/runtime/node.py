@@ -61,6 +61,9 @@ _LIVE = (Phase.ACTIVE, Phase.SUSPENDED)
 # A drain publishes its draining flag only when its duties take longer than this to
 # stop; a quicker drain goes straight to the revoke (one write, seen by all at once)
 FLAG_AFTER = 0.01
+# How long start() waits for its reaper's ``ready`` line before joining anyway (an
+# interpreter start: ~0.1 s on an idle machine, seconds on a loaded one).
+REAPER_READY_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +303,8 @@ class Node:
             await check_cutovers(self.store, self.app.partitioned)  # no lagging release
             await check_partitions(self.store, self.app.partitioned)  # count never changes
             self.refresh_duties()  # with the documents of for_each_doc duties
+            if self.reaper is not None:  # its start-up done before the others see us
+                await self.reaper.wait_ready(REAPER_READY_TIMEOUT)
             await self._lease.join()
         except BaseException:
             await self._shutdown_background()

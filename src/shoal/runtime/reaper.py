@@ -8,7 +8,12 @@ starts this tiny child process::
 
 The node alone holds the write end. It writes one JSON line with the store
 settings, then ``lease <id>`` whenever its lease changes and ``exit`` when it
-stops gracefully (the reaper then exits without revoking). When the node
+stops gracefully (the reaper then exits without revoking). Once the reaper has
+imported what a revoke needs it writes ``ready`` on its stdout, a second pipe:
+a node waits for that line before it registers (:meth:`Reaper.wait_ready`), so
+that the reaper's start-up (an interpreter, ~0.1 s of CPU) is over before
+other nodes react to the join, and a reaper that cannot revoke is reported
+before the node runs any duty. When the node
 process dies -- even by ``kill -9`` -- the kernel closes the write end, the
 reaper reads end-of-file and revokes the CURRENT lease at once: every key on
 it (node record, duty ownerships) vanishes, and other nodes take over.
@@ -27,6 +32,7 @@ in its own session, so Ctrl-C in a terminal kills the node, not the reaper.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -52,6 +58,7 @@ class Reaper:
         self._lease = 0
         self._closed = False
         self._fd = -1
+        self._ready_fd = -1  # read end of the reaper's stdout (its ``ready`` line)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
@@ -72,21 +79,27 @@ class Reaper:
 
     def _spawn(self) -> None:
         read_end, write_end = os.pipe()  # both non-inheritable (O_CLOEXEC)
+        ready_read, ready_write = os.pipe()
         env = dict(os.environ)
         if Path(_SRC).name not in ("site-packages", "dist-packages"):  # a source checkout
             env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH"), _SRC) if p)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "shoal.runtime.reaper"],
-                stdin=read_end, stdout=subprocess.DEVNULL, close_fds=True,
+                stdin=read_end, stdout=ready_write, close_fds=True,
                 start_new_session=True, env=env,
             )
         except BaseException:
             os.close(write_end)
+            os.close(ready_read)
             raise
         finally:
             os.close(read_end)
+            os.close(ready_write)
         os.set_blocking(write_end, False)  # never block the node's event loop
+        os.set_blocking(ready_read, False)
+        self._close_ready()
+        self._ready_fd = ready_read
         self._fd = write_end
         log.info("reaper pid %d", self._proc.pid)
         self._send(json.dumps(self._info))
@@ -96,6 +109,52 @@ class Reaper:
             os.write(self._fd, line.encode() + b"\n")  # < PIPE_BUF: all or nothing
         except OSError as exc:
             log.warning("reaper pid %d: cannot send %r: %s", self.pid, line.split()[0], exc)
+
+    async def wait_ready(self, limit: float) -> bool:
+        """Wait until the reaper has prepared its revoke (its ``ready`` line), at
+        most ``limit`` seconds. False, with a warning, if it exited first or
+        did not answer in time: a crash is then bounded by the lease TTL alone
+        until a new reaper is up."""
+        import asyncio  # (here: the reaper process itself imports nothing heavy)
+
+        fd = self._ready_fd
+        if fd < 0:
+            return False
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bytes] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = os.read(fd, 64)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not answer.done():
+                answer.set_result(data)
+
+        loop.add_reader(fd, readable)
+        try:
+            data = await asyncio.wait_for(answer, limit)
+        except TimeoutError:
+            log.warning("reaper pid %d not ready after %g s; the node joins anyway", self.pid,
+                        limit)
+            return False
+        finally:
+            loop.remove_reader(fd)
+        self._close_ready()
+        if data.startswith(b"ready"):
+            return True
+        code = self._proc.poll() if self._proc is not None else None
+        log.warning("reaper pid %d exited (code %s) before it was ready (its message is in "
+                    "this log): a crash of this node is noticed when its lease expires",
+                    self.pid, code)
+        return False
+
+    def _close_ready(self) -> None:
+        if self._ready_fd >= 0:
+            os.close(self._ready_fd)
+            self._ready_fd = -1
 
     def watch_lease(self, lease: int) -> None:
         """From now on, revoke ``lease`` if this process dies."""
@@ -116,6 +175,7 @@ class Reaper:
         self._closed = True
         self._send("exit")
         os.close(self._fd)
+        self._close_ready()
         proc = self._proc
         if proc is None:
             return
@@ -162,6 +222,16 @@ def _prepare(info: Mapping[str, Any]) -> None:
     _reaper_module(info).reaper_prepare(info)
 
 
+def _tell_ready() -> None:
+    """Tell the node (on stdout, a pipe it reads) that a revoke is prepared; then
+    point stdout at /dev/null, so the node's read end can be closed."""
+    with contextlib.suppress(OSError):  # a node that does not wait (or is gone)
+        os.write(1, b"ready\n")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+
+
 def main() -> int:
     """Read commands from stdin until ``exit`` (return 0) or end-of-file
     (revoke the current lease, return 0; 1 if the revoke failed)."""
@@ -193,6 +263,7 @@ def main() -> int:
                 except Exception as exc:
                     _say(f"cannot prepare revoking for node process {parent}: {exc}")
                     return 2
+                _tell_ready()
             elif line == "exit":
                 return 0
             elif line.startswith("lease "):
