@@ -385,6 +385,26 @@ async def test_ready_once_prepared_and_a_failed_prepare_is_reported(
     assert not ready.alive
 
 
+async def test_a_reaper_that_never_answers_is_waited_for_a_bounded_time(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The limit holds when the reaper neither says ready nor exits (a pipe that
+    nobody writes to stands in for a reaper stuck in its start-up)."""
+    reaper = Reaper({"backend": "sqlite", "path": "unused"})
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    reaper._ready_fd = read_end
+    try:
+        started = time.monotonic()
+        async with asyncio.timeout(10):  # (a wait without its limit fails here, not hangs)
+            assert await reaper.wait_ready(0.2) is False
+        assert 0.2 <= time.monotonic() - started < 5
+        assert "not ready after 0.2 s; the node joins anyway" in caplog.text
+    finally:
+        reaper._close_ready()
+        os.close(write_end)
+
+
 async def test_a_node_registers_only_once_its_reaper_is_ready(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
