@@ -230,15 +230,16 @@ class SqliteStore:
                 with contextlib.suppress(sqlite3.Error):
                     self._db.rollback()
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _open_db(self) -> sqlite3.Connection:
         if self._db is None:
             raise NotRunning(f"sqlite store {self.path} is closed")
-        return self._db.execute(sql, params)
+        return self._db
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        return self._open_db().execute(sql, params)
 
     def _xmany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        if self._db is None:
-            raise NotRunning(f"sqlite store {self.path} is closed")
-        self._db.executemany(sql, rows)
+        self._open_db().executemany(sql, rows)
 
     def _meta(self, key: str) -> int:
         return int(self._x("SELECT v FROM meta WHERE k = ?", (key,)).fetchone()[0])
@@ -293,9 +294,7 @@ class SqliteStore:
 
     # -- write transactions (worker thread) ------------------------------------------
     def _begin_write(self) -> None:
-        if self._db is None:
-            raise NotRunning(f"sqlite store {self.path} is closed")
-        begin_immediate(self._db, self._timeout)
+        begin_immediate(self._open_db(), self._timeout)
 
     def _write_sync(self, fn: Callable[[], T]) -> tuple[T, int]:
         self._begin_write()
