@@ -5,7 +5,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from shoal.store._etcd_errors import short_reason
+from shoal.errors import OutcomeUnknown, StoreError, StoreUnavailable
+from shoal.store._etcd_errors import is_transient, short_reason, translate
 
 
 def _rpc(details: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE) -> BaseException:
@@ -28,3 +29,21 @@ SSL = "Ssl handshake failed: SSL_ERROR_SSL: error:10000412:SSL routines:OPENSSL_
 )
 def test_short_reason_names_the_tls_cause(details: str, reason: str) -> None:
     assert reason in short_reason(_rpc(details))
+
+
+def test_a_call_that_failed_inside_grpc_is_a_transport_failure() -> None:
+    """grpc's asyncio client reports a stream whose connection broke while it was sending
+    as INTERNAL "Internal error from Core" (seen when an etcd member is killed under a
+    watch): it is retried like UNAVAILABLE, and a write's outcome is unknown. An INTERNAL
+    status sent by a server is not."""
+    core = _rpc("Internal error from Core", grpc.StatusCode.INTERNAL)
+    assert is_transient(core)
+    assert isinstance(translate(core, "watch", timeout=1.0), StoreUnavailable)
+    written = translate(core, "txn", timeout=1.0, write=True)
+    assert isinstance(written, OutcomeUnknown)
+    assert "the connection failed during the call" in str(written)
+    served = _rpc("etcdserver: something broke", grpc.StatusCode.INTERNAL)
+    assert not is_transient(served)
+    err = translate(served, "txn", timeout=1.0, write=True)
+    assert type(err) is StoreError
+    assert "INTERNAL" in str(err)

@@ -31,6 +31,19 @@ TRANSIENT = frozenset(
 _NOT_SENT = ("failed to connect to all addresses", "connections to all backends failing")
 _PREFIX = re.compile(r"^(?:[A-Z_]+: )?(?:ipv4:\S+: )?")
 _REAUTH = ("invalid auth token", "revision of auth store is old", "auth revision is old")
+# grpc's asyncio client reports a call that failed inside the client (for example a stream
+# whose connection broke while a message was being sent) as INTERNAL with this text; no
+# server sent it, so it is a transport failure like UNAVAILABLE.
+_CLIENT_SIDE = "Internal error from Core"
+
+
+def _transport(code: Any, details: str) -> bool:
+    """True for the status codes after which a request may be retried / reconnected."""
+    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return "too many requests" in details
+    if code is grpc.StatusCode.INTERNAL:
+        return details == _CLIENT_SIDE
+    return code in TRANSIENT
 
 
 class NeedReauth(Exception):
@@ -66,9 +79,7 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TimeoutError | StoreUnavailable):
         return True
     code, details = status_of(exc)
-    if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return "too many requests" in details
-    return code in TRANSIENT and not any(r in details for r in _REAUTH)
+    return _transport(code, details) and not any(r in details for r in _REAUTH)
 
 
 def short_reason(exc: BaseException) -> str:
@@ -94,6 +105,8 @@ def short_reason(exc: BaseException) -> str:
         return "connection closed by the server"
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return "no response"
+    if details == _CLIENT_SIDE:
+        return "the connection failed during the call"
     return _one_line(last, 160) or (code.name.lower() if code is not None else "unknown error")
 
 
@@ -159,9 +172,7 @@ def translate(
         )
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return StoreAuthError(f"etcd {what}: {details or code.name}")
-    if code in TRANSIENT or (
-        code is grpc.StatusCode.RESOURCE_EXHAUSTED and "too many requests" in details
-    ):
+    if _transport(code, details):
         reason = short_reason(rpc)
         if write and not never_sent(rpc):
             return OutcomeUnknown(f"etcd {what}: {reason} (the write may have happened)")
