@@ -344,7 +344,9 @@ class Reconciler:
             for a in acquires:
                 if by_fallback(view, a, by_name[a.duty]):
                     self._held[a.duty] = now  # see plan's rules
-            await self._acquire_batch([by_name[a.duty] for a in acquires], current, lease)
+            await self._acquire_batch(
+                [by_name[a.duty] for a in acquires], lease=current, current=lease
+            )
 
     # -- duties -----------------------------------------------------------------------
     def stop_now(self, duty: str, reason: str) -> None:
