@@ -30,6 +30,16 @@ def test_ci_runs_exactly_the_readme_test_command() -> None:
     assert test_cmd[0] in ci
 
 
+def test_ci_never_cuts_a_pipe_short_under_pipefail() -> None:
+    # With `set -o pipefail`, `cmd | head -1` fails with exit 141 whenever head
+    # exits before cmd has written everything (cmd gets SIGPIPE): a CI run that
+    # failed after 1 s for no reason. Read the whole output instead (sed -n 1p).
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pipefail" in ci
+    cutters = [ln for ln in ci.splitlines() if re.search(r"\|\s*(head|grep -q)\b", ln)]
+    assert cutters == []
+
+
 def _commands(group: click.Group, prefix: str = "") -> list[str]:
     out = []
     for name, cmd in group.commands.items():
