@@ -244,6 +244,43 @@ async def test_respawns_a_dead_reaper_and_close_is_quiet(tmp_path: Path) -> None
         await store.aclose()
 
 
+async def test_aclose_waits_without_blocking_the_loop_and_kills_a_stuck_reaper(
+    tmp_path: Path,
+) -> None:
+    """A drain closes its reaper with ``aclose`` from the node's event loop: the
+    loop keeps running while it waits, and a reaper that does not exit (here
+    stopped) is killed by PID after the timeout, without revoking."""
+    store = await SqliteStore.open(tmp_path / "shoal.db")
+    info = {"backend": "sqlite", "path": str(tmp_path / "shoal.db")}
+    quick, stuck = Reaper.start(info), Reaper.start(info)
+    try:
+        lease = await _granted(store)
+        quick.watch_lease(lease)
+        stuck.watch_lease(lease)
+        await quick.aclose()
+        assert not quick.alive
+        await quick.aclose()  # once only
+        os.kill(stuck.pid, signal.SIGSTOP)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        await stuck.aclose(timeout=0.3)
+        task.cancel()
+        assert not stuck.alive and ticks >= 10, ticks
+        assert await store.lease_ttl(lease) > 0
+    finally:
+        for r in (quick, stuck):
+            if r.alive:
+                os.kill(r.pid, signal.SIGKILL)
+        await store.aclose()
+
+
 def test_module_imports_nothing_heavy() -> None:
     code = (
         "import sys, shoal.runtime.reaper\n"

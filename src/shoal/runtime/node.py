@@ -42,6 +42,7 @@ from shoal.runtime.control import watch_control
 from shoal.runtime.cutover import check_cutovers
 from shoal.runtime.data_duties import documents_of, follow_documents
 from shoal.runtime.fanout import Fanout, Subscription
+from shoal.runtime.handover import await_takeover
 from shoal.runtime.lease import LeaseKeeper
 from shoal.runtime.reconcile import Reconciler, Tally, order_duties
 from shoal.runtime.settings import NodeSettings
@@ -412,7 +413,9 @@ class Node:
         """Hand every duty over and leave: the machine's ``Drain`` stops placing and
         releases every duty (bounded by ``drain_timeout`` each, in parallel), then
         ``Closed`` revokes the lease so every ownership key and the node record vanish
-        in one revision (G3). The node is STOPPED afterwards.
+        in one revision (G3). Then it waits until the next owners hold those duties
+        (at most :data:`~shoal.runtime.handover.TAKEOVER_WAIT`) before the reaper and
+        the connections are closed. The node is STOPPED afterwards.
 
         A second call (e.g. ``aclose()`` while an API-triggered drain runs)
         waits for the first one to finish."""
@@ -422,6 +425,7 @@ class Node:
         if self.phase is Phase.STOPPED:
             return
         self._drain_done = asyncio.Event()
+        held = [n for n, o in self._duties.owners.view().items() if o.node == self.name]
         try:
             self._drain_limit = timeout
             self._feed(fsm.Drain())  # -> StopPlacing, ReleaseAllDuties (when live)
@@ -449,12 +453,17 @@ class Node:
                 if flag is not None:
                     with contextlib.suppress(StoreError, NotRunning):
                         await flag
-            self._close_reaper()
+            if held:  # nothing torn down while the next owners take over (handover.py)
+                await await_takeover(held, me=self.name, owners=self._duties.owners.view,
+                                     members=lambda: self.members, moved=self._duties.moved)
+            if self.reaper is not None:
+                reaper, self.reaper = self.reaper, None
+                await reaper.aclose()
         finally:
             self._drain_done.set()
 
     def _close_reaper(self) -> None:
-        """Let the reaper exit WITHOUT revoking (graceful stop, failed start)."""
+        """Let the reaper exit WITHOUT revoking (failed start, abandon)."""
         if self.reaper is not None:
             self.reaper.close()
             self.reaper = None

@@ -170,21 +170,44 @@ class Reaper:
 
     def close(self, timeout: float = 1.0) -> None:
         """Tell the reaper to exit WITHOUT revoking; kill it by PID if it lingers."""
-        if self._closed:
-            return
-        self._closed = True
-        self._send("exit")
-        os.close(self._fd)
-        self._close_ready()
-        proc = self._proc
+        proc = self._tell_exit()
         if proc is None:
             return
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("reaper pid %d did not exit; killing it", proc.pid)
-            proc.kill()
-            proc.wait(timeout)
+            self._kill(proc, timeout)
+
+    async def aclose(self, timeout: float = 1.0) -> None:  # noqa: ASYNC109
+        """:meth:`close` for a running event loop: its wait for the exit does not
+        block the loop."""
+        import asyncio  # (see wait_ready)
+
+        proc = self._tell_exit()
+        if proc is None:
+            return
+        deadline = time.monotonic() + timeout
+        while proc.poll() is None:
+            if time.monotonic() >= deadline:
+                self._kill(proc, timeout)
+                return
+            await asyncio.sleep(0.005)
+
+    def _tell_exit(self) -> subprocess.Popen[bytes] | None:
+        """Send ``exit`` and close both pipes (once); the process to wait for."""
+        if self._closed:
+            return None
+        self._closed = True
+        self._send("exit")
+        os.close(self._fd)
+        self._close_ready()
+        return self._proc
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes], timeout: float) -> None:
+        log.warning("reaper pid %d did not exit; killing it", proc.pid)
+        proc.kill()
+        proc.wait(timeout)
 
 
 # -- revoking (runs in the reaper process) ------------------------------------------

@@ -108,6 +108,7 @@ class Reconciler:
         self.placer = Placer(balanced=settings.balanced, newest_version=settings.newest_version)
         self._changed = asyncio.Event()  # members, owners or duties changed (spares)
         self._seen = asyncio.Event()  # set on every membership or owner change
+        self.moved = asyncio.Event()  # the same, for a leave awaiting its takeover
         # spares in a worker thread on the real clock; inline under a simulated one,
         # where a thread's real duration would make the simulation nondeterministic
         self.offload_spares = isinstance(self.clock, SystemClock)
@@ -133,6 +134,7 @@ class Reconciler:
             self._member_sig = sig
             self._stable_since = self.clock.monotonic()
         self._seen.set()
+        self.moved.set()
         self._changed.set()
         self.wake.set()
 
@@ -149,6 +151,7 @@ class Reconciler:
             self._leader = leader
             self._emit("leader", leader, "")
         self._seen.set()
+        self.moved.set()
         self._changed.set()
         if events is None or not self._confirms_placement(events):
             self.wake.set()
