@@ -101,3 +101,44 @@ async def test_the_last_node_leaves_without_waiting(cluster_factory: Any) -> Non
     assert len(c.owners()) == 5  # four duties and the leader
     await asyncio.wait_for(a.drain(), TAKEOVER_WAIT / 5)  # no other node: no wait
     assert c.owners() == {}
+
+
+class _Reaper:
+    """Stands in for the reaper process: records what the node tells it."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.calls: list[tuple[str, Any]] = []
+
+    def watch_lease(self, lease: int) -> None:
+        self.calls.append(("watch", lease))
+
+    def forget_lease(self, lease: int) -> None:
+        self.calls.append(("forget", lease))
+
+    async def aclose(self) -> None:
+        self.calls.append(("aclose", dict(self.cluster.owners())))
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
+async def test_the_reaper_forgets_the_revoked_lease_and_closes_after_the_takeover(
+    cluster_factory: Any,
+) -> None:
+    c = cluster_factory(_app())
+    a = await c.add("a")
+    await c.run(3.0)
+    await c.add("b")
+    await c.run(3.0)
+    mine = {d for d, n in c.owners().items() if n == "a"}
+    assert mine
+    lease = a.session.lease if a.session is not None else 0
+    reaper = a.reaper = _Reaper(c)
+    await asyncio.wait_for(a.drain(), 5)
+    kinds = [k for k, _ in reaper.calls]
+    assert kinds == ["forget", "aclose"], reaper.calls
+    assert reaper.calls[0] == ("forget", lease) and lease
+    at_close = reaper.calls[1][1]
+    assert all(at_close.get(d) == "b" for d in mine), at_close
+    assert a.reaper is None

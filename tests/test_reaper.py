@@ -32,6 +32,9 @@ reaper = Reaper.start(json.loads(sys.argv[1]))
 reaper.watch_lease(int(sys.argv[2]))
 if sys.argv[3] == "close":
     reaper.close()
+elif sys.argv[3] == "forget":  # the node revoked its lease itself (a drain)
+    reaper.forget_lease(int(sys.argv[2]) + 1)  # another lease: still watched
+    reaper.forget_lease(int(sys.argv[2]))
 print(reaper.pid, flush=True)
 time.sleep(60)
 """
@@ -199,6 +202,23 @@ async def test_exit_means_no_revoke(
     await _until(lambda: not _alive(parent.proc.pid), 5, "the parent is dead")
     assert await store.lease_ttl(lease) > 0
     assert "revoked" not in (tmp_path / "parent.log").read_text()
+
+
+async def test_a_forgotten_lease_is_not_revoked_at_the_death(
+    store_and_info: tuple[Store, dict[str, Any]], parents: list[Parent], tmp_path: Path
+) -> None:
+    """A drain revokes its lease itself and then waits for its takeover with the
+    reaper still up: killed then, the node leaves nothing for the reaper to do
+    (no failed revoke of a gone lease in the log)."""
+    store, info = store_and_info
+    lease = await _granted(store)
+    parent = Parent(info, lease, "forget", tmp_path / "parent.log")
+    parents.append(parent)
+    parent.kill9()
+    await _until(lambda: not _alive(parent.reaper_pid), 3, "reaper exits")
+    assert await store.lease_ttl(lease) > 0  # left alone (here nobody revoked it)
+    text = (tmp_path / "parent.log").read_text()
+    assert "revoke" not in text, text
 
 
 async def test_no_action_while_parent_is_stopped(

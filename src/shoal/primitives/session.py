@@ -60,6 +60,7 @@ class LeaseSession:
         self.keepalives_failed = 0
         self.done = asyncio.Event()
         self.end_reason = ""
+        self.revoked = False  # aclose's revoke was answered: the lease is gone
         self._task: asyncio.Task[None] | None = None
 
     @classmethod
@@ -139,5 +140,6 @@ class LeaseSession:
         await self._stop()
         with contextlib.suppress(StoreError, NotRunning):
             await self._store.revoke(self.lease)
+            self.revoked = True
         self.end_reason = "closed"
         self.done.set()

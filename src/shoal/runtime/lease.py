@@ -53,6 +53,7 @@ class LeaseKeeper:
         self.name = name
         self.store = store
         self.clock = clock
+        self.revoked = 0  # the last lease a RevokeLease action is known to have revoked
         self._settings = settings
         self._feed = feed
         self._phase = phase
@@ -157,6 +158,9 @@ class LeaseKeeper:
         session = self.session
         if session is not None and session.lease == lease:
             await session.aclose()
+            if session.revoked:
+                self.revoked = lease
         else:
             with contextlib.suppress(StoreError, NotRunning):
                 await self.store.revoke(lease)
+                self.revoked = lease

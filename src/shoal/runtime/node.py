@@ -453,6 +453,8 @@ class Node:
                 if flag is not None:
                     with contextlib.suppress(StoreError, NotRunning):
                         await flag
+            if self.reaper is not None and self._lease.revoked:
+                self.reaper.forget_lease(self._lease.revoked)  # nothing left to revoke
             if held:  # nothing torn down while the next owners take over (handover.py)
                 await await_takeover(held, me=self.name, owners=self._duties.owners.view,
                                      members=lambda: self.members, moved=self._duties.moved)

@@ -156,6 +156,14 @@ class Reaper:
             os.close(self._ready_fd)
             self._ready_fd = -1
 
+    def forget_lease(self, lease: int) -> None:
+        """The node revoked ``lease`` itself: if it is the one watched, nothing is
+        left to revoke at the node's death (a kill while a drain waits for its
+        takeover must not report a failed revoke of a lease that is gone)."""
+        if not self._closed and lease and self._lease == lease:
+            self._lease = 0
+            self._send("lease 0")
+
     def watch_lease(self, lease: int) -> None:
         """From now on, revoke ``lease`` if this process dies."""
         if self._closed:
