@@ -7,8 +7,10 @@ starts this tiny child process::
     python -m shoal.runtime.reaper      # stdin = read end of a pipe
 
 The node alone holds the write end. It writes one JSON line with the store
-settings, then ``lease <id>`` whenever its lease changes and ``exit`` when it
-stops gracefully (the reaper then exits without revoking). Once the reaper has
+settings, then ``lease <id>`` whenever its lease changes, ``lease 0`` once a
+drain has revoked the lease itself (nothing left to revoke while it waits for
+its takeover) and ``exit`` when it stops gracefully (the reaper then exits
+without revoking). Once the reaper has
 imported what a revoke needs it writes ``ready`` on its stdout, a second pipe:
 a node waits for that line before it registers (:meth:`Reaper.wait_ready`), so
 that the reaper's start-up (an interpreter, ~0.1 s of CPU) is over before
