@@ -9,7 +9,7 @@ exiting, the interpreter's shutdown) is work for the store and for the
 machine's CPUs at the very moment the next owner needs both. On the 2-core VM of
 ``benchmarks/failover.py`` (graceful handover, etcd, 160 handovers per version,
 alternating runs), a teardown held back past the takeover cut the handovers
-over 10 ms from 7-20 to 1-3 in 160 (``docs/benchmarks.md``).
+over 10 ms from 7-33 to 1-3 in 160 (``docs/benchmarks.md``).
 
 So the leave waits until every duty it held is owned by another node (then
 ``TAKEOVER_SETTLE`` seconds more, while those nodes start them), or no other
