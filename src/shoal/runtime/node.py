@@ -414,7 +414,8 @@ class Node:
         releases every duty (bounded by ``drain_timeout`` each, in parallel), then
         ``Closed`` revokes the lease so every ownership key and the node record vanish
         in one revision (G3). Then it waits until the next owners hold those duties
-        (at most :data:`~shoal.runtime.handover.TAKEOVER_WAIT`) before the reaper and
+        (at most ``TAKEOVER_WAIT`` + ``TAKEOVER_SETTLE``, 0.27 s:
+        :mod:`shoal.runtime.handover`) before the reaper and
         the connections are closed. The node is STOPPED afterwards.
 
         A second call (e.g. ``aclose()`` while an API-triggered drain runs)
