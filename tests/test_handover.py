@@ -20,8 +20,8 @@ def _owner(node: str) -> Owner:
 
 def test_untaken_lists_duties_free_or_still_ours() -> None:
     owners = {"x": _owner("b"), "y": _owner("a")}
-    assert untaken(["x", "y", "z"], owners, "a") == ["y", "z"]
-    assert untaken(["x"], owners, "a") == []
+    assert untaken(["x", "y", "z"], owners.get, "a") == ["y", "z"]
+    assert untaken(["x"], owners.get, "a") == []
 
 
 def test_only_a_live_placing_other_node_could_take() -> None:
@@ -35,7 +35,7 @@ async def test_the_wait_ends_when_the_last_duty_is_taken() -> None:
     owners: dict[str, Owner] = {}
     moved = asyncio.Event()
     wait = asyncio.create_task(await_takeover(
-        ["x", "y"], me="a", owners=lambda: owners,
+        ["x", "y"], me="a", owner_of=owners.get,
         members=lambda: {"b": Member("b")}, moved=moved))
     await asyncio.sleep(0.01)
     owners["x"] = _owner("b")
@@ -52,7 +52,7 @@ async def test_the_wait_is_bounded_and_names_what_was_not_taken() -> None:
     moved = asyncio.Event()
     start = loop.time()
     wait = asyncio.create_task(await_takeover(
-        ["x"], me="a", owners=dict, members=lambda: {"b": Member("b")},
+        ["x"], me="a", owner_of={}.get, members=lambda: {"b": Member("b")},
         moved=moved, limit=0.1))
     await asyncio.sleep(0.02)
     moved.set()  # a change that takes nothing: the wait goes on
@@ -62,7 +62,7 @@ async def test_the_wait_is_bounded_and_names_what_was_not_taken() -> None:
 
 async def test_no_wait_when_no_other_node_could_take() -> None:
     left = await asyncio.wait_for(await_takeover(
-        ["x"], me="a", owners=dict, members=lambda: {"b": Member("b", cordoned=True)},
+        ["x"], me="a", owner_of={}.get, members=lambda: {"b": Member("b", cordoned=True)},
         moved=asyncio.Event()), TAKEOVER_WAIT / 5)
     assert left == ["x"]
 

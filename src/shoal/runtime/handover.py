@@ -37,9 +37,12 @@ TAKEOVER_WAIT = 0.25  # seconds a leaving node waits for its duties' next owners
 TAKEOVER_SETTLE = 0.02  # seconds more once they hold them (their duties are starting)
 
 
-def untaken(names: Collection[str], owners: Mapping[str, Owner], me: str) -> list[str]:
-    """The duties of ``names`` that no other node owns (yet)."""
-    return [n for n in names if (o := owners.get(n)) is None or o.node == me]
+def untaken(
+    names: Collection[str], owner_of: Callable[[str], Owner | None], me: str
+) -> list[str]:
+    """The duties of ``names`` that no other node owns (yet). ``owner_of`` answers
+    per duty (:meth:`OwnerTable.get`): no copy of every owner per event."""
+    return [n for n in names if (o := owner_of(n)) is None or o.node == me]
 
 
 def could_take(members: Mapping[str, Member], me: str) -> bool:
@@ -48,7 +51,7 @@ def could_take(members: Mapping[str, Member], me: str) -> bool:
 
 
 async def await_takeover(
-    names: Collection[str], *, me: str, owners: Callable[[], Mapping[str, Owner]],
+    names: Collection[str], *, me: str, owner_of: Callable[[str], Owner | None],
     members: Callable[[], Mapping[str, Member]], moved: asyncio.Event,
     limit: float = TAKEOVER_WAIT,
 ) -> list[str]:
@@ -63,7 +66,7 @@ async def await_takeover(
     start = loop.time()
     deadline = start + limit
     while True:
-        left = untaken(names, owners(), me)
+        left = untaken(names, owner_of, me)
         if not left:
             # the next owners start their duties just after their acquisition is
             # in: a little more keeps the teardown off that too
@@ -73,8 +76,8 @@ async def await_takeover(
             return left
         remaining = deadline - loop.time()
         if remaining <= 0 or not could_take(members(), me):
-            log.debug("node %s: leaves with %s not taken by another node yet", me,
-                      ", ".join(sorted(left)))
+            log.debug("node %s: leaves with %d duties not taken by another node yet "
+                      "(%s ...)", me, len(left), ", ".join(left[:5]))
             return left
         moved.clear()
         with contextlib.suppress(TimeoutError):

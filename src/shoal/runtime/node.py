@@ -457,7 +457,7 @@ class Node:
             if self.reaper is not None and self._lease.revoked:
                 self.reaper.forget_lease(self._lease.revoked)  # nothing left to revoke
             if held:  # nothing torn down while the next owners take over (handover.py)
-                await await_takeover(held, me=self.name, owners=self._duties.owners.view,
+                await await_takeover(held, me=self.name, owner_of=self._duties.owners.get,
                                      members=lambda: self.members, moved=self._duties.moved)
             if self.reaper is not None:
                 reaper, self.reaper = self.reaper, None
